@@ -1,0 +1,1307 @@
+//! Plugin configuration: parse (serde, unknown fields rejected) → validate → compile into an
+//! immutable [`PluginConfig`] whose per-request lookups need no parsing or formatting.
+//! Every error names the domain, the field and the offending value.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::address::{
+    normalize_host_name, parse_domain_entry, parse_ip_entry, validate_host_header,
+    validate_host_name, MAX_WEIGHT,
+};
+
+pub const DEFAULT_BLOCK_SECONDS: u64 = 60;
+pub const MAX_BLOCK_SECONDS: u64 = 86_400;
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
+pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 8 << 20;
+/// Envoy's default async-client buffer limit (`http.async_response_buffer_limit`): a larger
+/// callout response never reaches the filter, so a larger limit could not be honoured.
+pub const MAX_RESPONSE_BODY: u64 = 32 << 20;
+pub const MAX_REQUEST_BODY: u64 = 16 << 20;
+pub const DEFAULT_MASTER_RETRIES: u32 = 2;
+pub const MAX_MASTER_RETRIES: u32 = 10;
+pub const DEFAULT_CALLOUT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-origin-pull-cluster";
+pub const DEFAULT_IP_CLUSTER_HTTP: &str = "origin_pull_ip_http";
+pub const DEFAULT_IP_CLUSTER_HTTPS: &str = "origin_pull_ip_https";
+
+// ---------------------------------------------------------------- errors
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub domain: Option<String>,
+    pub field: String,
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid origin-pull configuration: ")?;
+        if let Some(domain) = &self.domain {
+            write!(f, "domain {:?}: ", shorten(domain))?;
+        }
+        write!(f, "field {}", self.field)?;
+        if let Some(value) = &self.value {
+            write!(f, " value {:?}", shorten(value))?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Long values are cut so one hostile field cannot flood the log.
+fn shorten(text: &str) -> String {
+    const LIMIT: usize = 96;
+    if text.chars().count() <= LIMIT {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(LIMIT).collect();
+    format!("{cut}…")
+}
+
+struct Ctx<'a> {
+    domain: Option<&'a str>,
+    prefix: String,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: &str, value: Option<String>, reason: impl Into<String>) -> ConfigError {
+        let field = match (self.prefix.is_empty(), field.is_empty()) {
+            (true, _) => field.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}.{field}", self.prefix),
+        };
+        ConfigError {
+            domain: self.domain.map(str::to_string),
+            field,
+            value,
+            reason: reason.into(),
+        }
+    }
+    fn nested(&self, prefix: &str) -> Ctx<'_> {
+        Ctx {
+            domain: self.domain,
+            prefix: if self.prefix.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{}.{prefix}", self.prefix)
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw (serde) form
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginConfig {
+    domains: Vec<RawDomain>,
+    #[serde(default)]
+    unknown_host_status: Option<u32>,
+    #[serde(default)]
+    debug_headers: bool,
+    #[serde(default)]
+    envoy: Option<RawEnvoy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvoy {
+    cluster_header: Option<String>,
+    ip_cluster_http: Option<String>,
+    ip_cluster_https: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    domain: String,
+    master: RawOrigin,
+    #[serde(default)]
+    slave: Option<RawOrigin>,
+    #[serde(default)]
+    master_slave_switch: bool,
+    #[serde(default)]
+    failover: Option<RawFailover>,
+    #[serde(default)]
+    detection: Option<RawDetection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrigin {
+    ips: Option<Vec<String>>,
+    domain: Option<String>,
+    clusters: Option<Vec<RawCluster>>,
+    protocol: Option<String>,
+    host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    on: Option<Vec<String>>,
+    status_codes: Option<Vec<u32>>,
+    methods: Option<Vec<String>>,
+    max_request_body_bytes: Option<u64>,
+    max_response_body_bytes: Option<u64>,
+    master_retries: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetection {
+    block_seconds: Option<u64>,
+    block_on_5xx: Option<bool>,
+}
+
+// ---------------------------------------------------------------- compiled form
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Https,
+    Follow,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Follow => "follow",
+        }
+    }
+}
+
+/// The scheme actually used towards an origin for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http = 0,
+    Https = 1,
+}
+
+impl Scheme {
+    pub fn from_request(scheme: &str) -> Scheme {
+        if scheme.eq_ignore_ascii_case("https") {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
+    }
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginKind {
+    Ips,
+    Domain,
+    Clusters,
+}
+
+/// Everything Envoy needs to send one request to one origin, precomputed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Value of the cluster-selection header.
+    pub cluster: String,
+    /// `IP:PORT` for `x-envoy-original-dst-host`; `None` removes the header.
+    pub original_dst: Option<String>,
+    /// Key in the shared block table and the name shown in logs, debug headers, filter state.
+    pub label: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub weight: u32,
+    /// Indexed by [`Scheme`] of the client request (only differs for `follow`).
+    pub routes: [Route; 2],
+}
+
+impl Target {
+    pub fn route(&self, scheme: Scheme) -> &Route {
+        match scheme {
+            Scheme::Http => &self.routes[0],
+            Scheme::Https => &self.routes[1],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OriginSet {
+    pub kind: OriginKind,
+    pub protocol: Protocol,
+    pub host: Option<String>,
+    pub targets: Vec<Target>,
+    /// Running sums of the weights, for weighted picks by binary search.
+    pub cumulative_weights: Vec<u64>,
+    normalized: Value,
+}
+
+impl OriginSet {
+    pub fn total_weight(&self) -> u64 {
+        self.cumulative_weights.last().copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverPolicy {
+    pub on_4xx: bool,
+    pub on_5xx: bool,
+    pub on_connect_error: bool,
+    pub on_timeout: bool,
+    pub status_codes: Vec<u32>,
+    pub methods: Vec<String>,
+    pub max_request_body_bytes: u64,
+    pub max_response_body_bytes: u64,
+    pub master_retries: u32,
+    pub timeout_ms: u64,
+}
+
+impl FailoverPolicy {
+    pub fn status_triggers(&self, status: u32) -> bool {
+        (self.on_4xx && (400..500).contains(&status))
+            || (self.on_5xx && (500..600).contains(&status))
+            || self.status_codes.contains(&status)
+    }
+    pub fn method_allowed(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detection {
+    /// 0 disables blocking.
+    pub block_ms: u64,
+    pub block_on_5xx: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: String,
+    /// Already swapped when `master_slave_switch` is set.
+    pub master: OriginSet,
+    pub slave: Option<OriginSet>,
+    pub switched: bool,
+    pub failover: FailoverPolicy,
+    pub detection: Detection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyNames {
+    pub cluster_header: String,
+    pub ip_cluster_http: String,
+    pub ip_cluster_https: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub domains: Vec<Domain>,
+    exact: HashMap<String, usize>,
+    /// Keyed by the suffix including its leading dot (`.example.com`).
+    wildcards: HashMap<String, usize>,
+    default: Option<usize>,
+    pub unknown_host_status: u32,
+    pub debug_headers: bool,
+    pub envoy: EnvoyNames,
+}
+
+// ---------------------------------------------------------------- parse + validate
+
+pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+    let tree: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError {
+        domain: None,
+        field: "(document)".into(),
+        value: None,
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    if !tree.is_object() {
+        return Err(ConfigError {
+            domain: None,
+            field: "(document)".into(),
+            value: None,
+            reason: "must be a JSON object with a `domains` list".into(),
+        });
+    }
+    let raw: RawPluginConfig = serde_path_to_error::deserialize(&tree).map_err(|e| {
+        let path = e.path().to_string();
+        let (domain, field) = split_domain_path(&tree, &path);
+        ConfigError {
+            domain,
+            field,
+            value: None,
+            reason: e.into_inner().to_string(),
+        }
+    })?;
+    compile(raw)
+}
+
+/// `domains[2].master.ips[0]` → (name of domains[2], `master.ips[0]`).
+fn split_domain_path(tree: &Value, path: &str) -> (Option<String>, String) {
+    let Some(rest) = path.strip_prefix("domains[") else {
+        return (None, path.to_string());
+    };
+    let Some((index, field)) = rest.split_once(']') else {
+        return (None, path.to_string());
+    };
+    let name = index
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| tree.get("domains")?.get(i)?.get("domain")?.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("#{index}"));
+    let field = field.strip_prefix('.').unwrap_or(field);
+    (
+        Some(name),
+        if field.is_empty() {
+            "(domain entry)".into()
+        } else {
+            field.into()
+        },
+    )
+}
+
+fn compile(raw: RawPluginConfig) -> Result<PluginConfig, ConfigError> {
+    let top = Ctx {
+        domain: None,
+        prefix: String::new(),
+    };
+    let envoy = compile_envoy(raw.envoy, &top)?;
+    if raw.domains.is_empty() {
+        return Err(top.err(
+            "domains",
+            Some("[]".into()),
+            "the list is empty; configure at least one accelerated domain",
+        ));
+    }
+    let unknown_host_status = raw.unknown_host_status.unwrap_or(404);
+    if !(400..=599).contains(&unknown_host_status) {
+        return Err(top.err(
+            "unknown_host_status",
+            Some(unknown_host_status.to_string()),
+            "must be an error status 400..=599",
+        ));
+    }
+    let mut config = PluginConfig {
+        domains: Vec::with_capacity(raw.domains.len()),
+        exact: HashMap::new(),
+        wildcards: HashMap::new(),
+        default: None,
+        unknown_host_status,
+        debug_headers: raw.debug_headers,
+        envoy,
+    };
+    for raw_domain in raw.domains {
+        let index = config.domains.len();
+        let domain = compile_domain(raw_domain, &config.envoy)?;
+        let ctx = Ctx {
+            domain: Some(&domain.name),
+            prefix: String::new(),
+        };
+        let duplicate = if domain.name == "*" {
+            config.default.replace(index).is_some()
+        } else if let Some(suffix) = domain.name.strip_prefix('*') {
+            config.wildcards.insert(suffix.to_string(), index).is_some()
+        } else {
+            config.exact.insert(domain.name.clone(), index).is_some()
+        };
+        if duplicate {
+            return Err(ctx.err(
+                "domain",
+                Some(domain.name.clone()),
+                "appears more than once; each accelerated domain may be configured once",
+            ));
+        }
+        config.domains.push(domain);
+    }
+    Ok(config)
+}
+
+fn compile_envoy(raw: Option<RawEnvoy>, top: &Ctx) -> Result<EnvoyNames, ConfigError> {
+    let raw = raw.unwrap_or(RawEnvoy {
+        cluster_header: None,
+        ip_cluster_http: None,
+        ip_cluster_https: None,
+    });
+    let cluster_header = raw
+        .cluster_header
+        .unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.into());
+    let header_ok = !cluster_header.is_empty()
+        && cluster_header
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !cluster_header.starts_with(':');
+    if !header_ok {
+        return Err(top.err(
+            "envoy.cluster_header",
+            Some(cluster_header),
+            "must be a lowercase HTTP header name (a-z, 0-9, '-', '_')",
+        ));
+    }
+    let ip_cluster_http = raw
+        .ip_cluster_http
+        .unwrap_or_else(|| DEFAULT_IP_CLUSTER_HTTP.into());
+    check_cluster_name(&ip_cluster_http)
+        .map_err(|r| top.err("envoy.ip_cluster_http", Some(ip_cluster_http.clone()), r))?;
+    let ip_cluster_https = raw
+        .ip_cluster_https
+        .unwrap_or_else(|| DEFAULT_IP_CLUSTER_HTTPS.into());
+    check_cluster_name(&ip_cluster_https)
+        .map_err(|r| top.err("envoy.ip_cluster_https", Some(ip_cluster_https.clone()), r))?;
+    Ok(EnvoyNames {
+        cluster_header,
+        ip_cluster_http,
+        ip_cluster_https,
+    })
+}
+
+fn check_cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 255 {
+        return Err("is longer than 255 characters".into());
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace or control characters".into());
+    }
+    Ok(())
+}
+
+fn normalize_accelerated_domain(name: &str) -> Result<String, String> {
+    if name == "*" {
+        return Ok(name.to_string());
+    }
+    let normalized = normalize_host_name(name);
+    let check = normalized.strip_prefix("*.").unwrap_or(&normalized);
+    if check.contains('*') {
+        return Err(
+            "a wildcard is only allowed as a leading '*.' label, or '*' alone for the default"
+                .into(),
+        );
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace or control characters".into());
+    }
+    if name.contains(':') {
+        return Err("must be a host name without a port".into());
+    }
+    validate_host_name(check)?;
+    Ok(normalized)
+}
+
+fn compile_domain(raw: RawDomain, envoy: &EnvoyNames) -> Result<Domain, ConfigError> {
+    let top = Ctx {
+        domain: Some(&raw.domain),
+        prefix: String::new(),
+    };
+    let name = normalize_accelerated_domain(&raw.domain)
+        .map_err(|r| top.err("domain", Some(raw.domain.clone()), r))?;
+    let ctx = Ctx {
+        domain: Some(&name),
+        prefix: String::new(),
+    };
+    let master = compile_origin(raw.master, &name, envoy, &ctx.nested("master"))?;
+    let slave = raw
+        .slave
+        .map(|s| compile_origin(s, &name, envoy, &ctx.nested("slave")))
+        .transpose()?;
+    let failover = compile_failover(raw.failover, &ctx.nested("failover"))?;
+    let detection = compile_detection(raw.detection, &ctx.nested("detection"))?;
+    let (master, slave) = match (raw.master_slave_switch, slave) {
+        (false, slave) => (master, slave),
+        (true, Some(slave)) => (slave, Some(master)),
+        (true, None) => {
+            return Err(ctx.err(
+                "master_slave_switch",
+                Some("true".into()),
+                "there is no slave origin to switch to; add `slave` or set the switch to false",
+            ))
+        }
+    };
+    Ok(Domain {
+        name,
+        master,
+        slave,
+        switched: raw.master_slave_switch,
+        failover,
+        detection,
+    })
+}
+
+fn compile_origin(
+    raw: RawOrigin,
+    accelerated: &str,
+    envoy: &EnvoyNames,
+    ctx: &Ctx,
+) -> Result<OriginSet, ConfigError> {
+    let given = [
+        raw.ips.is_some(),
+        raw.domain.is_some(),
+        raw.clusters.is_some(),
+    ]
+    .iter()
+    .filter(|g| **g)
+    .count();
+    if given != 1 {
+        return Err(ctx.err(
+            "",
+            Some(format!("{given} of ips/domain/clusters")),
+            "set exactly one of `ips` (several IPs), `domain` (one domain name) or `clusters` (Envoy clusters)",
+        ));
+    }
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http") => Protocol::Http,
+        Some("https") => Protocol::Https,
+        Some("follow") => Protocol::Follow,
+        Some(other) => {
+            return Err(ctx.err(
+                "protocol",
+                Some(other.into()),
+                "must be one of \"http\", \"https\", \"follow\" (same as the client)",
+            ))
+        }
+    };
+    if let Some(host) = &raw.host {
+        validate_host_header(host).map_err(|r| ctx.err("host", Some(host.clone()), r))?;
+    }
+    let host = raw.host.map(|h| h.to_ascii_lowercase());
+    let mut normalized = serde_json::Map::new();
+    let (kind, targets) = if let Some(ips) = raw.ips {
+        let targets = compile_ips(&ips, protocol, envoy, ctx)?;
+        normalized.insert("ips".into(), json!(targets_as_text(&targets, protocol)));
+        (OriginKind::Ips, targets)
+    } else if let Some(domain) = raw.domain {
+        let entry =
+            parse_domain_entry(&domain).map_err(|r| ctx.err("domain", Some(domain.clone()), r))?;
+        if domain_loops(&entry.name, accelerated) {
+            return Err(ctx.err(
+                "domain",
+                Some(domain.clone()),
+                format!(
+                    "is the accelerated domain '{accelerated}' itself (or matches it); requests would loop back into this edge"
+                ),
+            ));
+        }
+        let routes = [Scheme::Http, Scheme::Https].map(|client| {
+            let scheme = effective_scheme(protocol, client);
+            let port = entry.port.unwrap_or(scheme.default_port());
+            Route {
+                cluster: dns_cluster_name(scheme, &entry.name, port),
+                original_dst: None,
+                label: format!("{}:{port}", entry.name),
+            }
+        });
+        normalized.insert(
+            "domain".into(),
+            json!(match entry.port {
+                Some(p) => format!("{}:{p}", entry.name),
+                None => entry.name.clone(),
+            }),
+        );
+        (OriginKind::Domain, vec![Target { weight: 1, routes }])
+    } else {
+        let clusters = raw.clusters.unwrap_or_default();
+        if raw.protocol.is_some() {
+            return Err(ctx.err(
+                "protocol",
+                raw.protocol.clone(),
+                "is decided by the cluster's own transport socket for `clusters` origins; remove it",
+            ));
+        }
+        let targets = compile_clusters(&clusters, ctx)?;
+        normalized.insert(
+            "clusters".into(),
+            json!(targets
+                .iter()
+                .map(|t| json!({"name": t.routes[0].cluster, "weight": t.weight}))
+                .collect::<Vec<_>>()),
+        );
+        (OriginKind::Clusters, targets)
+    };
+    if kind != OriginKind::Clusters {
+        normalized.insert("protocol".into(), json!(protocol.as_str()));
+    }
+    normalized.insert("host".into(), json!(host));
+    let mut cumulative_weights = Vec::with_capacity(targets.len());
+    let mut sum = 0u64;
+    for target in &targets {
+        sum += u64::from(target.weight);
+        cumulative_weights.push(sum);
+    }
+    Ok(OriginSet {
+        kind,
+        protocol,
+        host,
+        targets,
+        cumulative_weights,
+        normalized: Value::Object(normalized),
+    })
+}
+
+fn targets_as_text(targets: &[Target], protocol: Protocol) -> Vec<String> {
+    targets
+        .iter()
+        .map(|t| {
+            // For `follow` the two routes differ only in the port when it was omitted.
+            let label = &t
+                .route(if protocol == Protocol::Https {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                })
+                .label;
+            format!("{label}:{}", t.weight)
+        })
+        .collect()
+}
+
+fn effective_scheme(protocol: Protocol, client: Scheme) -> Scheme {
+    match protocol {
+        Protocol::Http => Scheme::Http,
+        Protocol::Https => Scheme::Https,
+        Protocol::Follow => client,
+    }
+}
+
+/// Name of the Envoy DNS cluster a domain origin is routed through (`render` creates it).
+pub fn dns_cluster_name(scheme: Scheme, name: &str, port: u16) -> String {
+    format!("origin_pull|{}|{name}|{port}", scheme.as_str())
+}
+
+fn domain_loops(origin: &str, accelerated: &str) -> bool {
+    if accelerated == "*" {
+        return false;
+    }
+    match accelerated.strip_prefix('*') {
+        Some(suffix) => origin.ends_with(suffix),
+        None => origin == accelerated,
+    }
+}
+
+fn compile_ips(
+    ips: &[String],
+    protocol: Protocol,
+    envoy: &EnvoyNames,
+    ctx: &Ctx,
+) -> Result<Vec<Target>, ConfigError> {
+    if ips.is_empty() {
+        return Err(ctx.err(
+            "ips",
+            Some("[]".into()),
+            "the list is empty; give at least one IP",
+        ));
+    }
+    let mut entries = Vec::with_capacity(ips.len());
+    for (i, text) in ips.iter().enumerate() {
+        let entry = parse_ip_entry(text)
+            .map_err(|r| ctx.err(&format!("ips[{i}]"), Some(text.clone()), r))?;
+        entries.push(entry);
+    }
+    let weighted = entries.iter().filter(|e| e.weight.is_some()).count();
+    if entries.len() == 1 && weighted == 1 {
+        return Err(ctx.err(
+            "ips[0]",
+            ips.first().cloned(),
+            "a single origin IP may not carry a weight",
+        ));
+    }
+    if weighted != 0 && weighted != entries.len() {
+        let (i, text) = ips
+            .iter()
+            .enumerate()
+            .zip(&entries)
+            .find(|(_, e)| e.weight.is_none())
+            .map(|((i, t), _)| (i, t.clone()))
+            .unwrap_or((0, String::new()));
+        let reason = if entries.iter().any(|e| e.ip.is_ipv6()) {
+            "either every IP has a weight or none does; IPv6 addresses cannot carry one, so do not weight a list that contains IPv6"
+        } else {
+            "either every IP has a weight or none does"
+        };
+        return Err(ctx.err(&format!("ips[{i}]"), Some(text), reason));
+    }
+    if weighted != 0 && entries.iter().all(|e| e.weight == Some(0)) {
+        return Err(ctx.err(
+            "ips",
+            Some(ips.join(",")),
+            "every weight is 0, so no IP could ever be picked",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut targets = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let routes = [Scheme::Http, Scheme::Https].map(|client| {
+            let scheme = effective_scheme(protocol, client);
+            let port = entry.port.unwrap_or(scheme.default_port());
+            let address = std::net::SocketAddr::new(entry.ip, port).to_string();
+            Route {
+                cluster: match scheme {
+                    Scheme::Http => envoy.ip_cluster_http.clone(),
+                    Scheme::Https => envoy.ip_cluster_https.clone(),
+                },
+                original_dst: Some(address.clone()),
+                label: address,
+            }
+        });
+        if !seen.insert(routes[0].label.clone()) {
+            return Err(ctx.err(
+                &format!("ips[{i}]"),
+                ips.get(i).cloned(),
+                "is listed twice; list each IP:PORT once and use weights instead",
+            ));
+        }
+        targets.push(Target {
+            weight: entry.weight.unwrap_or(1),
+            routes,
+        });
+    }
+    Ok(targets)
+}
+
+fn compile_clusters(clusters: &[RawCluster], ctx: &Ctx) -> Result<Vec<Target>, ConfigError> {
+    if clusters.is_empty() {
+        return Err(ctx.err(
+            "clusters",
+            Some("[]".into()),
+            "the list is empty; give at least one cluster",
+        ));
+    }
+    let weighted = clusters.iter().filter(|c| c.weight.is_some()).count();
+    if clusters.len() == 1 && weighted == 1 {
+        return Err(ctx.err(
+            "clusters[0].weight",
+            clusters
+                .first()
+                .and_then(|c| c.weight)
+                .map(|w| w.to_string()),
+            "a single origin cluster may not carry a weight",
+        ));
+    }
+    if weighted != 0 && weighted != clusters.len() {
+        return Err(ctx.err(
+            "clusters",
+            None,
+            "either every cluster has a weight or none does",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut targets = Vec::with_capacity(clusters.len());
+    for (i, cluster) in clusters.iter().enumerate() {
+        check_cluster_name(&cluster.name).map_err(|r| {
+            ctx.err(
+                &format!("clusters[{i}].name"),
+                Some(cluster.name.clone()),
+                r,
+            )
+        })?;
+        if !seen.insert(cluster.name.as_str()) {
+            return Err(ctx.err(
+                &format!("clusters[{i}].name"),
+                Some(cluster.name.clone()),
+                "is listed twice",
+            ));
+        }
+        let weight = cluster.weight.unwrap_or(1);
+        if weight > MAX_WEIGHT {
+            return Err(ctx.err(
+                &format!("clusters[{i}].weight"),
+                Some(weight.to_string()),
+                format!("is out of range 0..={MAX_WEIGHT}"),
+            ));
+        }
+        let route = Route {
+            cluster: cluster.name.clone(),
+            original_dst: None,
+            label: cluster.name.clone(),
+        };
+        targets.push(Target {
+            weight,
+            routes: [route.clone(), route],
+        });
+    }
+    if targets.iter().all(|t| t.weight == 0) {
+        return Err(ctx.err(
+            "clusters",
+            None,
+            "every weight is 0, so no cluster could ever be picked",
+        ));
+    }
+    Ok(targets)
+}
+
+fn compile_failover(raw: Option<RawFailover>, ctx: &Ctx) -> Result<FailoverPolicy, ConfigError> {
+    let raw = raw.unwrap_or(RawFailover {
+        on: None,
+        status_codes: None,
+        methods: None,
+        max_request_body_bytes: None,
+        max_response_body_bytes: None,
+        master_retries: None,
+        timeout_ms: None,
+    });
+    let mut policy = FailoverPolicy {
+        on_4xx: true,
+        on_5xx: true,
+        on_connect_error: true,
+        on_timeout: true,
+        status_codes: Vec::new(),
+        methods: vec!["GET".into(), "HEAD".into()],
+        max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY,
+        max_response_body_bytes: DEFAULT_MAX_RESPONSE_BODY,
+        master_retries: DEFAULT_MASTER_RETRIES,
+        timeout_ms: DEFAULT_CALLOUT_TIMEOUT_MS,
+    };
+    if let Some(on) = raw.on {
+        policy.on_4xx = false;
+        policy.on_5xx = false;
+        policy.on_connect_error = false;
+        policy.on_timeout = false;
+        for (i, class) in on.iter().enumerate() {
+            match class.as_str() {
+                "4xx" => policy.on_4xx = true,
+                "5xx" => policy.on_5xx = true,
+                "connect_error" => policy.on_connect_error = true,
+                "timeout" => policy.on_timeout = true,
+                other => {
+                    return Err(ctx.err(
+                        &format!("on[{i}]"),
+                        Some(other.into()),
+                        "must be one of \"4xx\", \"5xx\", \"connect_error\", \"timeout\" (explicit codes go in `status_codes`)",
+                    ))
+                }
+            }
+        }
+    }
+    if let Some(codes) = raw.status_codes {
+        for (i, code) in codes.iter().enumerate() {
+            if !(300..=599).contains(code) {
+                return Err(ctx.err(
+                    &format!("status_codes[{i}]"),
+                    Some(code.to_string()),
+                    "must be a status code 300..=599",
+                ));
+            }
+        }
+        policy.status_codes = codes;
+    }
+    if let Some(methods) = raw.methods {
+        let mut normalized = Vec::with_capacity(methods.len());
+        for (i, method) in methods.iter().enumerate() {
+            let upper = method.to_ascii_uppercase();
+            if upper.is_empty()
+                || !upper
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+            {
+                return Err(ctx.err(
+                    &format!("methods[{i}]"),
+                    Some(method.clone()),
+                    "is not an HTTP method name",
+                ));
+            }
+            if upper == "CONNECT" {
+                return Err(ctx.err(
+                    &format!("methods[{i}]"),
+                    Some(method.clone()),
+                    "CONNECT tunnels cannot be failed over",
+                ));
+            }
+            normalized.push(upper);
+        }
+        policy.methods = normalized;
+    }
+    if let Some(bytes) = raw.max_request_body_bytes {
+        if bytes > MAX_REQUEST_BODY {
+            return Err(ctx.err(
+                "max_request_body_bytes",
+                Some(bytes.to_string()),
+                format!("must be at most {MAX_REQUEST_BODY} (16 MiB)"),
+            ));
+        }
+        policy.max_request_body_bytes = bytes;
+    }
+    if let Some(bytes) = raw.max_response_body_bytes {
+        if !(1..=MAX_RESPONSE_BODY).contains(&bytes) {
+            return Err(ctx.err(
+                "max_response_body_bytes",
+                Some(bytes.to_string()),
+                format!(
+                    "must be 1..={MAX_RESPONSE_BODY} (Envoy's 32 MiB async response buffer limit)"
+                ),
+            ));
+        }
+        policy.max_response_body_bytes = bytes;
+    }
+    if let Some(retries) = raw.master_retries {
+        if retries > MAX_MASTER_RETRIES {
+            return Err(ctx.err(
+                "master_retries",
+                Some(retries.to_string()),
+                format!("must be 0..={MAX_MASTER_RETRIES}"),
+            ));
+        }
+        policy.master_retries = retries;
+    }
+    if let Some(ms) = raw.timeout_ms {
+        if !(100..=300_000).contains(&ms) {
+            return Err(ctx.err(
+                "timeout_ms",
+                Some(ms.to_string()),
+                "must be 100..=300000 milliseconds",
+            ));
+        }
+        policy.timeout_ms = ms;
+    }
+    Ok(policy)
+}
+
+fn compile_detection(raw: Option<RawDetection>, ctx: &Ctx) -> Result<Detection, ConfigError> {
+    let seconds = raw
+        .as_ref()
+        .and_then(|d| d.block_seconds)
+        .unwrap_or(DEFAULT_BLOCK_SECONDS);
+    if seconds > MAX_BLOCK_SECONDS {
+        return Err(ctx.err(
+            "block_seconds",
+            Some(seconds.to_string()),
+            format!("must be 0..={MAX_BLOCK_SECONDS} (0 disables blocking)"),
+        ));
+    }
+    Ok(Detection {
+        block_ms: seconds * 1000,
+        block_on_5xx: raw.and_then(|d| d.block_on_5xx).unwrap_or(false),
+    })
+}
+
+// ---------------------------------------------------------------- lookups
+
+impl PluginConfig {
+    /// The settings for a request's host (`:authority`): exact name, then the longest
+    /// `*.suffix`, then the `*` default. Port, case and one trailing dot are ignored.
+    pub fn domain_for_host(&self, authority: &str) -> Option<&Domain> {
+        self.domain_index(authority)
+            .and_then(|i| self.domains.get(i))
+    }
+
+    /// Index into `domains` of the settings for `authority` (see [`Self::domain_for_host`]).
+    pub fn domain_index(&self, authority: &str) -> Option<usize> {
+        let host = strip_port(authority);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let index = self.exact.get(host).copied().or_else(|| {
+            if self.wildcards.is_empty() {
+                return None;
+            }
+            host.match_indices('.')
+                .find_map(|(dot, _)| host.get(dot..).and_then(|s| self.wildcards.get(s)).copied())
+        });
+        index.or(self.default)
+    }
+
+    /// Every cluster name the Envoy configuration must define for this plugin configuration.
+    pub fn required_clusters(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .domains
+            .iter()
+            .flat_map(|d| std::iter::once(&d.master).chain(d.slave.as_ref()))
+            .flat_map(|o| o.targets.iter())
+            .flat_map(|t| t.routes.iter().map(|r| r.cluster.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The configuration with every default filled in, as `check` prints it.
+    pub fn normalized(&self) -> Value {
+        let domains: Vec<Value> = self
+            .domains
+            .iter()
+            .map(|d| {
+                let (master, slave) = match (d.switched, &d.slave) {
+                    (true, Some(original_master)) => (original_master, Some(&d.master)),
+                    _ => (&d.master, d.slave.as_ref()),
+                };
+                let f = &d.failover;
+                let mut on = Vec::new();
+                for (set, name) in [
+                    (f.on_4xx, "4xx"),
+                    (f.on_5xx, "5xx"),
+                    (f.on_connect_error, "connect_error"),
+                    (f.on_timeout, "timeout"),
+                ] {
+                    if set {
+                        on.push(name);
+                    }
+                }
+                json!({
+                    "domain": d.name,
+                    "master": master.normalized,
+                    "slave": slave.map(|s| &s.normalized),
+                    "master_slave_switch": d.switched,
+                    "failover": {
+                        "on": on,
+                        "status_codes": f.status_codes,
+                        "methods": f.methods,
+                        "max_request_body_bytes": f.max_request_body_bytes,
+                        "max_response_body_bytes": f.max_response_body_bytes,
+                        "master_retries": f.master_retries,
+                        "timeout_ms": f.timeout_ms,
+                    },
+                    "detection": {
+                        "block_seconds": d.detection.block_ms / 1000,
+                        "block_on_5xx": d.detection.block_on_5xx,
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "domains": domains,
+            "unknown_host_status": self.unknown_host_status,
+            "debug_headers": self.debug_headers,
+            "envoy": {
+                "cluster_header": self.envoy.cluster_header,
+                "ip_cluster_http": self.envoy.ip_cluster_http,
+                "ip_cluster_https": self.envoy.ip_cluster_https,
+            },
+        })
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 literal is kept whole.
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => authority.get(..=end).unwrap_or(authority),
+            None => authority,
+        };
+    }
+    match authority.rfind(':') {
+        Some(colon) if !authority[..colon].contains(':') => &authority[..colon],
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<PluginConfig, ConfigError> {
+        parse(text.as_bytes())
+    }
+
+    #[test]
+    fn defaults_are_the_vendors() {
+        let cfg =
+            parse_str(r#"{"domains":[{"domain":"www.test.com","master":{"ips":["1.1.1.1"]}}]}"#)
+                .unwrap();
+        let d = cfg.domain_for_host("www.test.com").unwrap();
+        assert!(d.failover.on_4xx && d.failover.on_5xx && d.failover.on_connect_error);
+        assert_eq!(d.failover.methods, vec!["GET", "HEAD"]);
+        assert_eq!(d.detection.block_ms, 60_000);
+        assert!(!d.detection.block_on_5xx);
+        let route = d.master.targets[0].route(Scheme::Http);
+        assert_eq!(route.cluster, "origin_pull_ip_http");
+        assert_eq!(route.original_dst.as_deref(), Some("1.1.1.1:80"));
+        assert_eq!(cfg.unknown_host_status, 404);
+    }
+
+    #[test]
+    fn host_lookup_exact_wildcard_default() {
+        let cfg = parse_str(
+            r#"{"domains":[
+              {"domain":"www.test.com","master":{"ips":["1.1.1.1"]}},
+              {"domain":"*.test.com","master":{"ips":["2.2.2.2"]}},
+              {"domain":"*.img.test.com","master":{"ips":["3.3.3.3"]}},
+              {"domain":"*","master":{"ips":["4.4.4.4"]}}
+            ]}"#,
+        )
+        .unwrap();
+        let name = |h: &str| cfg.domain_for_host(h).map(|d| d.name.clone());
+        assert_eq!(name("WWW.Test.com.:8080").as_deref(), Some("www.test.com"));
+        assert_eq!(name("a.test.com").as_deref(), Some("*.test.com"));
+        assert_eq!(name("a.b.test.com").as_deref(), Some("*.test.com"));
+        assert_eq!(name("x.img.test.com").as_deref(), Some("*.img.test.com"));
+        assert_eq!(name("test.com").as_deref(), Some("*"));
+        assert_eq!(name("[::1]:80").as_deref(), Some("*"));
+        let no_default =
+            parse_str(r#"{"domains":[{"domain":"www.test.com","master":{"ips":["1.1.1.1"]}}]}"#)
+                .unwrap();
+        assert!(no_default.domain_for_host("other.com").is_none());
+        assert!(no_default.domain_for_host("").is_none());
+    }
+
+    #[test]
+    fn follow_and_ports() {
+        let cfg = parse_str(
+            r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1","2.2.2.2:8443"],"protocol":"follow"},
+                "slave":{"domain":"b.com","protocol":"follow"}}]}"#,
+        )
+        .unwrap();
+        let d = cfg.domain_for_host("a.com").unwrap();
+        let t = &d.master.targets[0];
+        assert_eq!(
+            t.route(Scheme::Http).original_dst.as_deref(),
+            Some("1.1.1.1:80")
+        );
+        assert_eq!(
+            t.route(Scheme::Https).original_dst.as_deref(),
+            Some("1.1.1.1:443")
+        );
+        assert_eq!(t.route(Scheme::Https).cluster, "origin_pull_ip_https");
+        let t = &d.master.targets[1];
+        assert_eq!(
+            t.route(Scheme::Http).original_dst.as_deref(),
+            Some("2.2.2.2:8443")
+        );
+        let s = &d.slave.as_ref().unwrap().targets[0];
+        assert_eq!(s.route(Scheme::Http).cluster, "origin_pull|http|b.com|80");
+        assert_eq!(
+            s.route(Scheme::Https).cluster,
+            "origin_pull|https|b.com|443"
+        );
+        assert_eq!(s.route(Scheme::Https).original_dst, None);
+    }
+
+    #[test]
+    fn switch_swaps_roles() {
+        let cfg = parse_str(
+            r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"slave":{"ips":["2.2.2.2"]},
+                "master_slave_switch":true}]}"#,
+        )
+        .unwrap();
+        let d = cfg.domain_for_host("a.com").unwrap();
+        assert_eq!(d.master.targets[0].routes[0].label, "2.2.2.2:80");
+        assert_eq!(
+            d.slave.as_ref().unwrap().targets[0].routes[0].label,
+            "1.1.1.1:80"
+        );
+        // normalized output shows the configuration as written, not swapped
+        let n = cfg.normalized();
+        assert_eq!(n["domains"][0]["master"]["ips"][0], "1.1.1.1:80:1");
+    }
+
+    #[test]
+    fn cluster_origins() {
+        let cfg = parse_str(
+            r#"{"domains":[{"domain":"a.com","master":{"clusters":[{"name":"outbound|80||a.svc","weight":1},{"name":"b","weight":3}]}}]}"#,
+        )
+        .unwrap();
+        let d = cfg.domain_for_host("a.com").unwrap();
+        assert_eq!(d.master.cumulative_weights, vec![1, 4]);
+        assert_eq!(cfg.required_clusters(), vec!["b", "outbound|80||a.svc"]);
+    }
+
+    /// Every SPEC rule, and the shape of the message: domain, field, value, reason.
+    #[test]
+    fn invalid_configurations_name_domain_field_value() {
+        let d = |origin: &str| {
+            format!(r#"{{"domains":[{{"domain":"www.test.com","master":{origin}}}]}}"#)
+        };
+        let cases: Vec<(String, &str)> = vec![
+            ("{".into(), "field (document): not valid JSON"),
+            ("[]".into(), "field (document)"),
+            (r#"{"domains":[]}"#.into(), "field domains value \"[]\": the list is empty"),
+            (r#"{"domains":[],"x":1}"#.into(), "field x: unknown field `x`"),
+            (d(r#"{"ips":["1.1.1.1:8080:5"]}"#), "domain \"www.test.com\": field master.ips[0] value \"1.1.1.1:8080:5\": a single origin IP may not carry a weight"),
+            (d(r#"{"ips":["1.1.1.1:80:1","2.2.2.2"]}"#), "field master.ips[1] value \"2.2.2.2\": either every IP has a weight or none does"),
+            (d(r#"{"ips":["1.1.1.1::1001","2.2.2.2::1"]}"#), "field master.ips[0] value \"1.1.1.1::1001\": weight 1001 is out of range 0..=1000"),
+            (d(r#"{"ips":["1.1.1.1:0"]}"#), "field master.ips[0] value \"1.1.1.1:0\": port 0 is not allowed: ports are 1..=65535"),
+            (d(r#"{"ips":["1.1.1.1:70000"]}"#), "port 70000 is out of range 1..=65535"),
+            (d(r#"{"ips":["[2001:db8::1]:80:5","1.1.1.1:80:5"]}"#), "field master.ips[0] value \"[2001:db8::1]:80:5\": IPv6 addresses may not carry a weight"),
+            (d(r#"{"ips":["2001:db8::1","1.1.1.1::5"]}"#), "field master.ips[0] value \"2001:db8::1\": either every IP has a weight or none does; IPv6"),
+            (d(r#"{"ips":["1.1.1.1::0","2.2.2.2::0"]}"#), "field master.ips value \"1.1.1.1::0,2.2.2.2::0\": every weight is 0"),
+            (d(r#"{"ips":[]}"#), "field master.ips value \"[]\": the list is empty"),
+            (d(r#"{"ips":["1.1.1.1","1.1.1.1:80"]}"#), "field master.ips[1] value \"1.1.1.1:80\": is listed twice"),
+            (d(r#"{"ips":["origin.example.com"]}"#), "field master.ips[0] value \"origin.example.com\": is a domain name"),
+            (d(r#"{"domain":"origin.example.com:80:5"}"#), "field master.domain value \"origin.example.com:80:5\": a domain origin may not carry a weight"),
+            (d(r#"{"domain":"origin.example.com:0"}"#), "field master.domain value \"origin.example.com:0\": port 0 is not allowed"),
+            (d(r#"{"domain":"WWW.test.com"}"#), "field master.domain value \"WWW.test.com\": is the accelerated domain 'www.test.com' itself"),
+            (d(r#"{"domain":"1.2.3.4"}"#), "field master.domain value \"1.2.3.4\": is an IP address"),
+            (d(r#"{"ips":["1.1.1.1"],"domain":"a.com"}"#), "field master value \"2 of ips/domain/clusters\": set exactly one of"),
+            (d(r#"{}"#), "field master value \"0 of ips/domain/clusters\""),
+            (d(r#"{"ips":["1.1.1.1"],"protocol":"ftp"}"#), "field master.protocol value \"ftp\": must be one of"),
+            (d(r#"{"ips":["1.1.1.1"],"host":"a.com\r\nx: y"}"#), "field master.host value \"a.com\\r\\nx: y\": contains whitespace or control characters"),
+            (d(r#"{"ips":["1.1.1.1"],"host":"a .com"}"#), "field master.host value \"a .com\": contains whitespace"),
+            (d(r#"{"ips":["1.1.1.1"],"weight":3}"#), "field master.weight: unknown field `weight`"),
+            (d(r#"{"ips":"1.1.1.1"}"#), "field master.ips: invalid type: string \"1.1.1.1\", expected a sequence"),
+            (d(r#"{"clusters":[{"name":"a","weight":2}]}"#), "field master.clusters[0].weight value \"2\": a single origin cluster may not carry a weight"),
+            (d(r#"{"clusters":[{"name":"a"}],"protocol":"https"}"#), "field master.protocol value \"https\": is decided by the cluster"),
+            (d(r#"{"clusters":[{"name":""}]}"#), "field master.clusters[0].name value \"\": is empty"),
+            (r#"{"domains":[{"domain":"*.test.com","master":{"domain":"o.test.com"}}]}"#.into(), "domain \"*.test.com\": field master.domain value \"o.test.com\": is the accelerated domain"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]}},{"domain":"A.com","master":{"ips":["1.1.1.1"]}}]}"#.into(), "domain \"a.com\": field domain value \"a.com\": appears more than once"),
+            (r#"{"domains":[{"domain":"a.*.com","master":{"ips":["1.1.1.1"]}}]}"#.into(), "domain \"a.*.com\": field domain value \"a.*.com\": a wildcard is only allowed"),
+            (r#"{"domains":[{"domain":"a.com:80","master":{"ips":["1.1.1.1"]}}]}"#.into(), "must be a host name without a port"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"master_slave_switch":true}]}"#.into(), "domain \"a.com\": field master_slave_switch value \"true\": there is no slave origin"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"failover":{"on":["4xx","404"]}}]}"#.into(), "field failover.on[1] value \"404\": must be one of"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"failover":{"status_codes":[200]}}]}"#.into(), "field failover.status_codes[0] value \"200\": must be a status code 300..=599"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"failover":{"max_response_body_bytes":99999999999}}]}"#.into(), "field failover.max_response_body_bytes value \"99999999999\": must be 1..=33554432"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"failover":{"methods":["GET","PO ST"]}}]}"#.into(), "field failover.methods[1] value \"PO ST\": is not an HTTP method name"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"detection":{"block_seconds":86401}}]}"#.into(), "field detection.block_seconds value \"86401\": must be 0..=86400"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"detection":{"block_seconds":-1}}]}"#.into(), "field detection.block_seconds: invalid value: integer `-1`"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]}}],"unknown_host_status":200}"#.into(), "field unknown_host_status value \"200\": must be an error status"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]}}],"envoy":{"cluster_header":"X-Bad Header"}}"#.into(), "field envoy.cluster_header value \"X-Bad Header\""),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"slave":{"ips":["1.1.1.1:0"]}}]}"#.into(), "domain \"a.com\": field slave.ips[0] value \"1.1.1.1:0\": port 0"),
+        ];
+        for (text, want) in &cases {
+            let err = parse_str(text).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid origin-pull configuration: "),
+                "{err}"
+            );
+            assert!(
+                err.contains(want),
+                "config {text}\n got: {err}\nwant: {want}"
+            );
+        }
+        assert!(cases.len() >= 40);
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_errors() {
+        let long = "a".repeat(5000);
+        let text = format!(
+            r#"{{"domains":[{{"domain":"a.com","master":{{"ips":["1.1.1.1"],"protocol":"{long}"}}}}]}}"#
+        );
+        let err = parse_str(&text).unwrap_err().to_string();
+        assert!(err.len() < 400, "{}", err.len());
+    }
+
+    #[test]
+    fn strip_port_forms() {
+        assert_eq!(strip_port("a.com:80"), "a.com");
+        assert_eq!(strip_port("a.com"), "a.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("::1"), "::1");
+    }
+}

@@ -1,0 +1,189 @@
+//! What an origin's answer means: a status to judge by the failover rules, or a failure to
+//! reach the origin at all (which also blocks it).
+
+use crate::config::{Detection, FailoverPolicy};
+
+/// Bits of Envoy's `response.flags` property (`StreamInfo::CoreResponseFlag`).
+pub mod flags {
+    pub const NO_HEALTHY_UPSTREAM: u64 = 1 << 1; // UH
+    pub const UPSTREAM_REQUEST_TIMEOUT: u64 = 1 << 2; // UT
+    pub const UPSTREAM_REMOTE_RESET: u64 = 1 << 4; // UR
+    pub const UPSTREAM_CONNECTION_FAILURE: u64 = 1 << 5; // UF
+    pub const UPSTREAM_CONNECTION_TERMINATION: u64 = 1 << 6; // UC
+    pub const UPSTREAM_OVERFLOW: u64 = 1 << 7; // UO
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: u64 = 1 << 15; // URX
+    pub const UPSTREAM_PROTOCOL_ERROR: u64 = 1 << 23; // UPE
+    pub const NO_CLUSTER_FOUND: u64 = 1 << 24; // NC
+    pub const DNS_RESOLUTION_FAILURE: u64 = 1 << 26; // DF
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The origin answered with this status.
+    Status(u32),
+    /// TCP connect error or connect timeout, reset before any response, DNS failure.
+    ConnectError,
+    /// The origin accepted the request but did not answer in time.
+    Timeout,
+    /// Envoy has no cluster of the name the filter routed to: a deployment error.
+    NoCluster,
+}
+
+impl Answer {
+    pub fn is_unreachable(self) -> bool {
+        !matches!(self, Answer::Status(_))
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Answer::Status(s) if (400..500).contains(&s) => "4xx",
+            Answer::Status(s) if (500..600).contains(&s) => "5xx",
+            Answer::Status(_) => "status",
+            Answer::ConnectError => "connect_error",
+            Answer::Timeout => "timeout",
+            Answer::NoCluster => "no_cluster",
+        }
+    }
+}
+
+/// Judges a routed response from its status and Envoy's response flags.
+pub fn classify_routed(status: u32, response_flags: u64) -> Answer {
+    use flags::*;
+    if response_flags & NO_CLUSTER_FOUND != 0 {
+        Answer::NoCluster
+    } else if response_flags & UPSTREAM_REQUEST_TIMEOUT != 0 {
+        Answer::Timeout
+    } else if response_flags
+        & (NO_HEALTHY_UPSTREAM
+            | UPSTREAM_REMOTE_RESET
+            | UPSTREAM_CONNECTION_FAILURE
+            | UPSTREAM_CONNECTION_TERMINATION
+            | UPSTREAM_OVERFLOW
+            | UPSTREAM_RETRY_LIMIT_EXCEEDED
+            | UPSTREAM_PROTOCOL_ERROR
+            | DNS_RESOLUTION_FAILURE)
+        != 0
+    {
+        Answer::ConnectError
+    } else {
+        Answer::Status(status)
+    }
+}
+
+/// Judges a callout response. Callouts carry no response flags: Envoy's own failure replies
+/// are recognised by the router's `x-envoy-upstream-service-time`, which only responses that
+/// came from an origin carry, and by the text of Envoy's local reply.
+pub fn classify_callout(status: u32, headers: &[(String, String)], body_start: &[u8]) -> Answer {
+    let from_origin = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("x-envoy-upstream-service-time"));
+    if from_origin {
+        return Answer::Status(status);
+    }
+    let starts = |prefix: &[u8]| body_start.starts_with(prefix);
+    match status {
+        504 if starts(b"upstream request timeout") => Answer::Timeout,
+        503 | 502 if starts(b"upstream connect error") || starts(b"no healthy upstream") => {
+            Answer::ConnectError
+        }
+        503 | 502 if starts(b"upstream reset") || starts(b"upstream connection") => {
+            Answer::ConnectError
+        }
+        _ => Answer::Status(status),
+    }
+}
+
+impl FailoverPolicy {
+    pub fn triggers(&self, answer: Answer) -> bool {
+        match answer {
+            Answer::Status(status) => self.status_triggers(status),
+            Answer::ConnectError | Answer::NoCluster => self.on_connect_error,
+            Answer::Timeout => self.on_timeout,
+        }
+    }
+}
+
+/// Whether this answer blocks the origin that gave it.
+pub fn blocks_origin(answer: Answer, detection: &Detection) -> bool {
+    match answer {
+        Answer::ConnectError | Answer::Timeout => true,
+        Answer::Status(status) => detection.block_on_5xx && (500..600).contains(&status),
+        // A missing cluster is a deployment error that blocking cannot fix.
+        Answer::NoCluster => false,
+    }
+}
+
+/// Hop-by-hop and framing headers that must not be copied between connections.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "content-length",
+        "proxy-authenticate",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routed_answers() {
+        assert_eq!(classify_routed(200, 0), Answer::Status(200));
+        assert_eq!(classify_routed(404, 0), Answer::Status(404));
+        assert_eq!(classify_routed(503, 0x20), Answer::ConnectError);
+        assert_eq!(classify_routed(504, 0x4), Answer::Timeout);
+        assert_eq!(classify_routed(503, 1 << 24), Answer::NoCluster);
+        assert_eq!(classify_routed(503, 0), Answer::Status(503));
+    }
+
+    #[test]
+    fn callout_answers() {
+        let origin = vec![
+            (":status".to_string(), "503".to_string()),
+            ("x-envoy-upstream-service-time".to_string(), "3".to_string()),
+        ];
+        assert_eq!(
+            classify_callout(503, &origin, b"upstream connect error"),
+            Answer::Status(503)
+        );
+        let local = vec![(":status".to_string(), "503".to_string())];
+        assert_eq!(
+            classify_callout(
+                503,
+                &local,
+                b"upstream connect error or disconnect/reset before headers"
+            ),
+            Answer::ConnectError
+        );
+        assert_eq!(
+            classify_callout(504, &local, b"upstream request timeout"),
+            Answer::Timeout
+        );
+        assert_eq!(classify_callout(404, &local, b""), Answer::Status(404));
+    }
+
+    #[test]
+    fn blocking_rules() {
+        let d = Detection {
+            block_ms: 1,
+            block_on_5xx: false,
+        };
+        assert!(blocks_origin(Answer::ConnectError, &d));
+        assert!(blocks_origin(Answer::Timeout, &d));
+        assert!(!blocks_origin(Answer::Status(503), &d));
+        assert!(!blocks_origin(Answer::NoCluster, &d));
+        let d = Detection {
+            block_ms: 1,
+            block_on_5xx: true,
+        };
+        assert!(blocks_origin(Answer::Status(503), &d));
+        assert!(!blocks_origin(Answer::Status(404), &d));
+    }
+}

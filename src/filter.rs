@@ -1,0 +1,306 @@
+//! The thin proxy-wasm glue: turns Envoy's callbacks into [`Exchange`] events and implements
+//! [`Host`] over hostcalls. No origin-pull decision is made here.
+#![allow(unsafe_code)] // `proxy_wasm::main!` expands to an exported `#[no_mangle]` entry point.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{
+    Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, Status,
+};
+
+use crate::config::{self, PluginConfig};
+use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
+use crate::health::BlockTable;
+use crate::host::{Host, LogLevel, SharedSetError};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(WasmLogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(OriginPullRoot::new()) });
+}}
+
+thread_local! {
+    /// xorshift state of this VM, seeded once from the host's entropy.
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // Still distinct per VM and start: better than a constant.
+        let nanos = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0x9E37_79B9, |d| d.as_nanos() as u64);
+        bytes = nanos.to_le_bytes();
+    }
+    u64::from_le_bytes(bytes) | 1
+}
+
+/// [`Host`] over proxy-wasm hostcalls. Every `Status` is handled; none panics.
+struct EnvoyHost;
+
+impl Host for EnvoyHost {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        RNG.with(|state| {
+            let mut x = state.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            state.set(x);
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        })
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedSetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedSetError::CasMismatch),
+            Err(_) => Err(SharedSetError::Other),
+        }
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, Vec::new(), timeout)
+            .map_err(|status| format!("{status:?}"))
+    }
+
+    fn callout_response_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default()
+    }
+
+    fn callout_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+            .ok()
+            .flatten()
+    }
+
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        if let Err(e) = hostcalls::send_http_response(status, headers.to_vec(), Some(body)) {
+            self.log(
+                LogLevel::Error,
+                &format!("origin-pull: could not send the local reply: {e:?}"),
+            );
+        }
+    }
+
+    fn set_filter_state(&mut self, key: &str, value: &str) {
+        // Failure only loses access-log attribution; the request itself is unaffected.
+        let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Debug => WasmLogLevel::Debug,
+            LogLevel::Info => WasmLogLevel::Info,
+            LogLevel::Warn => WasmLogLevel::Warn,
+            LogLevel::Error => WasmLogLevel::Error,
+        };
+        let _ = hostcalls::log(level, message);
+    }
+}
+
+/// State shared by the root context and its streams (one Envoy worker VM, one thread).
+struct RootState {
+    config: RefCell<Option<Rc<PluginConfig>>>,
+    blocks: RefCell<BlockTable>,
+    worker: String,
+}
+
+struct OriginPullRoot {
+    state: Rc<RootState>,
+}
+
+impl OriginPullRoot {
+    fn new() -> OriginPullRoot {
+        let worker = format!("{:08x}", EnvoyHost.random_u64() as u32);
+        OriginPullRoot {
+            state: Rc::new(RootState {
+                config: RefCell::new(None),
+                blocks: RefCell::new(BlockTable::default()),
+                worker,
+            }),
+        }
+    }
+}
+
+impl Context for OriginPullRoot {}
+
+impl RootContext for OriginPullRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match config::parse(&bytes) {
+            Ok(parsed) => {
+                EnvoyHost.log(
+                    LogLevel::Info,
+                    &format!(
+                        "origin-pull {} (worker {}): configured {} domain(s)",
+                        crate::VERSION,
+                        self.state.worker,
+                        parsed.domains.len()
+                    ),
+                );
+                *self.state.config.borrow_mut() = Some(Rc::new(parsed));
+                true
+            }
+            Err(error) => {
+                // Envoy rejects the configuration: at bootstrap it exits, under LDS it keeps the old one.
+                EnvoyHost.log(LogLevel::Error, &error.to_string());
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(OriginPullStream {
+            state: self.state.clone(),
+            exchange: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct OriginPullStream {
+    state: Rc<RootState>,
+    exchange: Option<Exchange>,
+}
+
+impl Context for OriginPullStream {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(exchange) = self.exchange.as_mut() {
+            let mut blocks = self.state.blocks.borrow_mut();
+            exchange.on_callout_response(
+                &mut EnvoyHost,
+                &mut blocks,
+                token_id,
+                num_headers,
+                body_size,
+            );
+        }
+    }
+}
+
+impl HttpContext for OriginPullStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let config = self.state.config.borrow().clone();
+        let Some(config) = config else {
+            // Never route a request this filter has not decided on.
+            EnvoyHost.send_local_reply(
+                503,
+                &[("x-origin-pull-error", "not-configured")],
+                b"origin-pull: not configured\n",
+            );
+            return Action::Pause;
+        };
+        let authority = self
+            .get_http_request_header(":authority")
+            .unwrap_or_default();
+        let scheme = self.get_http_request_header(":scheme").unwrap_or_default();
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let request = RequestInfo {
+            authority: &authority,
+            scheme: &scheme,
+            method: &method,
+            has_body: !end_of_stream,
+            worker: &self.state.worker,
+        };
+        let exchange = {
+            let mut blocks = self.state.blocks.borrow_mut();
+            Exchange::start(&config, &mut blocks, &mut EnvoyHost, &request)
+        };
+        let Some(exchange) = exchange else {
+            return Action::Pause; // answered locally
+        };
+        if let Some((route, host_override)) = exchange.route() {
+            // Always overwrite or remove: a client's copy of a routing header is never obeyed.
+            self.set_http_request_header(exchange.cluster_header(), Some(&route.cluster));
+            self.set_http_request_header(ORIGINAL_DST_HEADER, route.original_dst.as_deref());
+            if let Some(host) = host_override {
+                self.set_http_request_header(":authority", Some(host));
+            }
+        }
+        self.exchange = Some(exchange);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(exchange) = self.exchange.as_mut() {
+            if exchange.wants_request_body() {
+                let chunk = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                exchange.on_request_body(&chunk, end_of_stream);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        let response_flags = hostcalls::get_property(vec!["response", "flags"])
+            .ok()
+            .flatten()
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes);
+        let step = {
+            let mut blocks = self.state.blocks.borrow_mut();
+            exchange.on_response_headers(&mut EnvoyHost, &mut blocks, status, response_flags)
+        };
+        match step {
+            ResponseStep::Pause => Action::Pause,
+            ResponseStep::Continue => {
+                for (name, value) in exchange.debug_headers() {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
+                }
+                Action::Continue
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! origin-pull: CDN origin-pull behaviour as a proxy-wasm HTTP filter.
+//!
+//! Everything but `filter` is plain Rust that never touches proxy-wasm: `config` (parse,
+//! validate, compile), `address` (origin strings), `select` (weighted polling), `health`
+//! (shared block table), `failover` (judging answers) and `exchange` (one request's flow),
+//! all behind the [`host::Host`] trait so they are unit-tested natively with a fake host.
+
+pub mod address;
+pub mod config;
+pub mod exchange;
+pub mod failover;
+pub mod health;
+pub mod host;
+pub mod select;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
