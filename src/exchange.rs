@@ -122,6 +122,11 @@ impl Exchange {
             request_headers: None,
             refusal_logged: false,
         };
+        // Envoy no longer exposes the request headers once the response is under way, so
+        // keep a copy now, but only when this request could ever be failed over.
+        if exchange.failover_possible() && exchange.method_allowed() {
+            exchange.request_headers = Some(host.request_headers());
+        }
         let Some(first) = exchange.first_attempt(blocks, host) else {
             // Unreachable with a validated configuration (some weight is non-zero); never route blind.
             host.send_local_reply(
@@ -461,9 +466,6 @@ impl Exchange {
     }
 
     fn dispatch(&mut self, host: &mut impl Host, attempt: Attempt) -> bool {
-        if self.request_headers.is_none() {
-            self.request_headers = Some(host.request_headers());
-        }
         let Some(set) = self.set(attempt.role) else {
             return false;
         };

@@ -33,7 +33,7 @@ pub trait Host {
         cas: Option<u32>,
     ) -> Result<(), SharedSetError>;
 
-    /// The client request's headers as they are now (read only when failing over).
+    /// The client request's headers (read in the request phase, before the filter changes them).
     fn request_headers(&self) -> Vec<(String, String)>;
 
     /// Starts an HTTP callout; the answer arrives later as a callout response event.
