@@ -1,0 +1,195 @@
+"""Failover to the slave origin (scenarios a and d), against the real Envoy at --concurrency 2.
+
+Every test checks which origin served, from the origin's own answer (x-served-by) and request log.
+Origins use 127.0.0.2-127.0.0.39.
+"""
+
+import pytest
+from harness import wait_for
+
+
+def logged(env, text, timeout=5):
+    """Envoy writes its log asynchronously: wait (bounded) for a wasm log line containing text."""
+    return wait_for(lambda: any(text in l for l in env.wasm_log_lines()), timeout, what=repr(text))
+
+
+def domain(master, slave=None, **extra):
+    d = {"domain": "www.test.com", "master": master, **extra}
+    if slave is not None:
+        d["slave"] = slave
+    return {"domains": [d], "debug_headers": True}
+
+
+def test_seeds_example_master_404_slave_200(env):
+    """The vendor's worked example: 1.1.1.1 has no /1.jpg (404), 2.2.2.2 has it (200)."""
+    master = env.start_origin("master", ip="127.0.0.2", routes={"/1.jpg": 404})
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}))
+
+    r = env.request("www.test.com", "/1.jpg?v=2", headers={"accept": "image/*"})
+    assert r.status == 200, r
+    assert r.headers["x-served-by"] == "slave"
+    assert r.body == b"served-by=slave path=/1.jpg?v=2\n"
+    assert r.headers["x-origin-pull-origin"] == f"slave={slave.addr}"
+    assert r.headers["x-origin-pull-attempts"] == "2"
+    assert r.headers["x-seen-host"] == "www.test.com"
+    assert master.requests() == [{"method": "GET", "path": "/1.jpg?v=2", "host": "www.test.com"}]
+    assert slave.requests() == [{"method": "GET", "path": "/1.jpg?v=2", "host": "www.test.com"}]
+
+    # A path the master has is served by the master, without touching the slave.
+    r = env.request("www.test.com", "/2.jpg")
+    assert (r.status, r.headers["x-served-by"]) == (200, "master")
+    assert slave.count() == 1
+
+
+def test_without_slave_the_404_reaches_the_client(env):
+    master = env.start_origin("master", ip="127.0.0.2", routes={"/1.jpg": 404})
+    env.start(domain({"ips": [master.addr]}))
+    r = env.request("www.test.com", "/1.jpg")
+    assert (r.status, r.headers["x-served-by"]) == (404, "master")
+
+
+def test_master_5xx_goes_to_slave_and_is_not_blocked_by_default(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=500)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}))
+    for _ in range(3):
+        r = env.request("www.test.com", "/x")
+        assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+    # 5xx does not block unless block_on_5xx: the master keeps being asked first.
+    assert master.count() == 3
+
+
+def test_master_connection_error_goes_to_slave_and_is_blocked(env):
+    dead = env.dead_addr("127.0.0.4")
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [dead]}, {"ips": [slave.addr]}))
+    for i in range(6):
+        r = env.request("www.test.com", f"/x{i}")
+        assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+    # First request: routed to the dead master, failed over (2 attempts). Afterwards the master
+    # is blocked and requests go straight to the slave.
+    assert env.stat("cluster.origin_pull_ip_http.upstream_cx_connect_fail") == 1
+    assert r.headers["x-origin-pull-attempts"] == "1"
+    assert slave.count() == 6
+    assert logged(env, "failed (connect_error); blocked for 60 s")
+
+
+def test_response_timeout_blocks_the_master_and_fails_over(make_env):
+    env = make_env(route_timeout="1s")
+    master = env.start_origin("master", ip="127.0.0.2")
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}))
+    r = env.request("www.test.com", "/__sleep/3000/slow")
+    assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+    r = env.request("www.test.com", "/fast")
+    assert (r.status, r.headers["x-served-by"]) == (200, "slave"), "the slow master is blocked"
+    assert logged(env, "failed (timeout)")
+
+
+def test_failing_slave_answer_is_what_the_client_gets(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=500)
+    slave = env.start_origin("slave", ip="127.0.0.3", status=503)
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}))
+    r = env.request("www.test.com", "/x")
+    assert (r.status, r.headers["x-served-by"]) == (503, "slave"), r
+    assert r.body == b"served-by=slave path=/x\n"
+
+
+@pytest.mark.parametrize("master_kind", ["404", "dead"])
+def test_unreachable_slave_gives_a_clear_502(env, master_kind):
+    if master_kind == "404":
+        master = env.start_origin("master", ip="127.0.0.2", status=404).addr
+    else:
+        master = env.dead_addr("127.0.0.4")
+    dead_slave = env.dead_addr("127.0.0.5")
+    env.start(domain({"ips": [master]}, {"ips": [dead_slave]}))
+    r = env.request("www.test.com", "/x")
+    assert r.status == 502, r
+    assert r.headers["x-origin-pull-error"] == "origin-unreachable"
+    assert f"slave {dead_slave}" in r.text and f"master {master}" in r.text
+
+
+def test_connection_error_is_retried_on_another_master_before_the_slave(env):
+    dead = [env.dead_addr(f"127.0.0.{i}") for i in (10, 11, 12)]
+    live = env.start_origin("live", ip="127.0.0.13")
+    slave = env.start_origin("slave", ip="127.0.0.14")
+    # The live master has a tiny weight: most requests start on a dead one.
+    ips = [f"{a}:100" for a in dead] + [f"{live.addr}:1"]
+    env.start(domain({"ips": ips}, {"ips": [slave.addr]}, failover={"master_retries": 3}))
+    served = [env.request("www.test.com", f"/r{i}") for i in range(8)]
+    assert all(r.status == 200 for r in served), served
+    # With 3 retries every dead master is tried before the slave, so the live master serves.
+    assert {r.headers["x-served-by"] for r in served} == {"live"}
+    assert slave.count() == 0
+    assert env.stat("cluster.origin_pull_ip_http.upstream_cx_connect_fail") <= 3
+
+
+def test_post_is_not_failed_over_by_default(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=500)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}))
+    r = env.request("www.test.com", "/form", method="POST", body=b"a=1")
+    assert (r.status, r.headers["x-served-by"]) == (500, "master")
+    assert slave.count() == 0
+    assert logged(env, "not failing over POST")
+
+
+def test_opted_in_post_replays_the_whole_body(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=502)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]},
+                     failover={"methods": ["GET", "POST"], "max_request_body_bytes": 4 << 20}))
+    body = bytes(range(256)) * 8192  # 2 MiB: more than Envoy's 1 MiB buffer, streamed through
+    r = env.request("www.test.com", "/upload", method="POST", body=body)
+    assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+    assert r.headers["x-seen-body-bytes"] == str(len(body))
+
+
+def test_body_over_the_replay_limit_refuses_failover(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=502)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]},
+                     failover={"methods": ["POST"], "max_request_body_bytes": 1000}))
+    r = env.request("www.test.com", "/upload", method="POST", body=b"x" * 5000)
+    assert (r.status, r.headers["x-served-by"]) == (502, "master")
+    assert slave.count() == 0
+    assert logged(env, "larger than failover.max_request_body_bytes (1000)")
+
+
+def test_head_fails_over(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=404)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}))
+    r = env.request("www.test.com", "/x", method="HEAD")
+    assert (r.status, r.headers["x-served-by"], r.body) == (200, "slave", b"")
+
+
+def test_failover_response_size_is_bounded(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=404)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]},
+                     failover={"max_response_body_bytes": 1_000_000}))
+    r = env.request("www.test.com", "/__size/999999/ok")
+    assert (r.status, r.headers["x-served-by"], len(r.body)) == (200, "slave", 999_999)
+    r = env.request("www.test.com", "/__size/1000001/big")
+    assert r.status == 502, r
+    assert r.headers["x-origin-pull-error"] == "failover-response-too-large"
+    # Larger than Envoy's 32 MiB async buffer: never reaches the VM, still a clear 502.
+    r = env.request("www.test.com", "/__size/40000000/huge", timeout=60)
+    assert r.status == 502, r
+    # The VM survived: the next request is served normally.
+    r = env.request("www.test.com", "/__size/10/after")
+    assert (r.status, r.headers["x-served-by"]) == (200, "slave")
+
+
+def test_failover_drops_hop_by_hop_and_keeps_end_to_end_headers(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=404)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}))
+    r = env.request("www.test.com", "/x")
+    assert r.status == 200
+    assert r.headers["content-type"] == "text/plain"
+    assert r.headers["x-seen-dst"] == slave.addr
+    assert "transfer-encoding" not in r.headers
+    assert r.headers["content-length"] == str(len(r.body))
