@@ -208,7 +208,7 @@ impl Scheme {
             Scheme::Https => 443,
         }
     }
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
@@ -232,6 +232,8 @@ pub struct Route {
     pub original_dst: Option<String>,
     /// Key in the shared block table and the name shown in logs, debug headers, filter state.
     pub label: String,
+    /// Scheme towards the origin; `None` for cluster origins, whose transport socket decides.
+    pub scheme: Option<Scheme>,
 }
 
 #[derive(Debug, Clone)]
@@ -613,6 +615,7 @@ fn compile_origin(
                 cluster: dns_cluster_name(scheme, &entry.name, port),
                 original_dst: None,
                 label: format!("{}:{port}", entry.name),
+                scheme: Some(scheme),
             }
         });
         normalized.insert(
@@ -765,6 +768,7 @@ fn compile_ips(
                 },
                 original_dst: Some(address.clone()),
                 label: address,
+                scheme: Some(scheme),
             }
         });
         if !seen.insert(routes[0].label.clone()) {
@@ -837,6 +841,7 @@ fn compile_clusters(clusters: &[RawCluster], ctx: &Ctx) -> Result<Vec<Target>, C
             cluster: cluster.name.clone(),
             original_dst: None,
             label: cluster.name.clone(),
+            scheme: None,
         };
         targets.push(Target {
             weight,

@@ -477,12 +477,7 @@ impl Exchange {
         let authority = set.host.as_deref().unwrap_or(&self.client_authority);
         let request_headers = self.request_headers.as_deref().unwrap_or_default();
         let cluster_header = self.config.envoy.cluster_header.as_str();
-        let scheme = match route.cluster == self.config.envoy.ip_cluster_https
-            || route.cluster.starts_with("origin_pull|https|")
-        {
-            true => "https",
-            false => "http",
-        };
+        let scheme = route.scheme.unwrap_or(self.scheme).as_str();
         let replay_body = self.has_body && !self.body_overflow && self.body_complete;
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(request_headers.len() + 2);
         for (name, value) in request_headers.iter() {
