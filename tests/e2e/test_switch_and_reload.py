@@ -1,0 +1,91 @@
+"""Scenarios h (the master/slave switch) and i (LDS reloads under a bounded load, zero failed
+requests). Origins use 127.0.0.50-127.0.0.59.
+"""
+
+import threading
+import time
+
+D = "www.test.com"
+
+
+def config(m, s, switch=False, weights=None):
+    ips = [m] if weights is None else [f"{m}:{weights[0]}", f"{weights[2]}:{weights[1]}"]
+    return {"domains": [{"domain": D, "master": {"ips": ips}, "slave": {"ips": [s]},
+                         "master_slave_switch": switch}], "debug_headers": True}
+
+
+def served_by(env, path):
+    r = env.request(D, path)
+    assert r.status == 200, r
+    return r.headers["x-served-by"]
+
+
+def test_switch_flips_which_origin_serves(env):
+    m = env.start_origin("m", ip="127.0.0.50", routes={"/only-on-s": 404})
+    s = env.start_origin("s", ip="127.0.0.51", routes={"/only-on-m": 404})
+    env.start(config(m.addr, s.addr))
+    assert {served_by(env, f"/a{i}") for i in range(5)} == {"m"}
+    assert served_by(env, "/only-on-s") == "s"          # master 404 -> slave
+
+    env.reload(config(m.addr, s.addr, switch=True), expect="success")
+    assert {served_by(env, f"/b{i}") for i in range(5)} == {"s"}
+    assert served_by(env, "/only-on-m") == "m"          # the old master is now the slave
+    assert s.count("/only-on-m") == 1
+
+    env.reload(config(m.addr, s.addr, switch=False), expect="success")
+    assert {served_by(env, f"/c{i}") for i in range(5)} == {"m"}
+
+
+def test_reloads_under_load_lose_no_request(make_env):
+    env = make_env(drain_time_s=1)
+    a = env.start_origin("a", ip="127.0.0.52")
+    b = env.start_origin("b", ip="127.0.0.53")
+    s = env.start_origin("s", ip="127.0.0.54")
+    names = {"a", "b", "s"}
+    env.start(config(a.addr, s.addr, weights=(1, 1, b.addr)))
+
+    duration, max_requests, threads = 20.0, 100_000, 4
+    stop = threading.Event()
+    results = []  # (status, served_by) per request
+    lock = threading.Lock()
+
+    def client(k):
+        n = 0
+        while not stop.is_set() and n < max_requests // threads:
+            try:
+                r = env.request(D, f"/load/{k}/{n}", timeout=10)
+                outcome = (r.status, r.headers.get("x-served-by"))
+            except Exception as e:  # a connection error is a failed request too
+                outcome = ("error", repr(e))
+            with lock:
+                results.append(outcome)
+            n += 1
+
+    workers = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(threads)]
+    ok0 = env.stat("listener_manager.lds.update_success")
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    reloads = 0
+    try:
+        while time.monotonic() - started < duration:
+            time.sleep(2.0)
+            reloads += 1
+            weights = (reloads % 3 + 1, 3 - reloads % 3, b.addr)
+            env.reload(config(a.addr, s.addr, switch=reloads % 2 == 1, weights=weights),
+                       expect="success")
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=15)
+    elapsed = time.monotonic() - started
+
+    failed = [r for r in results if r[0] != 200 or r[1] not in names]
+    print(f"reload under load: {len(results)} requests, {reloads} reloads in {elapsed:.1f}s, "
+          f"{len(failed)} failed")
+    assert reloads >= 8
+    assert env.stat("listener_manager.lds.update_success") - ok0 == reloads
+    assert len(results) >= 500
+    assert failed == [], failed[:10]
+    # Both roles actually served during the run (the switch took effect).
+    assert {r[1] for r in results} == names
