@@ -317,7 +317,7 @@ impl Exchange {
         self.pending_callout = None;
         let (answer, headers) = if num_headers == 0 {
             // Reset, or larger than Envoy's async response buffer (32 MiB by default).
-            (Answer::ConnectError, Vec::new())
+            (Answer::NoResponse, Vec::new())
         } else {
             let headers = host.callout_response_headers();
             let status = headers

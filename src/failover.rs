@@ -27,6 +27,9 @@ pub enum Answer {
     Timeout,
     /// Envoy has no cluster of the name the filter routed to: a deployment error.
     NoCluster,
+    /// A callout ended without response headers: reset mid-way, or larger than Envoy's async
+    /// response buffer. The origin may be healthy, so this never blocks it.
+    NoResponse,
 }
 
 impl Answer {
@@ -42,6 +45,7 @@ impl Answer {
             Answer::ConnectError => "connect_error",
             Answer::Timeout => "timeout",
             Answer::NoCluster => "no_cluster",
+            Answer::NoResponse => "no_response",
         }
     }
 }
@@ -97,7 +101,7 @@ impl FailoverPolicy {
     pub fn triggers(&self, answer: Answer) -> bool {
         match answer {
             Answer::Status(status) => self.status_triggers(status),
-            Answer::ConnectError | Answer::NoCluster => self.on_connect_error,
+            Answer::ConnectError | Answer::NoCluster | Answer::NoResponse => self.on_connect_error,
             Answer::Timeout => self.on_timeout,
         }
     }
@@ -108,8 +112,9 @@ pub fn blocks_origin(answer: Answer, detection: &Detection) -> bool {
     match answer {
         Answer::ConnectError | Answer::Timeout => true,
         Answer::Status(status) => detection.block_on_5xx && (500..600).contains(&status),
-        // A missing cluster is a deployment error that blocking cannot fix.
-        Answer::NoCluster => false,
+        // A missing cluster is a deployment error that blocking cannot fix; a missing
+        // response may be the object's size, not the origin's health.
+        Answer::NoCluster | Answer::NoResponse => false,
     }
 }
 
@@ -179,6 +184,7 @@ mod tests {
         assert!(blocks_origin(Answer::Timeout, &d));
         assert!(!blocks_origin(Answer::Status(503), &d));
         assert!(!blocks_origin(Answer::NoCluster, &d));
+        assert!(!blocks_origin(Answer::NoResponse, &d));
         let d = Detection {
             block_ms: 1,
             block_on_5xx: true,
