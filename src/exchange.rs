@@ -351,8 +351,17 @@ impl Exchange {
         };
         let policy = &domain.failover;
         let detection = domain.detection;
-        let domain_name = domain.name.clone();
         let triggers = policy.triggers(answer);
+        let unreachable_end = answer.is_unreachable() && (from_callout || self.tried.len() > 1);
+        // The common case (a 2xx, or any answer nobody acts on) allocates nothing.
+        if !triggers && !blocks_origin(answer, &detection) && answer != Answer::NoCluster {
+            return if unreachable_end {
+                Next::Unreachable
+            } else {
+                Next::Accept
+            };
+        }
+        let domain_name = domain.name.clone();
         let retries = policy.master_retries;
         let current = self.current();
         let label = self
@@ -383,15 +392,16 @@ impl Exchange {
                 &format!("origin-pull: {domain_name}: Envoy has no cluster named '{cluster}' for origin {label}; add it to the Envoy configuration (`origin-pull check` lists the clusters needed)"),
             );
         }
-        let finish = |tried: usize| {
-            if answer.is_unreachable() && (from_callout || tried > 1) {
+        // Nothing else to try: relay the answer, or say clearly that no origin was reachable.
+        let finish = || {
+            if unreachable_end {
                 Next::Unreachable
             } else {
                 Next::Accept
             }
         };
         if !triggers {
-            return finish(self.tried.len());
+            return finish();
         }
         if let Some(reason) = self.refusal_reason() {
             if !self.refusal_logged {
@@ -405,7 +415,7 @@ impl Exchange {
                     ),
                 );
             }
-            return finish(self.tried.len());
+            return finish();
         }
         // A connection failure is first retried on another origin of the same role.
         if answer.is_unreachable() && self.attempts_in_role <= retries {
@@ -439,7 +449,7 @@ impl Exchange {
                 }
             }
         }
-        finish(self.tried.len())
+        finish()
     }
 
     fn refusal_reason(&self) -> Option<String> {
