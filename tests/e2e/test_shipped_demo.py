@@ -15,7 +15,7 @@ PORTS = [("127.0.0.1", 9901), ("127.0.0.1", 10000), ("127.0.0.2", 8081), ("127.0
 def test_make_run_demo_behaves_as_described(envoy_bin):
     busy = [f"{ip}:{port}" for ip, port in PORTS if port_open(ip, port)]
     if busy:
-        pytest.skip(f"demo ports in use: {busy} (is `make run` running?)")
+        pytest.fail(f"demo ports in use: {busy}: stop `make run` (or whatever holds them) first")
     p = subprocess.run([sys.executable, str(HERE / "demo.py"), "--no-wait", "--envoy", envoy_bin],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     out = p.stdout + p.stderr
