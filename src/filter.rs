@@ -9,13 +9,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{
-    Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, Status,
+    Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType, Status,
 };
 
 use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
 use crate::health::BlockTable;
-use crate::host::{Host, LogLevel, SharedSetError};
+use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(WasmLogLevel::Trace);
@@ -126,6 +126,23 @@ impl Host for EnvoyHost {
             LogLevel::Error => WasmLogLevel::Error,
         };
         let _ = hostcalls::log(level, message);
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+        };
+        hostcalls::define_metric(kind, name).ok()
+    }
+
+    fn increment_metric(&mut self, id: u32, delta: i64) {
+        // A lost increment only skews a stat; the request itself is unaffected.
+        let _ = hostcalls::increment_metric(id, delta);
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
     }
 }
 

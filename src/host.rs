@@ -10,6 +10,13 @@ pub enum SharedSetError {
     Other,
 }
 
+/// Kind of an Envoy stat defined by the filter (`wasmcustom.<name>` in `/stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
     Debug,
@@ -56,6 +63,14 @@ pub trait Host {
     fn set_filter_state(&mut self, key: &str, value: &str);
 
     fn log(&self, level: LogLevel, message: &str);
+
+    /// Defines (or finds) an Envoy stat; the id stays valid for the VM's life. Define stats
+    /// when a configuration is applied, not per request. `None` if Envoy refused it.
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
+    /// Adds `delta` to a counter or gauge (negative only for gauges).
+    fn increment_metric(&mut self, id: u32, delta: i64);
+    /// Sets a gauge.
+    fn record_metric(&mut self, id: u32, value: u64);
 }
 
 #[cfg(test)]
@@ -121,6 +136,8 @@ pub mod fake {
         pub response_headers: Vec<(String, String)>,
         pub response_body: Vec<u8>,
         next_token: u32,
+        /// Defined stats, by id - 1: (kind, name, value).
+        pub metrics: Vec<(MetricKind, String, i64)>,
     }
 
     impl FakeHost {
@@ -138,6 +155,7 @@ pub mod fake {
                 response_headers: Vec::new(),
                 response_body: Vec::new(),
                 next_token: 1,
+                metrics: Vec::new(),
             }
         }
 
@@ -154,6 +172,14 @@ pub mod fake {
                 .chain(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())))
                 .collect();
             self.response_body = body.to_vec();
+        }
+
+        /// Value of a defined stat, by name (`None` if never defined).
+        pub fn metric(&self, name: &str) -> Option<i64> {
+            self.metrics
+                .iter()
+                .find(|(_, n, _)| n == name)
+                .map(|(_, _, v)| *v)
         }
 
         pub fn logged(&self, needle: &str) -> bool {
@@ -257,5 +283,54 @@ pub mod fake {
         fn log(&self, level: LogLevel, message: &str) {
             self.logs.borrow_mut().push((level, message.to_string()));
         }
+        fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+            if let Some(i) = self.metrics.iter().position(|(_, n, _)| n == name) {
+                return u32::try_from(i + 1).ok();
+            }
+            self.metrics.push((kind, name.to_string(), 0));
+            u32::try_from(self.metrics.len()).ok()
+        }
+        fn increment_metric(&mut self, id: u32, delta: i64) {
+            if let Some(m) = (id as usize)
+                .checked_sub(1)
+                .and_then(|i| self.metrics.get_mut(i))
+            {
+                m.2 += delta;
+            }
+        }
+        fn record_metric(&mut self, id: u32, value: u64) {
+            if let Some(m) = (id as usize)
+                .checked_sub(1)
+                .and_then(|i| self.metrics.get_mut(i))
+            {
+                m.2 = value as i64;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeHost;
+    use super::{Host, MetricKind};
+
+    #[test]
+    fn fake_metrics_are_defined_once_and_counted() {
+        let mut host = FakeHost::new(1);
+        let requests = host.define_metric(MetricKind::Counter, "requests");
+        assert_eq!(
+            requests,
+            host.define_metric(MetricKind::Counter, "requests")
+        );
+        let blocked = host.define_metric(MetricKind::Gauge, "blocked");
+        let (Some(requests), Some(blocked)) = (requests, blocked) else {
+            panic!("metrics not defined");
+        };
+        host.increment_metric(requests, 2);
+        host.record_metric(blocked, 7);
+        host.increment_metric(0, 1); // unknown id: ignored
+        assert_eq!(host.metric("requests"), Some(2));
+        assert_eq!(host.metric("blocked"), Some(7));
+        assert_eq!(host.metric("missing"), None);
     }
 }
