@@ -12,6 +12,7 @@ pub mod failover;
 pub mod health;
 pub mod host;
 pub mod select;
+pub mod sigv4;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
