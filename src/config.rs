@@ -12,6 +12,15 @@ use crate::address::{
     normalize_host_name, parse_domain_entry, parse_ip_entry, validate_host_header,
     validate_host_name, MAX_WEIGHT,
 };
+use crate::bucket::{Addressing, Bucket};
+use crate::mirror::{Mirror, MirrorMode, OnSourceFailure};
+use crate::sigv4::{Secret, Signer};
+
+/// Reads a variable of the VM's environment (`vm_config.environment_variables`).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub const DEFAULT_MAX_COPY_BYTES: u64 = 8 << 20;
+/// Shown instead of a secret in `check` output and in error messages.
+pub const REDACTED: &str = "(redacted)";
 
 pub const DEFAULT_BLOCK_SECONDS: u64 = 60;
 pub const MAX_BLOCK_SECONDS: u64 = 86_400;
@@ -130,6 +139,47 @@ struct RawDomain {
     failover: Option<RawFailover>,
     #[serde(default)]
     detection: Option<RawDetection>,
+    #[serde(default)]
+    mirror: Option<RawMirror>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirror {
+    source: RawOrigin,
+    mode: Option<String>,
+    pass_query_string: Option<bool>,
+    key_prefixes: Option<Vec<String>>,
+    on_status: Option<Vec<u32>>,
+    copy_back: Option<bool>,
+    max_copy_bytes: Option<u64>,
+    on_source_failure: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBucket {
+    endpoint: String,
+    bucket: String,
+    region: String,
+    key_prefix: Option<String>,
+    addressing: Option<String>,
+    credentials: Option<RawCredentials>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    access_key_id: Option<String>,
+    access_key_id_env: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_env: Option<String>,
+}
+
+impl fmt::Debug for RawCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawCredentials(redacted)")
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +188,7 @@ struct RawOrigin {
     ips: Option<Vec<String>>,
     domain: Option<String>,
     clusters: Option<Vec<RawCluster>>,
+    bucket: Option<RawBucket>,
     protocol: Option<String>,
     host: Option<String>,
 }
@@ -175,6 +226,17 @@ pub enum Protocol {
     Http,
     Https,
     Follow,
+}
+
+impl OriginKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginKind::Ips => "ips",
+            OriginKind::Domain => "domain",
+            OriginKind::Clusters => "clusters",
+            OriginKind::Bucket => "bucket",
+        }
+    }
 }
 
 impl Protocol {
@@ -221,6 +283,7 @@ pub enum OriginKind {
     Ips,
     Domain,
     Clusters,
+    Bucket,
 }
 
 /// Everything Envoy needs to send one request to one origin, precomputed.
@@ -260,6 +323,8 @@ pub struct OriginSet {
     pub targets: Vec<Target>,
     /// Running sums of the weights, for weighted picks by binary search.
     pub cumulative_weights: Vec<u64>,
+    /// Set for `bucket` origins (one target).
+    pub bucket: Option<Bucket>,
     normalized: Value,
 }
 
@@ -310,6 +375,8 @@ pub struct Domain {
     pub switched: bool,
     pub failover: FailoverPolicy,
     pub detection: Detection,
+    /// Mirror back-to-origin of the (bucket) master.
+    pub mirror: Option<Mirror>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,7 +400,12 @@ pub struct PluginConfig {
 
 // ---------------------------------------------------------------- parse + validate
 
+/// Parses with the process environment (the VM's `vm_config.environment_variables` in Envoy).
 pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+    parse_with_env(bytes, &|name| std::env::var(name).ok())
+}
+
+pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigError> {
     let tree: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError {
         domain: None,
         field: "(document)".into(),
@@ -351,14 +423,53 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
     let raw: RawPluginConfig = serde_path_to_error::deserialize(&tree).map_err(|e| {
         let path = e.path().to_string();
         let (domain, field) = split_domain_path(&tree, &path);
+        // serde quotes offending values; a misplaced secret must not reach the log.
+        let mut reason = e.into_inner().to_string();
+        for secret in secrets_in(&tree) {
+            reason = reason.replace(&secret, REDACTED);
+        }
         ConfigError {
             domain,
             field,
             value: None,
-            reason: e.into_inner().to_string(),
+            reason,
         }
     })?;
-    compile(raw)
+    compile(raw, env)
+}
+
+/// Every string under a `credentials` key except the names of environment variables and the
+/// (public) access key id.
+fn secrets_in(tree: &Value) -> Vec<String> {
+    fn strings(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) if !s.is_empty() => out.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            Value::Object(map) => map
+                .iter()
+                .filter(|(k, _)| !k.ends_with("_env") && k.as_str() != "access_key_id")
+                .for_each(|(_, v)| strings(v, out)),
+            _ => {}
+        }
+    }
+    fn walk(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "credentials" {
+                        strings(v, out);
+                    } else {
+                        walk(v, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(tree, &mut out);
+    out
 }
 
 /// `domains[2].master.ips[0]` → (name of domains[2], `master.ips[0]`).
@@ -386,7 +497,7 @@ fn split_domain_path(tree: &Value, path: &str) -> (Option<String>, String) {
     )
 }
 
-fn compile(raw: RawPluginConfig) -> Result<PluginConfig, ConfigError> {
+fn compile(raw: RawPluginConfig, env: EnvLookup) -> Result<PluginConfig, ConfigError> {
     let top = Ctx {
         domain: None,
         prefix: String::new(),
@@ -418,7 +529,7 @@ fn compile(raw: RawPluginConfig) -> Result<PluginConfig, ConfigError> {
     };
     for raw_domain in raw.domains {
         let index = config.domains.len();
-        let domain = compile_domain(raw_domain, &config.envoy)?;
+        let domain = compile_domain(raw_domain, &config.envoy, env)?;
         let ctx = Ctx {
             domain: Some(&domain.name),
             prefix: String::new(),
@@ -515,7 +626,11 @@ fn normalize_accelerated_domain(name: &str) -> Result<String, String> {
     Ok(normalized)
 }
 
-fn compile_domain(raw: RawDomain, envoy: &EnvoyNames) -> Result<Domain, ConfigError> {
+fn compile_domain(
+    raw: RawDomain,
+    envoy: &EnvoyNames,
+    env: EnvLookup,
+) -> Result<Domain, ConfigError> {
     let top = Ctx {
         domain: Some(&raw.domain),
         prefix: String::new(),
@@ -526,11 +641,38 @@ fn compile_domain(raw: RawDomain, envoy: &EnvoyNames) -> Result<Domain, ConfigEr
         domain: Some(&name),
         prefix: String::new(),
     };
-    let master = compile_origin(raw.master, &name, envoy, &ctx.nested("master"))?;
+    let master = compile_origin(raw.master, &name, envoy, env, &ctx.nested("master"))?;
     let slave = raw
         .slave
-        .map(|s| compile_origin(s, &name, envoy, &ctx.nested("slave")))
+        .map(|s| compile_origin(s, &name, envoy, env, &ctx.nested("slave")))
         .transpose()?;
+    let mirror = match raw.mirror {
+        None => None,
+        Some(m) => {
+            if master.kind != OriginKind::Bucket {
+                return Err(ctx.err(
+                    "mirror",
+                    Some(format!("master is {}", master.kind.as_str())),
+                    "mirror back-to-origin needs a `bucket` master",
+                ));
+            }
+            if raw.master_slave_switch {
+                return Err(ctx.err(
+                    "mirror",
+                    Some("master_slave_switch: true".into()),
+                    "the switch would make the mirrored bucket the slave; remove `mirror` or the switch",
+                ));
+            }
+            Some(compile_mirror(
+                m,
+                &name,
+                slave.is_some(),
+                envoy,
+                env,
+                &ctx.nested("mirror"),
+            )?)
+        }
+    };
     let failover = compile_failover(raw.failover, &ctx.nested("failover"))?;
     let detection = compile_detection(raw.detection, &ctx.nested("detection"))?;
     let (master, slave) = match (raw.master_slave_switch, slave) {
@@ -551,6 +693,7 @@ fn compile_domain(raw: RawDomain, envoy: &EnvoyNames) -> Result<Domain, ConfigEr
         switched: raw.master_slave_switch,
         failover,
         detection,
+        mirror,
     })
 }
 
@@ -558,12 +701,14 @@ fn compile_origin(
     raw: RawOrigin,
     accelerated: &str,
     envoy: &EnvoyNames,
+    env: EnvLookup,
     ctx: &Ctx,
 ) -> Result<OriginSet, ConfigError> {
     let given = [
         raw.ips.is_some(),
         raw.domain.is_some(),
         raw.clusters.is_some(),
+        raw.bucket.is_some(),
     ]
     .iter()
     .filter(|g| **g)
@@ -571,8 +716,8 @@ fn compile_origin(
     if given != 1 {
         return Err(ctx.err(
             "",
-            Some(format!("{given} of ips/domain/clusters")),
-            "set exactly one of `ips` (several IPs), `domain` (one domain name) or `clusters` (Envoy clusters)",
+            Some(format!("{given} of ips/domain/clusters/bucket")),
+            "set exactly one of `ips` (several IPs), `domain` (one domain name), `clusters` (Envoy clusters) or `bucket` (object storage)",
         ));
     }
     let protocol = match raw.protocol.as_deref() {
@@ -592,7 +737,21 @@ fn compile_origin(
     }
     let host = raw.host.map(|h| h.to_ascii_lowercase());
     let mut normalized = serde_json::Map::new();
-    let (kind, targets) = if let Some(ips) = raw.ips {
+    let mut bucket = None;
+    let (kind, targets) = if let Some(raw_bucket) = raw.bucket {
+        if let Some(h) = &host {
+            return Err(ctx.err(
+                "host",
+                Some(h.clone()),
+                "is the bucket's own host name for `bucket` origins (it is signed); remove it",
+            ));
+        }
+        let (compiled, routes, shown) =
+            compile_bucket(raw_bucket, protocol, env, &ctx.nested("bucket"))?;
+        normalized.insert("bucket".into(), shown);
+        bucket = Some(compiled);
+        (OriginKind::Bucket, vec![Target { weight: 1, routes }])
+    } else if let Some(ips) = raw.ips {
         let targets = compile_ips(&ips, protocol, envoy, ctx)?;
         normalized.insert("ips".into(), json!(targets_as_text(&targets, protocol)));
         (OriginKind::Ips, targets)
@@ -661,7 +820,340 @@ fn compile_origin(
         host,
         targets,
         cumulative_weights,
+        bucket,
         normalized: Value::Object(normalized),
+    })
+}
+
+fn compile_bucket(
+    raw: RawBucket,
+    protocol: Protocol,
+    env: EnvLookup,
+    ctx: &Ctx,
+) -> Result<(Bucket, [Route; 2], Value), ConfigError> {
+    if raw.endpoint.contains("://") {
+        return Err(ctx.err(
+            "endpoint",
+            Some(raw.endpoint.clone()),
+            "give the host name without a scheme (set `protocol` for https)",
+        ));
+    }
+    let entry = parse_domain_entry(&raw.endpoint)
+        .map_err(|r| ctx.err("endpoint", Some(raw.endpoint.clone()), r))?;
+    let name = raw.bucket.as_str();
+    let name_ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !name_ok {
+        return Err(ctx.err(
+            "bucket",
+            Some(raw.bucket.clone()),
+            "must be 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit",
+        ));
+    }
+    let region_ok = !raw.region.is_empty()
+        && raw.region.len() <= 64
+        && raw
+            .region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !region_ok {
+        return Err(ctx.err(
+            "region",
+            Some(raw.region.clone()),
+            "must be a region name such as \"us-east-1\" (letters, digits, '-', '_')",
+        ));
+    }
+    let key_prefix = raw.key_prefix.unwrap_or_default();
+    if key_prefix.starts_with('/') || key_prefix.chars().any(char::is_control) {
+        return Err(ctx.err(
+            "key_prefix",
+            Some(key_prefix),
+            "must not start with '/' or contain control characters (e.g. \"media/\")",
+        ));
+    }
+    let addressing = match raw.addressing.as_deref() {
+        None | Some("virtual-hosted") => Addressing::VirtualHosted,
+        Some("path") => Addressing::Path,
+        Some(other) => return Err(ctx.err(
+            "addressing",
+            Some(other.into()),
+            "must be \"virtual-hosted\" (bucket.endpoint/key) or \"path\" (endpoint/bucket/key)",
+        )),
+    };
+    let host = match addressing {
+        Addressing::VirtualHosted => format!("{name}.{}", entry.name),
+        Addressing::Path => entry.name.clone(),
+    };
+    let authority = match entry.port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
+    };
+    let routes = [Scheme::Http, Scheme::Https].map(|client| {
+        let scheme = effective_scheme(protocol, client);
+        let port = entry.port.unwrap_or(scheme.default_port());
+        Route {
+            cluster: dns_cluster_name(scheme, &host, port),
+            original_dst: None,
+            label: match addressing {
+                Addressing::VirtualHosted => format!("{host}:{port}"),
+                Addressing::Path => format!("{host}:{port}/{name}"),
+            },
+            scheme: Some(scheme),
+        }
+    });
+    let (signer, shown_credentials) = match raw.credentials {
+        None => (None, Value::Null),
+        Some(c) => {
+            let ctx = ctx.nested("credentials");
+            let (key_id, key_id_shown) = credential(
+                c.access_key_id,
+                c.access_key_id_env,
+                "access_key_id",
+                false,
+                env,
+                &ctx,
+            )?;
+            let (secret, secret_shown) = credential(
+                c.secret_access_key,
+                c.secret_access_key_env,
+                "secret_access_key",
+                true,
+                env,
+                &ctx,
+            )?;
+            let mut shown = serde_json::Map::new();
+            shown.extend([key_id_shown, secret_shown]);
+            let signer = Signer::new(key_id, Secret::new(secret), raw.region.clone(), "s3".into());
+            (Some(signer), Value::Object(shown))
+        }
+    };
+    let shown = json!({
+        "endpoint": match entry.port {
+            Some(p) => format!("{}:{p}", entry.name),
+            None => entry.name.clone(),
+        },
+        "bucket": name,
+        "region": raw.region,
+        "key_prefix": key_prefix,
+        "addressing": addressing.as_str(),
+        "credentials": shown_credentials,
+    });
+    let bucket = Bucket {
+        name: raw.bucket,
+        region: raw.region,
+        key_prefix,
+        addressing,
+        authority,
+        signer,
+    };
+    Ok((bucket, routes, shown))
+}
+
+/// One credential, given inline (`field`) or by the name of a VM environment variable
+/// (`field_env`). Returns the value and how `check` shows it (a secret never in clear).
+fn credential(
+    inline: Option<String>,
+    from_env: Option<String>,
+    field: &str,
+    secret: bool,
+    env: EnvLookup,
+    ctx: &Ctx,
+) -> Result<(String, (String, Value)), ConfigError> {
+    let env_field = format!("{field}_env");
+    let (value, shown) = match (inline, from_env) {
+        (Some(value), None) => {
+            let shown = if secret {
+                json!(REDACTED)
+            } else {
+                json!(value)
+            };
+            (value, (field.to_string(), shown))
+        }
+        (None, Some(name)) => {
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid_name {
+                return Err(ctx.err(
+                    &env_field,
+                    Some(name),
+                    "must be an environment variable name (A-Z, a-z, 0-9, '_')",
+                ));
+            }
+            let Some(value) = env(&name) else {
+                return Err(ctx.err(
+                    &env_field,
+                    Some(name),
+                    "is not set in the VM's environment; pass it with vm_config.environment_variables (host_env_keys or key_values)",
+                ));
+            };
+            (value, (env_field.clone(), json!(name)))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ctx.err(
+                field,
+                secret.then(|| REDACTED.to_string()),
+                format!("set either `{field}` or `{env_field}`, not both"),
+            ))
+        }
+        (None, None) => {
+            return Err(ctx.err(
+                field,
+                None,
+                format!("is missing: set `{field}` or `{env_field}` (leave out `credentials` for a public bucket)"),
+            ))
+        }
+    };
+    let bad = value.is_empty()
+        || value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || (!secret && (c == '/' || c == ',')));
+    if bad {
+        let shown_value = if secret {
+            REDACTED.to_string()
+        } else {
+            value.clone()
+        };
+        return Err(ctx.err(
+            &shown.0,
+            Some(shown_value),
+            "is empty or contains characters a credential cannot hold (white space, control characters)",
+        ));
+    }
+    Ok((value, shown))
+}
+
+fn compile_mirror(
+    raw: RawMirror,
+    accelerated: &str,
+    has_slave: bool,
+    envoy: &EnvoyNames,
+    env: EnvLookup,
+    ctx: &Ctx,
+) -> Result<Mirror, ConfigError> {
+    let source_domain = raw.source.domain.clone();
+    let source = compile_origin(raw.source, accelerated, envoy, env, &ctx.nested("source"))?;
+    if source.kind == OriginKind::Bucket {
+        return Err(ctx.err(
+            "source",
+            Some("bucket".into()),
+            "the mirror source must be `ips`, `domain` or `clusters`, not another bucket",
+        ));
+    }
+    let mode = match raw.mode.as_deref() {
+        None | Some("fetch") => MirrorMode::Fetch,
+        Some("redirect") => MirrorMode::Redirect,
+        Some(other) => {
+            return Err(ctx.err(
+                "mode",
+                Some(other.into()),
+                "must be \"fetch\" (serve from the source and copy back) or \"redirect\" (answer 302 to the source)",
+            ))
+        }
+    };
+    // Redirect URLs name the source as the client will reach it: its Host, else its domain.
+    let mut redirect_base = [String::new(), String::new()];
+    if mode == MirrorMode::Redirect {
+        let Some(domain) = source_domain else {
+            return Err(ctx.err(
+                "mode",
+                Some("redirect".into()),
+                "redirect mode needs a `domain` source: clients are sent to it by name",
+            ));
+        };
+        let entry = parse_domain_entry(&domain)
+            .map_err(|r| ctx.err("source.domain", Some(domain.clone()), r))?;
+        for (slot, client) in redirect_base.iter_mut().zip([Scheme::Http, Scheme::Https]) {
+            let scheme = effective_scheme(source.protocol, client);
+            let host = source.host.clone().unwrap_or_else(|| match entry.port {
+                Some(port) if port != scheme.default_port() => format!("{}:{port}", entry.name),
+                _ => entry.name.clone(),
+            });
+            *slot = format!("{}://{host}", scheme.as_str());
+        }
+    }
+    let mut key_prefixes = raw.key_prefixes.unwrap_or_default();
+    for (i, prefix) in key_prefixes.iter_mut().enumerate() {
+        if prefix.is_empty() || prefix.starts_with('/') || prefix.chars().any(char::is_control) {
+            return Err(ctx.err(
+                &format!("key_prefixes[{i}]"),
+                Some(prefix.clone()),
+                "must be a non-empty object key prefix without a leading '/' (e.g. \"images/\")",
+            ));
+        }
+    }
+    let on_status = raw.on_status.unwrap_or_else(|| vec![404]);
+    if on_status.is_empty() {
+        return Err(ctx.err(
+            "on_status",
+            Some("[]".into()),
+            "the list is empty; the default is [404]",
+        ));
+    }
+    for (i, status) in on_status.iter().enumerate() {
+        if !(400..=599).contains(status) {
+            return Err(ctx.err(
+                &format!("on_status[{i}]"),
+                Some(status.to_string()),
+                "must be an error status 400..=599 (404 for a missing object; 403 where the bucket hides missing keys)",
+            ));
+        }
+    }
+    let max_copy_bytes = raw.max_copy_bytes.unwrap_or(DEFAULT_MAX_COPY_BYTES);
+    if !(1..=MAX_RESPONSE_BODY).contains(&max_copy_bytes) {
+        return Err(ctx.err(
+            "max_copy_bytes",
+            Some(max_copy_bytes.to_string()),
+            format!("must be 1..={MAX_RESPONSE_BODY} (Envoy's 32 MiB async response buffer limit)"),
+        ));
+    }
+    let on_source_failure = match raw.on_source_failure.as_deref() {
+        None | Some("not_found") => OnSourceFailure::NotFound,
+        Some("source") => OnSourceFailure::Source,
+        Some("slave") if has_slave => OnSourceFailure::Slave,
+        Some("slave") => {
+            return Err(ctx.err(
+                "on_source_failure",
+                Some("slave".into()),
+                "there is no slave origin; add `slave` or choose \"not_found\" or \"source\"",
+            ))
+        }
+        Some(other) => {
+            return Err(ctx.err(
+                "on_source_failure",
+                Some(other.into()),
+                "must be \"not_found\" (the bucket's answer), \"source\" (the source's answer) or \"slave\" (fail over)",
+            ))
+        }
+    };
+    let pass_query_string = raw.pass_query_string.unwrap_or(false);
+    let copy_back = raw.copy_back.unwrap_or(true);
+    let normalized = json!({
+        "source": source.normalized,
+        "mode": mode.as_str(),
+        "pass_query_string": pass_query_string,
+        "key_prefixes": key_prefixes,
+        "on_status": on_status,
+        "copy_back": copy_back,
+        "max_copy_bytes": max_copy_bytes,
+        "on_source_failure": on_source_failure.as_str(),
+    });
+    Ok(Mirror {
+        source,
+        mode,
+        pass_query_string,
+        key_prefixes,
+        on_status,
+        copy_back,
+        max_copy_bytes,
+        on_source_failure,
+        redirect_base,
+        normalized,
     })
 }
 
@@ -1038,7 +1530,11 @@ impl PluginConfig {
         let mut names: Vec<String> = self
             .domains
             .iter()
-            .flat_map(|d| std::iter::once(&d.master).chain(d.slave.as_ref()))
+            .flat_map(|d| {
+                std::iter::once(&d.master)
+                    .chain(d.slave.as_ref())
+                    .chain(d.mirror.as_ref().map(|m| &m.source))
+            })
             .flat_map(|o| o.targets.iter())
             .flat_map(|t| t.routes.iter().map(|r| r.cluster.clone()))
             .collect();
@@ -1087,6 +1583,7 @@ impl PluginConfig {
                         "block_seconds": d.detection.block_ms / 1000,
                         "block_on_5xx": d.detection.block_on_5xx,
                     },
+                    "mirror": d.mirror.as_ref().map(|m| &m.normalized),
                 })
             })
             .collect();
@@ -1253,8 +1750,8 @@ mod tests {
             (d(r#"{"domain":"origin.example.com:0"}"#), "field master.domain value \"origin.example.com:0\": port 0 is not allowed"),
             (d(r#"{"domain":"WWW.test.com"}"#), "field master.domain value \"WWW.test.com\": is the accelerated domain 'www.test.com' itself"),
             (d(r#"{"domain":"1.2.3.4"}"#), "field master.domain value \"1.2.3.4\": is an IP address"),
-            (d(r#"{"ips":["1.1.1.1"],"domain":"a.com"}"#), "field master value \"2 of ips/domain/clusters\": set exactly one of"),
-            (d(r#"{}"#), "field master value \"0 of ips/domain/clusters\""),
+            (d(r#"{"ips":["1.1.1.1"],"domain":"a.com"}"#), "field master value \"2 of ips/domain/clusters/bucket\": set exactly one of"),
+            (d(r#"{}"#), "field master value \"0 of ips/domain/clusters/bucket\""),
             (d(r#"{"ips":["1.1.1.1"],"protocol":"ftp"}"#), "field master.protocol value \"ftp\": must be one of"),
             (d(r#"{"ips":["1.1.1.1"],"host":"a.com\r\nx: y"}"#), "field master.host value \"a.com\\r\\nx: y\": contains whitespace or control characters"),
             (d(r#"{"ips":["1.1.1.1"],"host":"a .com"}"#), "field master.host value \"a .com\": contains whitespace"),
@@ -1280,6 +1777,7 @@ mod tests {
         ];
         for (text, want) in &cases {
             let err = parse_str(text).map(|_| ()).unwrap_err().to_string();
+            assert!(!err.contains("SECRET-VALUE"), "{err}");
             assert!(
                 err.starts_with("invalid origin-pull configuration: "),
                 "{err}"
@@ -1290,6 +1788,198 @@ mod tests {
             );
         }
         assert!(cases.len() >= 40);
+    }
+
+    const BUCKET: &str =
+        r#"{"endpoint":"s3.example.com","bucket":"media-bkt","region":"us-east-1"}"#;
+
+    fn bucket_config(bucket: &str, rest: &str) -> String {
+        format!(
+            r#"{{"domains":[{{"domain":"www.test.com","master":{{"bucket":{bucket}{rest}}}}}]}}"#
+        )
+    }
+
+    fn with_env(text: &str) -> Result<PluginConfig, ConfigError> {
+        parse_with_env(text.as_bytes(), &|name| match name {
+            "S3_KEY_ID" => Some("AKIDFROMENV".into()),
+            "S3_SECRET" => Some("SECRET-VALUE-FROM-ENV".into()),
+            "S3_EMPTY" => Some(String::new()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn bucket_origins_compile_to_dns_routes() {
+        let cfg = parse_str(&bucket_config(BUCKET, r#","protocol":"follow""#)).unwrap();
+        let d = cfg.domain_for_host("www.test.com").unwrap();
+        let b = d.master.bucket.as_ref().unwrap();
+        assert_eq!(b.authority, "media-bkt.s3.example.com");
+        assert!(b.signer.is_none());
+        let t = &d.master.targets[0];
+        assert_eq!(
+            t.route(Scheme::Http).cluster,
+            "origin_pull|http|media-bkt.s3.example.com|80"
+        );
+        assert_eq!(
+            t.route(Scheme::Https).cluster,
+            "origin_pull|https|media-bkt.s3.example.com|443"
+        );
+        let path = bucket_config(
+            r#"{"endpoint":"minio.internal:9000","bucket":"b01","region":"r","addressing":"path","key_prefix":"cdn/"}"#,
+            "",
+        );
+        let cfg = parse_str(&path).unwrap();
+        let d = cfg.domain_for_host("www.test.com").unwrap();
+        assert_eq!(
+            d.master.bucket.as_ref().unwrap().authority,
+            "minio.internal:9000"
+        );
+        assert_eq!(
+            cfg.required_clusters(),
+            vec!["origin_pull|http|minio.internal|9000"]
+        );
+        assert_eq!(
+            d.master.targets[0].routes[0].label,
+            "minio.internal:9000/b01"
+        );
+    }
+
+    #[test]
+    fn credentials_from_the_vm_environment_and_never_shown() {
+        let text = bucket_config(
+            r#"{"endpoint":"s3.example.com","bucket":"media-bkt","region":"us-east-1","credentials":{"access_key_id_env":"S3_KEY_ID","secret_access_key_env":"S3_SECRET"}}"#,
+            "",
+        );
+        let cfg = with_env(&text).unwrap();
+        let signer = cfg.domains[0]
+            .master
+            .bucket
+            .as_ref()
+            .unwrap()
+            .signer
+            .as_ref()
+            .unwrap();
+        assert_eq!(signer.access_key_id, "AKIDFROMENV");
+        let shown = cfg.normalized().to_string();
+        assert!(
+            shown.contains(r#""secret_access_key_env":"S3_SECRET""#),
+            "{shown}"
+        );
+        assert!(!shown.contains("SECRET-VALUE"), "{shown}");
+        assert!(!format!("{cfg:?}").contains("SECRET-VALUE"));
+        let inline = bucket_config(
+            r#"{"endpoint":"s3.example.com","bucket":"media-bkt","region":"us-east-1","credentials":{"access_key_id":"AKID","secret_access_key":"SECRET-VALUE-INLINE"}}"#,
+            "",
+        );
+        let cfg = with_env(&inline).unwrap();
+        let shown = cfg.normalized().to_string();
+        assert!(
+            shown.contains(r#""secret_access_key":"(redacted)""#),
+            "{shown}"
+        );
+        assert!(!shown.contains("SECRET-VALUE") && !format!("{cfg:?}").contains("SECRET-VALUE"));
+    }
+
+    #[test]
+    fn mirror_configuration() {
+        let text = r#"{"domains":[{"domain":"www.test.com",
+            "master":{"bucket":{"endpoint":"s3.example.com","bucket":"media-bkt","region":"us-east-1"}},
+            "mirror":{"source":{"domain":"src.example.com:8080"},"mode":"redirect","pass_query_string":true,"key_prefixes":["img/"]}}]}"#;
+        let cfg = parse_str(text).unwrap();
+        let m = cfg.domains[0].mirror.as_ref().unwrap();
+        assert_eq!(m.redirect_base[0], "http://src.example.com:8080");
+        assert_eq!(
+            m.redirect_location(Scheme::Http, "/img/a.jpg?x=1"),
+            "http://src.example.com:8080/img/a.jpg?x=1"
+        );
+        assert!(m.triggers(404, "GET", "/img/a.jpg"));
+        assert!(!m.triggers(404, "GET", "/doc/a.jpg"));
+        assert!(!m.triggers(403, "GET", "/img/a.jpg"));
+        assert!(!m.triggers(404, "POST", "/img/a.jpg"));
+        assert!(cfg
+            .required_clusters()
+            .contains(&"origin_pull|http|src.example.com|8080".to_string()));
+        let n = cfg.normalized();
+        assert_eq!(n["domains"][0]["mirror"]["mode"], "redirect");
+        assert_eq!(n["domains"][0]["mirror"]["max_copy_bytes"], 8 << 20);
+        assert_eq!(n["domains"][0]["mirror"]["on_source_failure"], "not_found");
+    }
+
+    /// Bucket and mirror rules, with the exact error texts; a secret never appears.
+    #[test]
+    fn invalid_bucket_and_mirror_configurations() {
+        let b = |bucket: &str| bucket_config(bucket, "");
+        let m = |mirror: &str, slave: &str| {
+            format!(
+                r#"{{"domains":[{{"domain":"www.test.com","master":{{"bucket":{BUCKET}}}{slave},"mirror":{mirror}}}]}}"#
+            )
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (b(r#"{"endpoint":"https://s3.example.com","bucket":"bkt","region":"r"}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.endpoint value \"https://s3.example.com\": give the host name without a scheme (set `protocol` for https)"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"Bad_Bucket","region":"r"}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.bucket value \"Bad_Bucket\": must be 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"us east"}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.region value \"us east\": must be a region name such as \"us-east-1\" (letters, digits, '-', '_')"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","key_prefix":"/media/"}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.key_prefix value \"/media/\": must not start with '/' or contain control characters (e.g. \"media/\")"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","addressing":"vhost"}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.addressing value \"vhost\": must be \"virtual-hosted\" (bucket.endpoint/key) or \"path\" (endpoint/bucket/key)"),
+            (b(r#"{"endpoint":"s3.example.com:0","bucket":"bkt","region":"r"}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.endpoint value \"s3.example.com:0\": port 0 is not allowed"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID"}}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key: is missing: set `secret_access_key` or `secret_access_key_env` (leave out `credentials` for a public bucket)"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key":"SECRET-VALUE","secret_access_key_env":"S3_SECRET"}}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key value \"(redacted)\": set either `secret_access_key` or `secret_access_key_env`, not both"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key_env":"NOT_SET_ANYWHERE"}}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key_env value \"NOT_SET_ANYWHERE\": is not set in the VM's environment; pass it with vm_config.environment_variables (host_env_keys or key_values)"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key_env":"S3_EMPTY"}}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key_env value \"(redacted)\": is empty or contains characters a credential cannot hold (white space, control characters)"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key":"SECRET-VALUE with space"}}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key value \"(redacted)\": is empty or contains characters"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_key":"SECRET-VALUE"}}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_key: unknown field `secret_key`"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key":["SECRET-VALUE"]}}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key: invalid type: sequence, expected a string"),
+            (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":"SECRET-VALUE"}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials: invalid type: string \"(redacted)\", expected struct RawCredentials"),
+            (bucket_config(BUCKET, r#","host":"cdn.example.com""#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.host value \"cdn.example.com\": is the bucket's own host name for `bucket` origins (it is signed); remove it"),
+            (r#"{"domains":[{"domain":"www.test.com","master":{"ips":["1.1.1.1"]},"mirror":{"source":{"domain":"s.example.com"}}}]}"#.to_string(),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror value \"master is ips\": mirror back-to-origin needs a `bucket` master"),
+            (format!(r#"{{"domains":[{{"domain":"www.test.com","master":{{"bucket":{BUCKET}}},"slave":{{"ips":["1.1.1.1"]}},"master_slave_switch":true,"mirror":{{"source":{{"domain":"s.example.com"}}}}}}]}}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror value \"master_slave_switch: true\": the switch would make the mirrored bucket the slave; remove `mirror` or the switch"),
+            (m(&format!(r#"{{"source":{{"bucket":{BUCKET}}}}}"#), ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.source value \"bucket\": the mirror source must be `ips`, `domain` or `clusters`, not another bucket"),
+            (m(r#"{"source":{"domain":"s.example.com"},"mode":"copy"}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.mode value \"copy\": must be \"fetch\" (serve from the source and copy back) or \"redirect\" (answer 302 to the source)"),
+            (m(r#"{"source":{"ips":["1.1.1.1"]},"mode":"redirect"}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.mode value \"redirect\": redirect mode needs a `domain` source: clients are sent to it by name"),
+            (m(r#"{"source":{"domain":"s.example.com"},"key_prefixes":["/img/"]}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.key_prefixes[0] value \"/img/\": must be a non-empty object key prefix without a leading '/' (e.g. \"images/\")"),
+            (m(r#"{"source":{"domain":"s.example.com"},"on_status":[200]}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.on_status[0] value \"200\": must be an error status 400..=599 (404 for a missing object; 403 where the bucket hides missing keys)"),
+            (m(r#"{"source":{"domain":"s.example.com"},"on_status":[]}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.on_status value \"[]\": the list is empty; the default is [404]"),
+            (m(r#"{"source":{"domain":"s.example.com"},"max_copy_bytes":0}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.max_copy_bytes value \"0\": must be 1..=33554432 (Envoy's 32 MiB async response buffer limit)"),
+            (m(r#"{"source":{"domain":"s.example.com"},"on_source_failure":"slave"}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.on_source_failure value \"slave\": there is no slave origin; add `slave` or choose \"not_found\" or \"source\""),
+            (m(r#"{"source":{"domain":"s.example.com"},"on_source_failure":"retry"}"#, r#","slave":{"ips":["1.1.1.1"]}"#),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.on_source_failure value \"retry\": must be \"not_found\" (the bucket's answer), \"source\" (the source's answer) or \"slave\" (fail over)"),
+            (m(r#"{"source":{"domain":"www.test.com"}}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.source.domain value \"www.test.com\": is the accelerated domain"),
+            (m(r#"{"source":{"domain":"s.example.com"},"copy":true}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.copy: unknown field `copy`"),
+        ];
+        for (text, want) in &cases {
+            let err = with_env(text).map(|_| ()).unwrap_err().to_string();
+            assert!(!err.contains("SECRET-VALUE"), "secret leaked: {err}");
+            assert!(
+                err.starts_with(want),
+                "config {text}\n got: {err}\nwant: {want}"
+            );
+        }
     }
 
     #[test]

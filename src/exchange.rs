@@ -5,17 +5,23 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::bucket::{
+    is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
+};
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
 use crate::failover::{blocks_origin, classify_callout, classify_routed, is_hop_by_hop, Answer};
 use crate::health::{BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
+use crate::mirror::{CopyJob, MirrorMode, OnSourceFailure};
 use crate::select;
+use crate::sigv4::EMPTY_PAYLOAD_SHA256;
 
 pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 pub const DEBUG_ORIGIN_HEADER: &str = "x-origin-pull-origin";
 pub const DEBUG_ATTEMPTS_HEADER: &str = "x-origin-pull-attempts";
 pub const DEBUG_WORKER_HEADER: &str = "x-origin-pull-worker";
 pub const ERROR_HEADER: &str = "x-origin-pull-error";
+pub const MIRROR_HEADER: &str = "x-origin-pull-mirror";
 /// Envoy's local failure replies are short; only bodies this small are peeked at.
 const PEEK_LIMIT: usize = 512;
 
@@ -44,9 +50,27 @@ pub struct RequestInfo<'a> {
     pub authority: &'a str,
     pub scheme: &'a str,
     pub method: &'a str,
+    /// The client's `:path` (with its query string).
+    pub path: &'a str,
     pub has_body: bool,
     /// Shown in the debug header, to tell workers apart.
     pub worker: &'a str,
+    pub stats: BucketStats,
+}
+
+/// Where a mirror back-to-origin stands for this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MirrorState {
+    Idle,
+    /// The bucket missed with this status; the source was asked.
+    Fetching {
+        miss: u32,
+        source: String,
+    },
+    /// The source's answer went to the client.
+    Served {
+        source: String,
+    },
 }
 
 /// What the glue does after the routed response's headers.
@@ -80,6 +104,12 @@ pub struct Exchange {
     pending_callout: Option<u32>,
     request_headers: Option<Vec<(String, String)>>,
     refusal_logged: bool,
+    path: String,
+    stats: BucketStats,
+    /// Path and signing headers of the routed request when it goes to a bucket.
+    routed_bucket: Option<ObjectRequest>,
+    mirror: MirrorState,
+    copy_job: Option<CopyJob>,
 }
 
 impl Exchange {
@@ -121,6 +151,11 @@ impl Exchange {
             pending_callout: None,
             request_headers: None,
             refusal_logged: false,
+            path: request.path.to_string(),
+            stats: request.stats,
+            routed_bucket: None,
+            mirror: MirrorState::Idle,
+            copy_job: None,
         };
         // Envoy no longer exposes the request headers once the response is under way, so
         // keep a copy now, but only when this request could ever be failed over.
@@ -137,7 +172,48 @@ impl Exchange {
             return None;
         };
         exchange.tried.push(first);
+        if let Some(set) = exchange.set(first.role) {
+            if let Some(bucket) = &set.bucket {
+                match exchange.object_request(host, bucket) {
+                    Ok(request) => exchange.routed_bucket = Some(request),
+                    Err(reply) => {
+                        reply.send(host, &exchange.stats);
+                        return None;
+                    }
+                }
+            }
+        }
         Some(exchange)
+    }
+
+    /// The request to a bucket origin for this client request, signed when private.
+    fn object_request(
+        &self,
+        host: &mut impl Host,
+        bucket: &Bucket,
+    ) -> Result<ObjectRequest, BucketRefusal> {
+        if self.method != "GET" && self.method != "HEAD" {
+            return Err(BucketRefusal::Method);
+        }
+        let key = bucket
+            .object_key(&self.path)
+            .map_err(BucketRefusal::Bucket)?;
+        bucket
+            .request(&self.method, &key, EMPTY_PAYLOAD_SHA256, host.now_ms())
+            .map_err(BucketRefusal::Bucket)
+    }
+
+    /// The bucket's `Host` and the path and headers to set on the routed request, when it goes
+    /// to a bucket. The glue also drops the client's `authorization` and `x-amz-*` headers.
+    pub fn bucket_request(&self) -> Option<(&str, &ObjectRequest)> {
+        let request = self.routed_bucket.as_ref()?;
+        let bucket = self.set(self.current().role)?.bucket.as_ref()?;
+        Some((bucket.authority.as_str(), request))
+    }
+
+    /// An object fetched from the mirror source, to copy into the bucket from the root context.
+    pub fn take_copy_job(&mut self) -> Option<CopyJob> {
+        self.copy_job.take()
     }
 
     fn domain(&self) -> Option<&Domain> {
@@ -268,7 +344,7 @@ impl Exchange {
 
     fn failover_possible(&self) -> bool {
         self.domain()
-            .is_some_and(|d| d.slave.is_some() || d.master.targets.len() > 1)
+            .is_some_and(|d| d.slave.is_some() || d.master.targets.len() > 1 || d.mirror.is_some())
     }
 
     fn method_allowed(&self) -> bool {
@@ -285,6 +361,10 @@ impl Exchange {
         response_flags: u64,
     ) -> ResponseStep {
         let answer = classify_routed(status, response_flags);
+        self.note_bucket_answer(host, answer);
+        if self.start_mirror(host, answer) {
+            return ResponseStep::Pause;
+        }
         match self.next_step(host, blocks, answer, false) {
             Next::Accept => {
                 self.record_outcome(host);
@@ -332,11 +412,220 @@ impl Exchange {
             };
             (classify_callout(status, &headers, &peek), headers)
         };
+        if let MirrorState::Fetching { miss, source } = &self.mirror {
+            let (miss, source) = (*miss, source.clone());
+            self.on_source_response(host, blocks, answer, &headers, body_size, miss, source);
+            return;
+        }
+        self.note_bucket_answer(host, answer);
+        if self.start_mirror(host, answer) {
+            return;
+        }
         match self.next_step(host, blocks, answer, true) {
             Next::Dispatched => {}
             Next::Unreachable => self.reply_unreachable(host),
-            Next::Accept => self.forward_callout_response(host, answer, &headers, body_size),
+            Next::Accept => {
+                self.forward_callout_response(host, answer, &headers, body_size);
+            }
         }
+    }
+
+    /// A private bucket refusing our signature is worth its own counter.
+    fn note_bucket_answer(&self, host: &mut impl Host, answer: Answer) {
+        let is_bucket = self
+            .set(self.current().role)
+            .is_some_and(|s| s.bucket.is_some());
+        if is_bucket && answer == Answer::Status(403) {
+            self.stats.count(host, BucketEvent::Denied);
+        }
+    }
+
+    /// A bucket master missed: redirect to the mirror source, or ask it. True when the request
+    /// is now the mirror's (a local reply was sent or a callout is under way).
+    fn start_mirror(&mut self, host: &mut impl Host, answer: Answer) -> bool {
+        let Answer::Status(status) = answer else {
+            return false;
+        };
+        if self.mirror != MirrorState::Idle || self.current().role != Role::Master {
+            return false;
+        }
+        let config = self.config.clone();
+        let Some(domain) = config.domains.get(self.domain) else {
+            return false;
+        };
+        let Some(mirror) = &domain.mirror else {
+            return false;
+        };
+        if !mirror.triggers(status, &self.method, &self.path) {
+            return false;
+        }
+        if mirror.mode == MirrorMode::Redirect {
+            let location = mirror.redirect_location(self.scheme, &self.path);
+            self.stats.count(host, BucketEvent::MirrorRedirect);
+            self.record_outcome(host);
+            let body = format!("origin-pull: the object is at {location}\n");
+            let mut headers = vec![
+                ("location", location.as_str()),
+                ("content-type", "text/plain"),
+                (MIRROR_HEADER, "redirect"),
+            ];
+            let debug = self.debug_headers();
+            headers.extend(debug.iter().map(|(k, v)| (*k, v.as_str())));
+            host.send_local_reply(302, &headers, body.as_bytes());
+            return true;
+        }
+        let source_set = &mirror.source;
+        let mut random = || host.random_u64();
+        let Some(target) = select::pick(source_set, &mut random, false, &|_| false) else {
+            return false;
+        };
+        let Some(route) = source_set.targets.get(target).map(|t| t.route(self.scheme)) else {
+            return false;
+        };
+        let path = mirror.source_path(&self.path);
+        match self.send_callout(host, source_set, route, Some(path)) {
+            Ok(token) => {
+                self.stats.count(host, BucketEvent::MirrorFetch);
+                host.log(
+                    LogLevel::Debug,
+                    &format!(
+                        "origin-pull: {}: bucket answered {status} for {}; fetching it from the mirror source {}",
+                        domain.name,
+                        printable(&self.path),
+                        route.label
+                    ),
+                );
+                self.pending_callout = Some(token);
+                self.mirror = MirrorState::Fetching {
+                    miss: status,
+                    source: route.label.clone(),
+                };
+                true
+            }
+            Err(status) => {
+                self.stats.count(host, BucketEvent::MirrorSourceFailure);
+                host.log(
+                    LogLevel::Error,
+                    &format!(
+                        "origin-pull: {}: could not ask the mirror source {} via cluster '{}': {status}",
+                        domain.name, route.label, route.cluster
+                    ),
+                );
+                false
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_source_response(
+        &mut self,
+        host: &mut impl Host,
+        blocks: &mut BlockTable,
+        answer: Answer,
+        headers: &[(String, String)],
+        body_size: usize,
+        miss: u32,
+        source: String,
+    ) {
+        let config = self.config.clone();
+        let Some(domain) = config.domains.get(self.domain) else {
+            return;
+        };
+        let Some(mirror) = &domain.mirror else {
+            return;
+        };
+        if let Answer::Status(200..=299) = answer {
+            self.mirror = MirrorState::Served { source };
+            let Some(body) = self.forward_callout_response(host, answer, headers, body_size) else {
+                return;
+            };
+            let copy = mirror.copy_back && answer == Answer::Status(200) && self.method == "GET";
+            if !copy {
+                return;
+            }
+            if body.len() as u64 > mirror.max_copy_bytes {
+                self.stats.count(host, BucketEvent::CopyBackSkipped);
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "origin-pull: {}: not copying {} back: {} bytes is over mirror.max_copy_bytes ({})",
+                        domain.name,
+                        printable(&self.path),
+                        body.len(),
+                        mirror.max_copy_bytes
+                    ),
+                );
+                return;
+            }
+            let Some(key) = domain
+                .master
+                .bucket
+                .as_ref()
+                .and_then(|b| b.object_key(&self.path).ok())
+            else {
+                return;
+            };
+            let content_type = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.clone());
+            self.copy_job = Some(CopyJob {
+                config: config.clone(),
+                domain: self.domain,
+                scheme: self.scheme,
+                key,
+                content_type,
+                body,
+            });
+            return;
+        }
+        self.stats.count(host, BucketEvent::MirrorSourceFailure);
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "origin-pull: {}: the bucket answered {miss} for {} and the mirror source {source} failed too ({}); answering per mirror.on_source_failure = {}",
+                domain.name,
+                printable(&self.path),
+                answer.kind(),
+                mirror.on_source_failure.as_str()
+            ),
+        );
+        self.mirror = MirrorState::Idle;
+        match mirror.on_source_failure {
+            OnSourceFailure::Source => {
+                self.mirror = MirrorState::Served { source };
+                self.forward_callout_response(host, answer, headers, body_size);
+            }
+            OnSourceFailure::NotFound => self.reply_miss(host, miss),
+            OnSourceFailure::Slave => {
+                // Mark the mirror as used so the slave's own answer is not mirrored again.
+                self.mirror = MirrorState::Served {
+                    source: String::new(),
+                };
+                match self.next_step(host, blocks, Answer::Status(miss), false) {
+                    Next::Dispatched => self.mirror = MirrorState::Idle,
+                    Next::Unreachable => self.reply_unreachable(host),
+                    Next::Accept => self.reply_miss(host, miss),
+                }
+            }
+        }
+    }
+
+    /// The bucket's miss, told by the filter (the bucket's own body is gone by now).
+    fn reply_miss(&mut self, host: &mut impl Host, status: u32) {
+        self.mirror = MirrorState::Idle;
+        self.record_outcome(host);
+        let mut headers: Vec<(&str, String)> = vec![
+            ("content-type", "text/plain".into()),
+            (ERROR_HEADER, "mirror-source-failed".into()),
+        ];
+        headers.extend(self.debug_headers());
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host.send_local_reply(
+            status,
+            &headers,
+            b"origin-pull: the object is neither in the bucket nor at the mirror source\n",
+        );
     }
 
     fn next_step(
@@ -476,39 +765,25 @@ impl Exchange {
     }
 
     fn dispatch(&mut self, host: &mut impl Host, attempt: Attempt) -> bool {
-        let Some(set) = self.set(attempt.role) else {
+        let config = self.config.clone();
+        let Some(set) = config
+            .domains
+            .get(self.domain)
+            .and_then(|d| match attempt.role {
+                Role::Master => Some(&d.master),
+                Role::Slave => d.slave.as_ref(),
+            })
+        else {
             return false;
         };
-        let Some(route) = self.route_of(attempt) else {
+        let Some(route) = set
+            .targets
+            .get(attempt.target)
+            .map(|t| t.route(self.scheme))
+        else {
             return false;
         };
-        let timeout =
-            Duration::from_millis(self.domain().map_or(10_000, |d| d.failover.timeout_ms));
-        let authority = set.host.as_deref().unwrap_or(&self.client_authority);
-        let request_headers = self.request_headers.as_deref().unwrap_or_default();
-        let cluster_header = self.config.envoy.cluster_header.as_str();
-        let scheme = route.scheme.unwrap_or(self.scheme).as_str();
-        let replay_body = self.has_body && !self.body_overflow && self.body_complete;
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(request_headers.len() + 2);
-        for (name, value) in request_headers.iter() {
-            let name = name.as_str();
-            if name == ":authority"
-                || name == ":scheme"
-                || name == cluster_header
-                || name.starts_with("x-envoy-")
-                || (is_hop_by_hop(name) && !(replay_body && name == "content-length"))
-            {
-                continue;
-            }
-            headers.push((name, value.as_str()));
-        }
-        headers.push((":authority", authority));
-        headers.push((":scheme", scheme));
-        if let Some(dst) = &route.original_dst {
-            headers.push((ORIGINAL_DST_HEADER, dst));
-        }
-        let body = replay_body.then_some(self.body.as_slice());
-        match host.dispatch(&route.cluster, &headers, body, timeout) {
+        match self.send_callout(host, set, route, None) {
             Ok(token) => {
                 host.log(
                     LogLevel::Debug,
@@ -523,6 +798,9 @@ impl Exchange {
                 true
             }
             Err(status) => {
+                if status == "unsigned" {
+                    return false;
+                }
                 host.log(
                     LogLevel::Error,
                     &format!(
@@ -537,13 +815,75 @@ impl Exchange {
         }
     }
 
+    /// Sends a callout to `route` of `set` with the client's request (replayed body included);
+    /// `path` replaces the client's path (mirror source). Bucket origins get their own path,
+    /// `Host` and signature, and never the client's credentials.
+    fn send_callout(
+        &self,
+        host: &mut impl Host,
+        set: &OriginSet,
+        route: &Route,
+        path: Option<&str>,
+    ) -> Result<u32, String> {
+        let timeout =
+            Duration::from_millis(self.domain().map_or(10_000, |d| d.failover.timeout_ms));
+        let bucket_request = match &set.bucket {
+            None => None,
+            Some(bucket) => match self.object_request(host, bucket) {
+                Ok(request) => Some((bucket.authority.as_str(), request)),
+                Err(refusal) => {
+                    refusal.log(host, &self.stats, &route.label);
+                    return Err("unsigned".into());
+                }
+            },
+        };
+        let authority = match &bucket_request {
+            Some((authority, _)) => authority,
+            None => set.host.as_deref().unwrap_or(&self.client_authority),
+        };
+        let request_headers = self.request_headers.as_deref().unwrap_or_default();
+        let cluster_header = self.config.envoy.cluster_header.as_str();
+        let scheme = route.scheme.unwrap_or(self.scheme).as_str();
+        let replay_body = self.has_body && !self.body_overflow && self.body_complete;
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(request_headers.len() + 5);
+        let replace_path = bucket_request.is_some() || path.is_some();
+        for (name, value) in request_headers.iter() {
+            let name = name.as_str();
+            if name == ":authority"
+                || name == ":scheme"
+                || name == cluster_header
+                || name.starts_with("x-envoy-")
+                || (replace_path && name == ":path")
+                || (bucket_request.is_some() && is_client_header_dropped(name))
+                || (is_hop_by_hop(name) && !(replay_body && name == "content-length"))
+            {
+                continue;
+            }
+            headers.push((name, value.as_str()));
+        }
+        headers.push((":authority", authority));
+        headers.push((":scheme", scheme));
+        if let Some((_, request)) = &bucket_request {
+            headers.push((":path", &request.path));
+            headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        } else if let Some(path) = path {
+            headers.push((":path", path));
+        }
+        if let Some(dst) = &route.original_dst {
+            headers.push((ORIGINAL_DST_HEADER, dst));
+        }
+        let body = replay_body.then_some(self.body.as_slice());
+        host.dispatch(&route.cluster, &headers, body, timeout)
+    }
+
+    /// Relays a callout's answer to the client; returns the body when it was sent.
     fn forward_callout_response(
         &mut self,
         host: &mut impl Host,
         answer: Answer,
         headers: &[(String, String)],
         body_size: usize,
-    ) {
+    ) -> Option<Vec<u8>> {
         let limit = self
             .domain()
             .map_or(0, |d| d.failover.max_response_body_bytes);
@@ -567,7 +907,7 @@ impl Exchange {
                 ],
                 body.as_bytes(),
             );
-            return;
+            return None;
         }
         let body = if body_size > 0 {
             host.callout_response_body(body_size).unwrap_or_default()
@@ -585,8 +925,12 @@ impl Exchange {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         reply.extend(debug.iter().map(|(k, v)| (*k, v.as_str())));
+        if matches!(self.mirror, MirrorState::Served { .. }) {
+            reply.push((MIRROR_HEADER, "source"));
+        }
         self.record_outcome(host);
         host.send_local_reply(status, &reply, &body);
+        Some(body)
     }
 
     fn reply_unreachable(&mut self, host: &mut impl Host) {
@@ -625,16 +969,9 @@ impl Exchange {
         let Some(worker) = &self.worker else {
             return Vec::new();
         };
-        let current = self.current();
-        let label = self
-            .route_of(current)
-            .map(|r| r.label.as_str())
-            .unwrap_or("");
+        let (role, label) = self.served_by();
         vec![
-            (
-                DEBUG_ORIGIN_HEADER,
-                format!("{}={label}", current.role.as_str()),
-            ),
+            (DEBUG_ORIGIN_HEADER, format!("{role}={label}")),
             (DEBUG_ATTEMPTS_HEADER, self.tried.len().to_string()),
             (DEBUG_WORKER_HEADER, worker.clone()),
         ]
@@ -642,12 +979,28 @@ impl Exchange {
 
     /// Filter state for the access log: who served, after how many attempts.
     pub fn record_outcome(&self, host: &mut impl Host) {
-        let current = self.current();
-        if let Some(route) = self.route_of(current) {
-            host.set_filter_state("origin_pull.origin", &route.label);
+        let (role, label) = self.served_by();
+        if !label.is_empty() {
+            host.set_filter_state("origin_pull.origin", label);
         }
-        host.set_filter_state("origin_pull.role", current.role.as_str());
+        host.set_filter_state("origin_pull.role", role);
         host.set_filter_state("origin_pull.attempts", &self.tried.len().to_string());
+    }
+
+    /// Role and label of the origin whose answer the client gets: the mirror source once it
+    /// served, else the origin asked last.
+    fn served_by(&self) -> (&'static str, &str) {
+        if let MirrorState::Served { source } = &self.mirror {
+            if !source.is_empty() {
+                return ("mirror", source);
+            }
+        }
+        let current = self.current();
+        let label = self
+            .route_of(current)
+            .map(|r| r.label.as_str())
+            .unwrap_or("");
+        (current.role.as_str(), label)
     }
 
     /// Label and role of the origin asked last (tests and logs).
@@ -655,6 +1008,52 @@ impl Exchange {
         let current = self.current();
         self.route_of(current)
             .map(|r| (current.role, r.label.as_str()))
+    }
+}
+
+/// Why a request cannot go to a bucket origin.
+#[derive(Debug, Clone, Copy)]
+enum BucketRefusal {
+    /// Only GET and HEAD are sent to a bucket with the edge's credentials.
+    Method,
+    Bucket(BucketError),
+}
+
+impl BucketRefusal {
+    fn log(self, host: &mut impl Host, stats: &BucketStats, label: &str) {
+        if let BucketRefusal::Bucket(BucketError::NoClock) = self {
+            stats.count(host, BucketEvent::SignFailure);
+        }
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "origin-pull: not sending the request to bucket {label}: {}",
+                self.reason()
+            ),
+        );
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            BucketRefusal::Method => "bucket origins serve GET and HEAD only",
+            BucketRefusal::Bucket(e) => e.as_str(),
+        }
+    }
+
+    /// The local reply when the routed request cannot go to its bucket.
+    fn send(self, host: &mut impl Host, stats: &BucketStats) {
+        let (status, code, extra): (u32, &str, Option<(&str, &str)>) = match self {
+            BucketRefusal::Method => (405, "bucket-method", Some(("allow", "GET, HEAD"))),
+            BucketRefusal::Bucket(BucketError::EmptyKey) => (404, "bucket-no-key", None),
+            BucketRefusal::Bucket(BucketError::NoClock) => {
+                stats.count(host, BucketEvent::SignFailure);
+                (502, "bucket-sign-failed", None)
+            }
+        };
+        let mut headers = vec![("content-type", "text/plain"), (ERROR_HEADER, code)];
+        headers.extend(extra);
+        let body = format!("origin-pull: {}\n", self.reason());
+        host.send_local_reply(status, &headers, body.as_bytes());
     }
 }
 

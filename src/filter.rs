@@ -12,10 +12,12 @@ use proxy_wasm::types::{
     Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType, Status,
 };
 
+use crate::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
 use crate::health::BlockTable;
 use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
+use crate::mirror::{CopyBack, CopyJob};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(WasmLogLevel::Trace);
@@ -151,6 +153,40 @@ struct RootState {
     config: RefCell<Option<Rc<PluginConfig>>>,
     blocks: RefCell<BlockTable>,
     worker: String,
+    stats: Cell<BucketStats>,
+    /// Mirror copy-backs, run by the root context so their outcome is seen and counted.
+    copy_back: RefCell<CopyBack>,
+    /// This root context's wake-up queue: only the last registrant of a queue name is called
+    /// back, so the name carries the worker id.
+    copy_queue: Cell<Option<u32>>,
+}
+
+impl RootState {
+    /// From a stream: queue the copy and wake the root context.
+    fn submit_copy(&self, job: CopyJob) {
+        let stats = self.stats.get();
+        let Some(queue) = self.copy_queue.get() else {
+            stats.count(&mut EnvoyHost, BucketEvent::CopyBackFailed);
+            EnvoyHost.log(
+                LogLevel::Error,
+                "origin-pull: no copy-back queue is registered; object not copied back",
+            );
+            return;
+        };
+        if !self
+            .copy_back
+            .borrow_mut()
+            .submit(&mut EnvoyHost, &stats, job)
+        {
+            return;
+        }
+        if let Err(status) = hostcalls::enqueue_shared_queue(queue, Some(b"copy")) {
+            EnvoyHost.log(
+                LogLevel::Error,
+                &format!("origin-pull: could not wake the copy-back worker: {status:?}"),
+            );
+        }
+    }
 }
 
 struct OriginPullRoot {
@@ -165,15 +201,55 @@ impl OriginPullRoot {
                 config: RefCell::new(None),
                 blocks: RefCell::new(BlockTable::default()),
                 worker,
+                stats: Cell::new(BucketStats::default()),
+                copy_back: RefCell::new(CopyBack::default()),
+                copy_queue: Cell::new(None),
             }),
         }
     }
 }
 
-impl Context for OriginPullRoot {}
+impl Context for OriginPullRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let stats = self.state.stats.get();
+        self.state.copy_back.borrow_mut().on_response(
+            &mut EnvoyHost,
+            &stats,
+            token_id,
+            num_headers,
+        );
+    }
+}
 
 impl RootContext for OriginPullRoot {
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        // The items are only wake-ups; the jobs wait in `copy_back`.
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        let stats = self.state.stats.get();
+        self.state
+            .copy_back
+            .borrow_mut()
+            .run(&mut EnvoyHost, &stats);
+    }
+
     fn on_configure(&mut self, _size: usize) -> bool {
+        self.state.stats.set(BucketStats::define(&mut EnvoyHost));
+        if self.state.copy_queue.get().is_none() {
+            let name = format!("origin_pull.copy_back.{}", self.state.worker);
+            match hostcalls::register_shared_queue(&name) {
+                Ok(id) => self.state.copy_queue.set(Some(id)),
+                Err(status) => EnvoyHost.log(
+                    LogLevel::Error,
+                    &format!("origin-pull: cannot register the copy-back queue: {status:?}"),
+                ),
+            }
+        }
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match config::parse(&bytes) {
             Ok(parsed) => {
@@ -223,14 +299,19 @@ impl Context for OriginPullStream {
         _num_trailers: usize,
     ) {
         if let Some(exchange) = self.exchange.as_mut() {
-            let mut blocks = self.state.blocks.borrow_mut();
-            exchange.on_callout_response(
-                &mut EnvoyHost,
-                &mut blocks,
-                token_id,
-                num_headers,
-                body_size,
-            );
+            {
+                let mut blocks = self.state.blocks.borrow_mut();
+                exchange.on_callout_response(
+                    &mut EnvoyHost,
+                    &mut blocks,
+                    token_id,
+                    num_headers,
+                    body_size,
+                );
+            }
+            if let Some(job) = exchange.take_copy_job() {
+                self.state.submit_copy(job);
+            }
         }
     }
 }
@@ -252,12 +333,15 @@ impl HttpContext for OriginPullStream {
             .unwrap_or_default();
         let scheme = self.get_http_request_header(":scheme").unwrap_or_default();
         let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
         let request = RequestInfo {
             authority: &authority,
             scheme: &scheme,
             method: &method,
+            path: &path,
             has_body: !end_of_stream,
             worker: &self.state.worker,
+            stats: self.state.stats.get(),
         };
         let exchange = {
             let mut blocks = self.state.blocks.borrow_mut();
@@ -272,6 +356,19 @@ impl HttpContext for OriginPullStream {
             self.set_http_request_header(ORIGINAL_DST_HEADER, route.original_dst.as_deref());
             if let Some(host) = host_override {
                 self.set_http_request_header(":authority", Some(host));
+            }
+        }
+        if let Some((authority, request)) = exchange.bucket_request() {
+            // The bucket sees our signature only, never the client's credentials.
+            for (name, _) in self.get_http_request_headers() {
+                if is_client_header_dropped(&name) {
+                    self.set_http_request_header(&name, None);
+                }
+            }
+            self.set_http_request_header(":authority", Some(authority));
+            self.set_http_request_header(":path", Some(&request.path));
+            for (name, value) in &request.headers {
+                self.set_http_request_header(name, Some(value));
             }
         }
         self.exchange = Some(exchange);

@@ -6,11 +6,13 @@
 //! all behind the [`host::Host`] trait so they are unit-tested natively with a fake host.
 
 pub mod address;
+pub mod bucket;
 pub mod config;
 pub mod exchange;
 pub mod failover;
 pub mod health;
 pub mod host;
+pub mod mirror;
 pub mod select;
 pub mod sigv4;
 

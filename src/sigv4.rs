@@ -196,7 +196,6 @@ pub fn encode_path(raw: &[u8]) -> String {
 }
 
 fn encode(raw: &[u8], encode_slash: bool) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(raw.len() + 8);
     for &b in raw {
         let keep = b.is_ascii_alphanumeric()
@@ -205,9 +204,7 @@ fn encode(raw: &[u8], encode_slash: bool) -> String {
         if keep {
             out.push(char::from(b));
         } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

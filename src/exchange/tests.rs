@@ -23,8 +23,10 @@ fn get(authority: &str) -> RequestInfo<'_> {
         authority,
         scheme: "http",
         method: "GET",
+        path: "/1.jpg",
         has_body: false,
         worker: "w1",
+        stats: crate::bucket::BucketStats::default(),
     }
 }
 

@@ -180,7 +180,11 @@ fn aws_sig_v4_test_suite() {
         let p = parse_req(req);
         let payload = sha256_hex(p.body.as_bytes());
         let (got_creq, got_authz) = sign(&signer, &p, &payload, "20150830T123600Z", &[]);
-        assert_eq!(got_creq, creq.replace("{E}", EMPTY_PAYLOAD_SHA256), "{name}");
+        assert_eq!(
+            got_creq,
+            creq.replace("{E}", EMPTY_PAYLOAD_SHA256),
+            "{name}"
+        );
         assert_eq!(got_authz, format!("{SUITE_AUTHZ}{authz}"), "{name}");
     }
     assert_eq!(SUITE.len(), 22);
@@ -259,12 +263,7 @@ fn dates_and_the_cached_day_key() {
     assert_eq!(amz_date(1_440_938_160_000), "20150830T123600Z");
     assert_eq!(amz_date(951_782_400_000), "20000229T000000Z");
     assert_eq!(amz_date(4_102_444_799_999), "20991231T235959Z");
-    let signer = Signer::new(
-        "K".into(),
-        Secret::new("S".into()),
-        "r".into(),
-        "s3".into(),
-    );
+    let signer = Signer::new("K".into(), Secret::new("S".into()), "r".into(), "s3".into());
     let p = parse_req("GET /a HTTP/1.1\nHost:h");
     // A cached key from another day must not be reused.
     let day1 = sign(&signer, &p, EMPTY_PAYLOAD_SHA256, "20150830T123600Z", &[]).1;

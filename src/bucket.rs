@@ -1,0 +1,296 @@
+//! Object-storage bucket origins (S3 and the S3-compatible APIs of OSS, COS, MinIO, Ceph, R2):
+//! how a client path becomes an object key, what a GET/HEAD/PUT to the bucket looks like on the
+//! wire, and its SigV4 signature for private buckets. No proxy-wasm here; the clock is the
+//! caller's (`Host::now_ms`).
+
+use crate::host::{Host, MetricKind};
+use crate::sigv4::{self, Signer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// `bucket.endpoint/key`: the default of S3, OSS and COS.
+    VirtualHosted,
+    /// `endpoint/bucket/key`: MinIO, Ceph and IP endpoints.
+    Path,
+}
+
+impl Addressing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Addressing::VirtualHosted => "virtual-hosted",
+            Addressing::Path => "path",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub name: String,
+    pub region: String,
+    pub key_prefix: String,
+    pub addressing: Addressing,
+    /// The `Host` the bucket is addressed by (and signed with).
+    pub authority: String,
+    /// `None`: a public bucket, requests go unsigned.
+    pub signer: Option<Signer>,
+}
+
+/// One request to the bucket: the path to send and the headers to set on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRequest {
+    pub path: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Why no request could be made for a client path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketError {
+    /// `/` (or only the query string): S3 would list the bucket.
+    EmptyKey,
+    /// The host's clock said 0: a signature would be dated 1970 and refused.
+    NoClock,
+}
+
+impl BucketError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BucketError::EmptyKey => "the request names no object (empty key)",
+            BucketError::NoClock => "the clock is unavailable, so the request cannot be signed",
+        }
+    }
+}
+
+impl Bucket {
+    /// The object key for a client `:path`: query and fragment dropped, percent-decoded, the
+    /// leading '/' removed, the key prefix put in front.
+    pub fn object_key(&self, client_path: &str) -> Result<Vec<u8>, BucketError> {
+        let path = client_path.split(['?', '#']).next().unwrap_or("");
+        let decoded = sigv4::percent_decode(path);
+        let key = decoded.strip_prefix(b"/").unwrap_or(&decoded);
+        if key.is_empty() {
+            return Err(BucketError::EmptyKey);
+        }
+        let mut full = Vec::with_capacity(self.key_prefix.len() + key.len());
+        full.extend_from_slice(self.key_prefix.as_bytes());
+        full.extend_from_slice(key);
+        Ok(full)
+    }
+
+    /// The request for `key`, signed when the bucket is private. The query string is never sent
+    /// to a bucket: `?acl`, `?list-type=2` and friends would address other resources with the
+    /// edge's credentials.
+    pub fn request(
+        &self,
+        method: &str,
+        key: &[u8],
+        payload_sha256: &str,
+        now_ms: u64,
+    ) -> Result<ObjectRequest, BucketError> {
+        let mut path = String::with_capacity(key.len() + self.name.len() + 8);
+        path.push('/');
+        if self.addressing == Addressing::Path {
+            path.push_str(&self.name);
+            path.push('/');
+        }
+        path.push_str(&sigv4::encode_path(key));
+        let Some(signer) = &self.signer else {
+            return Ok(ObjectRequest {
+                path,
+                headers: Vec::new(),
+            });
+        };
+        if now_ms == 0 {
+            return Err(BucketError::NoClock);
+        }
+        let amz_date = sigv4::amz_date(now_ms);
+        let authorization = signer.authorization(
+            &sigv4::Request {
+                method,
+                canonical_uri: &path,
+                query: "",
+                headers: &[
+                    ("host", &self.authority),
+                    ("x-amz-content-sha256", payload_sha256),
+                    ("x-amz-date", &amz_date),
+                ],
+                payload_sha256,
+            },
+            &amz_date,
+        );
+        Ok(ObjectRequest {
+            path,
+            headers: vec![
+                ("x-amz-date", amz_date),
+                ("x-amz-content-sha256", payload_sha256.to_string()),
+                ("authorization", authorization),
+            ],
+        })
+    }
+}
+
+/// Client headers never forwarded to a bucket: the client's own credentials, and `x-amz-*`
+/// headers, which S3 requires to be signed (and which could change what the request does).
+pub fn is_client_header_dropped(name: &str) -> bool {
+    name.eq_ignore_ascii_case("authorization")
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-amz-"))
+}
+
+/// Counters for bucket origins and mirror back-to-origin, in Envoy's stats (`wasmcustom.<name>`
+/// in `/stats`, `<name>` in `/stats/prometheus`). Ids are defined once per configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BucketStats {
+    ids: [Option<u32>; BucketEvent::ALL.len()],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketEvent {
+    SignFailure,
+    Denied,
+    MirrorFetch,
+    MirrorRedirect,
+    MirrorSourceFailure,
+    CopyBackDone,
+    CopyBackFailed,
+    CopyBackSkipped,
+}
+
+impl BucketEvent {
+    pub const ALL: [BucketEvent; 8] = [
+        BucketEvent::SignFailure,
+        BucketEvent::Denied,
+        BucketEvent::MirrorFetch,
+        BucketEvent::MirrorRedirect,
+        BucketEvent::MirrorSourceFailure,
+        BucketEvent::CopyBackDone,
+        BucketEvent::CopyBackFailed,
+        BucketEvent::CopyBackSkipped,
+    ];
+
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            BucketEvent::SignFailure => "origin_pull_bucket_sign_failures_total",
+            BucketEvent::Denied => "origin_pull_bucket_denied_total",
+            BucketEvent::MirrorFetch => "origin_pull_mirror_fetches_total",
+            BucketEvent::MirrorRedirect => "origin_pull_mirror_redirects_total",
+            BucketEvent::MirrorSourceFailure => "origin_pull_mirror_source_failures_total",
+            BucketEvent::CopyBackDone => "origin_pull_mirror_copy_back_done_total",
+            BucketEvent::CopyBackFailed => "origin_pull_mirror_copy_back_failed_total",
+            BucketEvent::CopyBackSkipped => "origin_pull_mirror_copy_back_skipped_total",
+        }
+    }
+}
+
+impl BucketStats {
+    pub fn define(host: &mut impl Host) -> BucketStats {
+        let mut stats = BucketStats::default();
+        for (slot, event) in stats.ids.iter_mut().zip(BucketEvent::ALL) {
+            *slot = host.define_metric(MetricKind::Counter, event.metric_name());
+        }
+        stats
+    }
+
+    pub fn count(&self, host: &mut impl Host, event: BucketEvent) {
+        let index = BucketEvent::ALL
+            .iter()
+            .position(|e| *e == event)
+            .unwrap_or(0);
+        if let Some(Some(id)) = self.ids.get(index) {
+            host.increment_metric(*id, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+    use crate::sigv4::Secret;
+
+    fn bucket(addressing: Addressing, private: bool) -> Bucket {
+        Bucket {
+            name: "examplebucket".into(),
+            region: "us-east-1".into(),
+            key_prefix: "media/".into(),
+            addressing,
+            authority: match addressing {
+                Addressing::VirtualHosted => "examplebucket.s3.amazonaws.com".into(),
+                Addressing::Path => "s3.amazonaws.com".into(),
+            },
+            signer: private.then(|| {
+                Signer::new(
+                    "AKIAIOSFODNN7EXAMPLE".into(),
+                    Secret::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into()),
+                    "us-east-1".into(),
+                    "s3".into(),
+                )
+            }),
+        }
+    }
+
+    #[test]
+    fn keys_from_client_paths() {
+        let b = bucket(Addressing::VirtualHosted, false);
+        assert_eq!(b.object_key("/a%20b.jpg?x=1").unwrap(), b"media/a b.jpg");
+        assert_eq!(b.object_key("/dir/").unwrap(), b"media/dir/");
+        assert_eq!(b.object_key("/"), Err(BucketError::EmptyKey));
+        assert_eq!(b.object_key("/?list-type=2"), Err(BucketError::EmptyKey));
+    }
+
+    #[test]
+    fn public_requests_are_plain_and_drop_the_query() {
+        let b = bucket(Addressing::Path, false);
+        let key = b.object_key("/x y.jpg?acl").unwrap();
+        let r = b
+            .request("GET", &key, sigv4::EMPTY_PAYLOAD_SHA256, 1)
+            .unwrap();
+        assert_eq!(r.path, "/examplebucket/media/x%20y.jpg");
+        assert!(r.headers.is_empty());
+    }
+
+    /// The AWS "GET Object" example without its Range header, and the same through path style.
+    #[test]
+    fn private_requests_are_signed() {
+        let mut b = bucket(Addressing::VirtualHosted, true);
+        b.key_prefix.clear();
+        let key = b.object_key("/test.txt").unwrap();
+        let r = b
+            .request("GET", &key, sigv4::EMPTY_PAYLOAD_SHA256, 1_369_353_600_000)
+            .unwrap();
+        assert_eq!(r.path, "/test.txt");
+        assert_eq!(r.headers[0], ("x-amz-date", "20130524T000000Z".into()));
+        let authz = &r.headers[2].1;
+        assert!(authz.starts_with("AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature="), "{authz}");
+        assert!(!authz.contains("wJalrXUtnFEMI"));
+        assert_eq!(
+            b.request("GET", &key, sigv4::EMPTY_PAYLOAD_SHA256, 0),
+            Err(BucketError::NoClock)
+        );
+    }
+
+    #[test]
+    fn dropped_client_headers() {
+        assert!(is_client_header_dropped("Authorization"));
+        assert!(is_client_header_dropped("x-amz-security-token"));
+        assert!(is_client_header_dropped("X-Amz-Date"));
+        assert!(!is_client_header_dropped("range"));
+        assert!(!is_client_header_dropped("x-am"));
+    }
+
+    #[test]
+    fn stats_are_defined_once_and_counted() {
+        let mut host = FakeHost::new(1);
+        let stats = BucketStats::define(&mut host);
+        stats.count(&mut host, BucketEvent::CopyBackDone);
+        stats.count(&mut host, BucketEvent::CopyBackDone);
+        assert_eq!(
+            host.metric("origin_pull_mirror_copy_back_done_total"),
+            Some(2)
+        );
+        assert_eq!(
+            host.metric("origin_pull_bucket_sign_failures_total"),
+            Some(0)
+        );
+    }
+}

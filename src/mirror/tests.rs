@@ -1,0 +1,427 @@
+//! Bucket origins and mirror back-to-origin through [`Exchange`] and [`CopyBack`] on the fake
+//! host: signed routed requests and callouts, the miss → source → copy-back flow, redirects,
+//! the source-failure choices and the counters.
+
+use std::rc::Rc;
+
+use super::*;
+use crate::bucket::BucketStats;
+use crate::config::parse_with_env;
+use crate::exchange::{Exchange, RequestInfo, ResponseStep, MIRROR_HEADER};
+use crate::health::BlockTable;
+use crate::host::fake::FakeHost;
+
+const SECRET: &str = "SECRET-VALUE-never-logged";
+
+fn config(mirror: &str, slave: &str) -> Rc<PluginConfig> {
+    let text = format!(
+        r#"{{"debug_headers":true,"domains":[{{"domain":"www.test.com",
+            "master":{{"bucket":{{"endpoint":"s3.test:9000","bucket":"bkt","region":"us-east-1","addressing":"path","key_prefix":"cdn/",
+                "credentials":{{"access_key_id":"AKIDTEST","secret_access_key_env":"S3_SECRET"}}}}}}
+            {slave}{mirror}}}]}}"#
+    );
+    Rc::new(
+        parse_with_env(text.as_bytes(), &|name| {
+            (name == "S3_SECRET").then(|| SECRET.to_string())
+        })
+        .unwrap(),
+    )
+}
+
+const FETCH: &str = r#","mirror":{"source":{"domain":"src.test:8080"}}"#;
+
+fn request<'a>(method: &'a str, path: &'a str, stats: BucketStats) -> RequestInfo<'a> {
+    RequestInfo {
+        authority: "www.test.com",
+        scheme: "http",
+        method,
+        path,
+        has_body: false,
+        worker: "w1",
+        stats,
+    }
+}
+
+fn client(host: &mut FakeHost, path: &str) {
+    host.request_headers = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), path.into()),
+        (":authority".into(), "www.test.com".into()),
+        (":scheme".into(), "http".into()),
+        ("authorization".into(), "Bearer client-token".into()),
+        ("x-amz-acl".into(), "public-read".into()),
+        ("accept".into(), "*/*".into()),
+    ];
+}
+
+struct World {
+    cfg: Rc<PluginConfig>,
+    host: FakeHost,
+    blocks: BlockTable,
+    stats: BucketStats,
+}
+
+fn world(mirror: &str, slave: &str) -> World {
+    let mut host = FakeHost::new(7);
+    let stats = BucketStats::define(&mut host);
+    World {
+        cfg: config(mirror, slave),
+        host,
+        blocks: BlockTable::default(),
+        stats,
+    }
+}
+
+impl World {
+    fn start(&mut self, method: &str, path: &str) -> Option<Exchange> {
+        client(&mut self.host, path);
+        let req = request(method, path, self.stats);
+        Exchange::start(&self.cfg, &mut self.blocks, &mut self.host, &req)
+    }
+    fn no_secret_anywhere(&self) {
+        let logs = format!("{:?}", self.host.logs.borrow());
+        let rest = format!("{:?} {:?}", self.host.callouts, self.host.replies);
+        assert!(!logs.contains(SECRET) && !rest.contains(SECRET));
+    }
+}
+
+#[test]
+fn routed_requests_to_a_private_bucket_are_signed() {
+    let mut w = world("", "");
+    let ex = w.start("GET", "/a%20b.jpg?x=1").unwrap();
+    let (route, _) = ex.route().unwrap();
+    assert_eq!(route.cluster, "origin_pull|http|s3.test|9000");
+    let (authority, req) = ex.bucket_request().unwrap();
+    assert_eq!(authority, "s3.test:9000");
+    assert_eq!(req.path, "/bkt/cdn/a%20b.jpg");
+    let names: Vec<&str> = req.headers.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        names,
+        ["x-amz-date", "x-amz-content-sha256", "authorization"]
+    );
+    assert!(req.headers[2]
+        .1
+        .contains("Credential=AKIDTEST/20231114/us-east-1/s3/aws4_request"));
+    w.no_secret_anywhere();
+}
+
+#[test]
+fn only_get_and_head_with_a_key_reach_a_bucket() {
+    let mut w = world("", "");
+    assert!(w.start("POST", "/a.jpg").is_none());
+    assert_eq!(w.host.replies[0].status, 405);
+    assert_eq!(w.host.replies[0].header("allow"), Some("GET, HEAD"));
+    assert!(w.start("GET", "/?list-type=2").is_none());
+    assert_eq!(w.host.replies[1].status, 404);
+    assert!(w.start("HEAD", "/a.jpg").is_some());
+}
+
+#[test]
+fn a_clock_failure_is_a_counted_sign_failure() {
+    let mut w = world("", "");
+    w.host.now_ms = 0;
+    assert!(w.start("GET", "/a.jpg").is_none());
+    assert_eq!(w.host.replies[0].status, 502);
+    assert_eq!(
+        w.host.metric("origin_pull_bucket_sign_failures_total"),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_bucket_slave_gets_a_signed_callout_without_the_clients_credentials() {
+    let text = r#"{"domains":[{"domain":"www.test.com","master":{"ips":["1.1.1.1"]},
+        "slave":{"bucket":{"endpoint":"s3.test","bucket":"bkt","region":"r","credentials":{"access_key_id":"AK","secret_access_key":"SK"}}}}]}"#;
+    let cfg = Rc::new(crate::config::parse(text.as_bytes()).unwrap());
+    let mut host = FakeHost::new(1);
+    let mut blocks = BlockTable::default();
+    client(&mut host, "/x.jpg?v=2");
+    let req = request("GET", "/x.jpg?v=2", BucketStats::default());
+    let mut ex = Exchange::start(&cfg, &mut blocks, &mut host, &req).unwrap();
+    assert!(ex.bucket_request().is_none());
+    ex.on_response_headers(&mut host, &mut blocks, 404, 0);
+    let c = &host.callouts[0];
+    assert_eq!(c.cluster, "origin_pull|http|bkt.s3.test|80");
+    assert_eq!(c.header(":authority"), Some("bkt.s3.test"));
+    assert_eq!(c.header(":path"), Some("/x.jpg"));
+    assert!(c
+        .header("authorization")
+        .unwrap()
+        .starts_with("AWS4-HMAC-SHA256 Credential=AK/"));
+    assert_eq!(c.header("x-amz-acl"), None);
+    assert_eq!(c.header("accept"), Some("*/*"));
+    assert_eq!(
+        c.headers
+            .iter()
+            .filter(|(k, _)| k == "authorization")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_bucket_miss_is_fetched_from_the_source_served_and_copied_back() {
+    let mut w = world(FETCH, "");
+    let mut ex = w.start("GET", "/img/a.jpg?token=1").unwrap();
+    let step = ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    assert_eq!(step, ResponseStep::Pause);
+    let c = w.host.callouts[0].clone();
+    assert_eq!(c.cluster, "origin_pull|http|src.test|8080");
+    assert_eq!(
+        c.header(":path"),
+        Some("/img/a.jpg"),
+        "query not passed by default"
+    );
+    assert_eq!(c.header(":authority"), Some("www.test.com"));
+    assert_eq!(c.header("authorization"), Some("Bearer client-token"));
+    w.host.respond(
+        200,
+        &[
+            ("content-type", "image/jpeg"),
+            ("x-envoy-upstream-service-time", "1"),
+        ],
+        b"JPEG",
+    );
+    ex.on_callout_response(&mut w.host, &mut w.blocks, c.token, 3, 4);
+    let reply = w.host.replies.last().unwrap().clone();
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"JPEG"[..]));
+    assert_eq!(reply.header(MIRROR_HEADER), Some("source"));
+    assert_eq!(
+        reply.header("x-origin-pull-origin"),
+        Some("mirror=src.test:8080")
+    );
+    assert_eq!(w.host.filter_state["origin_pull.role"], "mirror");
+    assert_eq!(w.host.metric("origin_pull_mirror_fetches_total"), Some(1));
+
+    // The copy-back: queued by the stream, signed and sent by the root context.
+    let job = ex.take_copy_job().unwrap();
+    assert_eq!(job.key, b"cdn/img/a.jpg");
+    assert_eq!(job.content_type.as_deref(), Some("image/jpeg"));
+    let mut copy = CopyBack::default();
+    assert!(copy.submit(&mut w.host, &w.stats, job));
+    copy.run(&mut w.host, &w.stats);
+    let put = w.host.callouts.last().unwrap().clone();
+    assert_eq!(put.header(":method"), Some("PUT"));
+    assert_eq!(put.header(":path"), Some("/bkt/cdn/img/a.jpg"));
+    assert_eq!(put.header(":authority"), Some("s3.test:9000"));
+    assert_eq!(put.header("content-length"), Some("4"));
+    assert_eq!(
+        put.header("x-amz-content-sha256"),
+        Some(sigv4::sha256_hex(b"JPEG").as_str())
+    );
+    assert!(put
+        .header("authorization")
+        .unwrap()
+        .contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date"));
+    assert_eq!(put.body.as_deref(), Some(&b"JPEG"[..]));
+    assert_eq!(copy.pending(), 1);
+    w.host.respond(200, &[], b"");
+    assert!(copy.on_response(&mut w.host, &w.stats, put.token, 1));
+    assert_eq!(copy.pending(), 0);
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_done_total"),
+        Some(1)
+    );
+    assert!(!copy.on_response(&mut w.host, &w.stats, 999, 1));
+    w.no_secret_anywhere();
+}
+
+#[test]
+fn failed_and_refused_copy_backs_are_counted() {
+    let mut w = world(FETCH, "");
+    let job = |body: &[u8], cfg: &Rc<PluginConfig>| CopyJob {
+        config: cfg.clone(),
+        domain: 0,
+        scheme: Scheme::Http,
+        key: b"cdn/k".to_vec(),
+        content_type: None,
+        body: body.to_vec(),
+    };
+    let mut copy = CopyBack::default();
+    assert!(copy.submit(&mut w.host, &w.stats, job(b"1", &w.cfg)));
+    assert!(
+        !copy.submit(&mut w.host, &w.stats, job(b"2", &w.cfg)),
+        "same key twice"
+    );
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_skipped_total"),
+        Some(1)
+    );
+    copy.run(&mut w.host, &w.stats);
+    let token = w.host.callouts.last().unwrap().token;
+    w.host.respond(403, &[], b"SignatureDoesNotMatch");
+    copy.on_response(&mut w.host, &w.stats, token, 1);
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_failed_total"),
+        Some(1)
+    );
+    assert_eq!(w.host.metric("origin_pull_bucket_denied_total"), Some(1));
+    assert!(w
+        .host
+        .logged("copy-back of 'cdn/k' to bucket bkt (www.test.com) failed: status 403"));
+    // Envoy refusing the callout fails the job at once.
+    w.host.fail_dispatch = true;
+    assert!(copy.submit(&mut w.host, &w.stats, job(b"3", &w.cfg)));
+    copy.run(&mut w.host, &w.stats);
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_failed_total"),
+        Some(2)
+    );
+    assert_eq!(copy.pending(), 0);
+    // Memory budget.
+    let big = vec![0u8; (MAX_COPY_BACK_BYTES + 1) as usize];
+    assert!(!copy.submit(&mut w.host, &w.stats, job(&big, &w.cfg)));
+}
+
+#[test]
+fn large_objects_are_served_but_not_copied_back() {
+    let mut w = world(
+        r#","mirror":{"source":{"domain":"src.test"},"max_copy_bytes":3}"#,
+        "",
+    );
+    let mut ex = w.start("GET", "/big.bin").unwrap();
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    let token = w.host.callouts[0].token;
+    w.host
+        .respond(200, &[("x-envoy-upstream-service-time", "1")], b"ABCD");
+    ex.on_callout_response(&mut w.host, &mut w.blocks, token, 2, 4);
+    assert_eq!(w.host.replies[0].status, 200);
+    assert!(ex.take_copy_job().is_none());
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_skipped_total"),
+        Some(1)
+    );
+}
+
+#[test]
+fn head_range_and_unmatched_keys_are_not_copied_or_not_mirrored() {
+    // HEAD: served from the source, nothing to copy.
+    let mut w = world(
+        r#","mirror":{"source":{"domain":"src.test"},"key_prefixes":["img/"],"pass_query_string":true}"#,
+        "",
+    );
+    let mut ex = w.start("HEAD", "/img/a.jpg?v=1").unwrap();
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    assert_eq!(w.host.callouts[0].header(":path"), Some("/img/a.jpg?v=1"));
+    let token = w.host.callouts[0].token;
+    w.host
+        .respond(200, &[("x-envoy-upstream-service-time", "1")], b"");
+    ex.on_callout_response(&mut w.host, &mut w.blocks, token, 2, 0);
+    assert!(ex.take_copy_job().is_none());
+    // A partial answer (206) is never copied back.
+    let mut ex = w.start("GET", "/img/b.jpg").unwrap();
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    let token = w.host.callouts.last().unwrap().token;
+    w.host
+        .respond(206, &[("x-envoy-upstream-service-time", "1")], b"AB");
+    ex.on_callout_response(&mut w.host, &mut w.blocks, token, 2, 2);
+    assert_eq!(w.host.replies.last().unwrap().status, 206);
+    assert!(ex.take_copy_job().is_none());
+    // Outside the key prefixes the miss is the client's answer (no slave here).
+    let before = w.host.callouts.len();
+    let mut ex = w.start("GET", "/doc/c.pdf").unwrap();
+    assert_eq!(
+        ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0),
+        ResponseStep::Continue
+    );
+    assert_eq!(w.host.callouts.len(), before);
+}
+
+#[test]
+fn redirect_mode_answers_302_to_the_source() {
+    let mut w = world(
+        r#","mirror":{"source":{"domain":"src.test:8080","protocol":"https"},"mode":"redirect"}"#,
+        "",
+    );
+    let mut ex = w.start("GET", "/img/a.jpg?x=1").unwrap();
+    assert_eq!(
+        ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0),
+        ResponseStep::Pause
+    );
+    let reply = &w.host.replies[0];
+    assert_eq!(reply.status, 302);
+    assert_eq!(
+        reply.header("location"),
+        Some("https://src.test:8080/img/a.jpg")
+    );
+    assert_eq!(reply.header(MIRROR_HEADER), Some("redirect"));
+    assert!(w.host.callouts.is_empty());
+    assert_eq!(w.host.metric("origin_pull_mirror_redirects_total"), Some(1));
+}
+
+#[test]
+fn when_the_source_fails_too_the_client_gets_what_was_configured() {
+    let source_503 = |w: &mut World, ex: &mut Exchange| {
+        ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+        let token = w.host.callouts.last().unwrap().token;
+        w.host.respond(
+            503,
+            &[("x-envoy-upstream-service-time", "1")],
+            b"source down",
+        );
+        ex.on_callout_response(&mut w.host, &mut w.blocks, token, 2, 11);
+    };
+    // not_found (default): the bucket's miss.
+    let mut w = world(FETCH, "");
+    let mut ex = w.start("GET", "/a.jpg").unwrap();
+    source_503(&mut w, &mut ex);
+    let reply = w.host.replies.last().unwrap();
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.header("x-origin-pull-error"),
+        Some("mirror-source-failed")
+    );
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_source_failures_total"),
+        Some(1)
+    );
+    // source: the source's answer.
+    let mut w = world(
+        r#","mirror":{"source":{"domain":"src.test"},"on_source_failure":"source"}"#,
+        "",
+    );
+    let mut ex = w.start("GET", "/a.jpg").unwrap();
+    source_503(&mut w, &mut ex);
+    let reply = w.host.replies.last().unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (503, &b"source down"[..])
+    );
+    // slave: fail over as for any master error, and the slave's answer is final.
+    let mut w = world(
+        r#","mirror":{"source":{"domain":"src.test"},"on_source_failure":"slave"}"#,
+        r#","slave":{"ips":["2.2.2.2"]}"#,
+    );
+    let mut ex = w.start("GET", "/a.jpg").unwrap();
+    source_503(&mut w, &mut ex);
+    let slave = w.host.callouts.last().unwrap().clone();
+    assert_eq!(slave.header(ORIGINAL_DST), Some("2.2.2.2:80"));
+    assert_eq!(slave.header(":path"), Some("/a.jpg"));
+    w.host.respond(
+        200,
+        &[("x-envoy-upstream-service-time", "1")],
+        b"from slave",
+    );
+    ex.on_callout_response(&mut w.host, &mut w.blocks, slave.token, 2, 10);
+    let reply = w.host.replies.last().unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (200, &b"from slave"[..])
+    );
+    assert_eq!(
+        reply.header("x-origin-pull-origin"),
+        Some("slave=2.2.2.2:80")
+    );
+    assert!(ex.take_copy_job().is_none());
+}
+
+#[test]
+fn without_mirror_a_bucket_miss_fails_over_to_the_slave() {
+    let mut w = world("", r#","slave":{"ips":["2.2.2.2"]}"#);
+    let mut ex = w.start("GET", "/a.jpg").unwrap();
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 403, 0);
+    assert_eq!(w.host.callouts[0].header(ORIGINAL_DST), Some("2.2.2.2:80"));
+    assert_eq!(w.host.metric("origin_pull_bucket_denied_total"), Some(1));
+}
+
+const ORIGINAL_DST: &str = crate::exchange::ORIGINAL_DST_HEADER;
