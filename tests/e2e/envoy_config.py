@@ -86,7 +86,7 @@ def bootstrap(admin_port, lds_path, *, ca_file=None, extra_clusters=(), admin_ip
 
 
 def listener(port, plugin_config, *, ip="127.0.0.1", wasm_path=None, route_timeout=None,
-             name="origin_pull", fail_open=None):
+             name="origin_pull", fail_open=None, vm_env=None):
     """The shipped listener with another address and plugin configuration (a dict, or a string
     passed through verbatim, e.g. deliberately invalid JSON) and an absolute wasm path."""
     lst = copy.deepcopy(load_shipped_listeners()[0])
@@ -98,6 +98,8 @@ def listener(port, plugin_config, *, ip="127.0.0.1", wasm_path=None, route_timeo
     wasm["vm_config"]["code"]["local"]["filename"] = str(Path(wasm_path or WASM).resolve())
     if fail_open is not None:
         wasm["fail_open"] = bool(fail_open)
+    if vm_env:
+        wasm["vm_config"]["environment_variables"] = copy.deepcopy(vm_env)
     if route_timeout:
         for vh in _hcm(lst)["route_config"]["virtual_hosts"]:
             for r in vh["routes"]:

@@ -240,11 +240,15 @@ class Env:
       origins: specs started on __enter__ before Envoy: dicts of start_origin's keyword args.
       extra_clusters: extra Envoy clusters (e.g. envoy_config.strict_dns_cluster(...)).
       concurrency, drain_time_s, route_timeout, connect_timeout, extra_envoy_args: Envoy knobs.
+      vm_env: the wasm VM's vm_config.environment_variables ({"host_env_keys": [...],
+        "key_values": {...}}); process_env: extra variables in Envoy's own environment (what
+        host_env_keys reads); log_level / wasm_log_level: Envoy's -l and the wasm component's.
     """
 
     def __init__(self, tmp_path, plugin_config=None, origins=(), *, extra_clusters=(),
                  concurrency=2, drain_time_s=2, route_timeout=None, connect_timeout=None,
-                 extra_envoy_args=(), envoy=None):
+                 extra_envoy_args=(), envoy=None, vm_env=None, process_env=None,
+                 log_level="info", wasm_log_level="debug"):
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.plugin_config = plugin_config
@@ -255,6 +259,10 @@ class Env:
         self.route_timeout = route_timeout
         self.connect_timeout = connect_timeout
         self.extra_envoy_args = list(extra_envoy_args)
+        self.vm_env = vm_env
+        self.process_env = dict(process_env or {})
+        self.log_level = log_level
+        self.wasm_log_level = wasm_log_level
         self.envoy_bin = envoy or envoy_binary()
         self.origins = {}
         self.proc = None
@@ -319,7 +327,7 @@ class Env:
         if callable(plugin_config):
             plugin_config = plugin_config(self)
         return ec.listener(self.listener_port, plugin_config, ip=self.listener_ip,
-                           route_timeout=self.route_timeout)
+                           route_timeout=self.route_timeout, vm_env=self.vm_env)
 
     def start(self, plugin_config, timeout=30.0):
         """Write bootstrap + LDS, start Envoy, wait for /ready and the listener.
@@ -341,7 +349,7 @@ class Env:
         ec.write_json(self.bootstrap_path, boot)
         args = [self.envoy_bin, "-c", str(self.bootstrap_path),
                 "--concurrency", str(self.concurrency),
-                "-l", "info", "--component-log-level", "wasm:debug",
+                "-l", self.log_level, "--component-log-level", f"wasm:{self.wasm_log_level}",
                 "--log-path", str(self.log_path),
                 "--disable-hot-restart", "--drain-time-s", str(self.drain_time_s),
                 "--file-flush-interval-msec", "100",  # access log (stdout) visible quickly
@@ -349,7 +357,9 @@ class Env:
         out = open(self.stdout_path, "ab")
         err = open(self.dir / "envoy.stderr", "ab")
         # cwd = repo root, as for the shipped config (its relative paths resolve from there).
-        self.proc = _spawn(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO)
+        env = {**os.environ, **self.process_env} if self.process_env else None
+        self.proc = _spawn(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO,
+                           env=env)
         out.close()
         err.close()
 
