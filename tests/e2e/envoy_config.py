@@ -21,6 +21,10 @@ WASM = REPO / "target" / "wasm32-wasip1" / "release" / "origin_pull.wasm"
 IP_CLUSTER_HTTP = "origin_pull_ip_http"
 IP_CLUSTER_HTTPS = "origin_pull_ip_https"
 CLUSTER_HEADER = "x-origin-pull-cluster"
+# The VM environment the shipped examples name for private-bucket credentials, with dummy
+# values: `check` and Envoy's validate mode need them set (as operators set the real ones).
+EXAMPLE_ENV = {"ORIGIN_PULL_S3_ACCESS_KEY_ID": "AKIAEXAMPLEVALIDATE",
+               "ORIGIN_PULL_S3_SECRET_ACCESS_KEY": "example-secret-for-validation-only"}
 
 
 def _load_yaml(path):

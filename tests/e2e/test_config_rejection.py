@@ -54,9 +54,9 @@ CASES = [
     ("domain-in-ips", one({"ips": ["origin.example.com"]}),
      'field master.ips[0] value "origin.example.com": is a domain name'),
     ("ips-and-domain", one({"ips": ["10.0.0.1"], "domain": "a.example.com"}),
-     'field master value "2 of ips/domain/clusters": set exactly one of'),
+     'field master value "2 of ips/domain/clusters/bucket": set exactly one of'),
     ("no-origin", one({"protocol": "http"}),
-     'field master value "0 of ips/domain/clusters": set exactly one of'),
+     'field master value "0 of ips/domain/clusters/bucket": set exactly one of'),
     ("empty-ips", one({"ips": []}), 'field master.ips value "[]": the list is empty'),
     ("duplicate-ip", one({"ips": ["10.0.0.1", "10.0.0.1:80"]}),
      'field master.ips[1] value "10.0.0.1:80": is listed twice'),
@@ -88,6 +88,23 @@ CASES = [
      'field detection.block_seconds value "86401": must be 0..=86400'),
     ("response-limit", one(failover={"max_response_body_bytes": 99999999999}),
      'field failover.max_response_body_bytes value "99999999999": must be 1..=33554432'),
+    ("bucket-name", one({"bucket": {"endpoint": "s3.test", "bucket": "My_Bucket", "region": "r"}}),
+     'field master.bucket.bucket value "My_Bucket": must be 3-63 characters of a-z, 0-9, '
+     "'.' and '-', starting and ending with a letter or digit"),
+    ("bucket-secret-env-unset", one({"bucket": {
+        "endpoint": "s3.test", "bucket": "bkt", "region": "r",
+        "credentials": {"access_key_id": "AKID",
+                        "secret_access_key_env": "ORIGIN_PULL_TEST_NEVER_SET"}}}),
+     'field master.bucket.credentials.secret_access_key_env value "ORIGIN_PULL_TEST_NEVER_SET": '
+     "is not set in the VM's environment; pass it with vm_config.environment_variables"),
+    ("bucket-host", one({"bucket": {"endpoint": "s3.test", "bucket": "bkt", "region": "r"},
+                         "host": "cdn.test"}),
+     'field master.host value "cdn.test": is the bucket\'s own host name for `bucket` origins'),
+    ("mirror-not-bucket", one(mirror={"source": {"domain": "src.test"}}),
+     'field mirror value "master is ips": mirror back-to-origin needs a `bucket` master'),
+    ("mirror-redirect-ips", one({"bucket": {"endpoint": "s3.test", "bucket": "bkt", "region": "r"}},
+                                mirror={"source": {"ips": ["10.0.0.9"]}, "mode": "redirect"}),
+     'field mirror.mode value "redirect": redirect mode needs a `domain` source'),
 ]
 
 
@@ -111,7 +128,7 @@ def test_table_covers_enough_cases():
 
 
 BOOTSTRAP_CASES = ["port-zero", "single-ip-weight", "domain-loop", "host-crlf", "malformed-json",
-                   "unknown-field"]
+                   "unknown-field", "bucket-secret-env-unset", "mirror-not-bucket"]
 
 
 @pytest.mark.parametrize("case", BOOTSTRAP_CASES)
@@ -135,7 +152,7 @@ def test_lds_reload_keeps_the_previous_configuration(env):
     env.start({"domains": [{"domain": D, "master": {"ips": [good.addr]}}]})
     rejected = 0
     for case in ["port-zero", "mixed-weights", "domain-loop", "host-crlf", "switch-without-slave",
-                 "unknown-field", "malformed-json", "empty-domains"]:
+                 "unknown-field", "malformed-json", "empty-domains", "bucket-secret-env-unset"]:
         _, config, expected = next(c for c in CASES if c[0] == case)
         raw = as_text(config)
         assert env.reload(raw) == "rejected", case

@@ -3,6 +3,7 @@ configuration `origin-pull check` prints (all defaults filled in) validate again
 shapes the filter rejects are rejected by the schema too."""
 
 import json
+import os
 import subprocess
 
 import jsonschema
@@ -24,19 +25,21 @@ def test_schema_is_valid():
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_and_its_normalized_form_match_the_schema(path):
     VALIDATOR.validate(json.loads(path.read_text()))
-    p = subprocess.run([str(CLI), "check", str(path)], capture_output=True, text=True, timeout=30)
+    p = subprocess.run([str(CLI), "check", str(path)], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, **ec.EXAMPLE_ENV})
     assert p.returncode == 0, p.stderr
     normalized = json.loads(p.stdout)
     assert normalized.pop("required_envoy_clusters")
-    # Drop nulls (unset optional fields are printed as null) before validating.
-    for domain in normalized["domains"]:
-        for role in ("master", "slave"):
-            origin = domain.get(role)
-            if origin is None:
-                domain.pop(role, None)
-            elif origin.get("host") is None:
-                origin.pop("host")
-    VALIDATOR.validate(normalized)
+    VALIDATOR.validate(without_nulls(normalized))
+
+
+def without_nulls(value):
+    """Unset optional fields are printed as null; the schema describes them as absent."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
 
 
 @pytest.mark.parametrize("config", [
@@ -45,7 +48,17 @@ def test_example_and_its_normalized_form_match_the_schema(path):
     {"domains": [{"domain": "a.com", "master": {"ips": ["1.1.1.1"], "domain": "b.com"}}]},
     {"domains": [{"domain": "a.com", "master": {"clusters": [{"name": "c", "weight": 1001}]}}]},
     {"domains": []},
-], ids=["unknown-field", "protocol", "two-kinds", "weight", "empty"])
+    {"domains": [{"domain": "a.com", "master": {"bucket": {"endpoint": "s3.test", "bucket": "B_b",
+                                                           "region": "r"}}}]},
+    {"domains": [{"domain": "a.com", "master": {"bucket": {
+        "endpoint": "s3.test", "bucket": "bkt", "region": "r",
+        "credentials": {"access_key_id": "A", "secret_access_key": "S",
+                        "secret_access_key_env": "S3_SECRET"}}}}]},
+    {"domains": [{"domain": "a.com", "master": {"bucket": {"endpoint": "s3.test", "bucket": "bkt",
+                                                           "region": "r"}},
+                  "mirror": {"source": {"domain": "s.test"}, "mode": "copy"}}]},
+], ids=["unknown-field", "protocol", "two-kinds", "weight", "empty", "bucket-name",
+        "secret-twice", "mirror-mode"])
 def test_schema_rejects_what_the_filter_rejects(tmp_path, config):
     assert not VALIDATOR.is_valid(config)
     path = tmp_path / "c.json"

@@ -14,6 +14,7 @@ Exit status 0 only if everything passed.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -77,10 +78,10 @@ def main():
             rel = ex.relative_to(REPO)
             if Path(args.cli).exists():
                 c = subprocess.run([args.cli, "check", str(ex)], capture_output=True, text=True,
-                                   timeout=60)
+                                   timeout=60, env={**os.environ, **ec.EXAMPLE_ENV})
                 report(c.returncode == 0, f"origin-pull check {rel}", c.stderr)
             cfg = json.loads(ex.read_text())
-            lst = ec.listener(10000, cfg)
+            lst = ec.listener(10000, cfg, vm_env={"key_values": ec.EXAMPLE_ENV})
             p = ec.write_json(tmp / f"{ex.stem}.json", ec.static_bootstrap(boot, [lst]))
             ok, out = envoy_validate(args.envoy, p)
             report(ok, f"envoy validate listener with {rel}", out)
