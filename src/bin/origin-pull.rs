@@ -85,7 +85,18 @@ fn sigv4_sign() -> ExitCode {
         canonical_request, encode_path, percent_decode, Request, Secret, Signer,
     };
     use std::io::BufRead;
-    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let text = |v: &serde_json::Value, k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let item = |h: &serde_json::Value, i: usize| {
+        h.get(i)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else {
             return ExitCode::from(2);
@@ -94,18 +105,10 @@ fn sigv4_sign() -> ExitCode {
             eprintln!("origin-pull: not a JSON request: {line}");
             return ExitCode::from(2);
         };
-        let headers: Vec<(String, String)> = v["headers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|h| {
-                        (
-                            h[0].as_str().unwrap_or_default().to_string(),
-                            h[1].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
+        let headers: Vec<(String, String)> = v
+            .get("headers")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| a.iter().map(|h| (item(h, 0), item(h, 1))).collect())
             .unwrap_or_default();
         let headers: Vec<(&str, &str)> = headers
             .iter()
