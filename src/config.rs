@@ -396,6 +396,8 @@ pub struct PluginConfig {
     pub unknown_host_status: u32,
     pub debug_headers: bool,
     pub envoy: EnvoyNames,
+    /// Some origin is a bucket (or a mirror is configured): the glue then reads `:path`.
+    pub uses_buckets: bool,
 }
 
 // ---------------------------------------------------------------- parse + validate
@@ -526,6 +528,7 @@ fn compile(raw: RawPluginConfig, env: EnvLookup) -> Result<PluginConfig, ConfigE
         unknown_host_status,
         debug_headers: raw.debug_headers,
         envoy,
+        uses_buckets: false,
     };
     for raw_domain in raw.domains {
         let index = config.domains.len();
@@ -548,6 +551,9 @@ fn compile(raw: RawPluginConfig, env: EnvLookup) -> Result<PluginConfig, ConfigE
                 "appears more than once; each accelerated domain may be configured once",
             ));
         }
+        config.uses_buckets |= domain.master.bucket.is_some()
+            || domain.slave.as_ref().is_some_and(|s| s.bucket.is_some())
+            || domain.mirror.is_some();
         config.domains.push(domain);
     }
     Ok(config)
@@ -1636,6 +1642,7 @@ mod tests {
         assert_eq!(route.cluster, "origin_pull_ip_http");
         assert_eq!(route.original_dst.as_deref(), Some("1.1.1.1:80"));
         assert_eq!(cfg.unknown_host_status, 404);
+        assert!(!cfg.uses_buckets);
     }
 
     #[test]
@@ -1811,6 +1818,7 @@ mod tests {
     #[test]
     fn bucket_origins_compile_to_dns_routes() {
         let cfg = parse_str(&bucket_config(BUCKET, r#","protocol":"follow""#)).unwrap();
+        assert!(cfg.uses_buckets);
         let d = cfg.domain_for_host("www.test.com").unwrap();
         let b = d.master.bucket.as_ref().unwrap();
         assert_eq!(b.authority, "media-bkt.s3.example.com");

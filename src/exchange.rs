@@ -50,7 +50,8 @@ pub struct RequestInfo<'a> {
     pub authority: &'a str,
     pub scheme: &'a str,
     pub method: &'a str,
-    /// The client's `:path` (with its query string).
+    /// The client's `:path` (with its query string); only read when the configuration
+    /// `uses_buckets`.
     pub path: &'a str,
     pub has_body: bool,
     /// Shown in the debug header, to tell workers apart.

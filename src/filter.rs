@@ -333,7 +333,12 @@ impl HttpContext for OriginPullStream {
             .unwrap_or_default();
         let scheme = self.get_http_request_header(":scheme").unwrap_or_default();
         let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        // Only bucket origins and mirrors look at the path; others pass it through untouched.
+        let path = if config.uses_buckets {
+            self.get_http_request_header(":path").unwrap_or_default()
+        } else {
+            String::new()
+        };
         let request = RequestInfo {
             authority: &authority,
             scheme: &scheme,

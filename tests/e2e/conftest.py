@@ -60,3 +60,7 @@ def pytest_runtest_makereport(item, call):
                 rep.sections.append((f"origin-pull env {e.dir} ({rep.when})", e.failure_report()))
             except Exception as exc:  # noqa: BLE001 - never hide the real failure
                 rep.sections.append(("origin-pull env", f"could not collect logs: {exc!r}"))
+        s3server = sys.modules.get("s3server")
+        for server in (s3server.RECENT if s3server else []):
+            if server.proc is not None:
+                rep.sections.append((f"S3 server {server.addr} ({rep.when})", server.log_tail(40)))
