@@ -669,14 +669,17 @@ fn compile_domain(
                     "the switch would make the mirrored bucket the slave; remove `mirror` or the switch",
                 ));
             }
-            Some(compile_mirror(
-                m,
-                &name,
-                slave.is_some(),
-                envoy,
-                env,
-                &ctx.nested("mirror"),
-            )?)
+            let mirror =
+                compile_mirror(m, &name, slave.is_some(), envoy, env, &ctx.nested("mirror"))?;
+            let signed = master.bucket.as_ref().is_some_and(|b| b.signer.is_some());
+            if mirror.copy_back && !signed {
+                return Err(ctx.err(
+                    "mirror.copy_back",
+                    Some("true".into()),
+                    "copying objects back writes to the bucket and needs `credentials` on the master bucket; add them or set copy_back to false",
+                ));
+            }
+            Some(mirror)
         }
     };
     let failover = compile_failover(raw.failover, &ctx.nested("failover"))?;
@@ -1892,7 +1895,7 @@ mod tests {
     fn mirror_configuration() {
         let text = r#"{"domains":[{"domain":"www.test.com",
             "master":{"bucket":{"endpoint":"s3.example.com","bucket":"media-bkt","region":"us-east-1"}},
-            "mirror":{"source":{"domain":"src.example.com:8080"},"mode":"redirect","pass_query_string":true,"key_prefixes":["img/"]}}]}"#;
+            "mirror":{"source":{"domain":"src.example.com:8080"},"mode":"redirect","pass_query_string":true,"key_prefixes":["img/"],"copy_back":false}}]}"#;
         let cfg = parse_str(text).unwrap();
         let m = cfg.domains[0].mirror.as_ref().unwrap();
         assert_eq!(m.redirect_base[0], "http://src.example.com:8080");
@@ -1977,6 +1980,8 @@ mod tests {
              "invalid origin-pull configuration: domain \"www.test.com\": field mirror.on_source_failure value \"retry\": must be \"not_found\" (the bucket's answer), \"source\" (the source's answer) or \"slave\" (fail over)"),
             (m(r#"{"source":{"domain":"www.test.com"}}"#, ""),
              "invalid origin-pull configuration: domain \"www.test.com\": field mirror.source.domain value \"www.test.com\": is the accelerated domain"),
+            (m(r#"{"source":{"domain":"s.example.com"}}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.copy_back value \"true\": copying objects back writes to the bucket and needs `credentials` on the master bucket; add them or set copy_back to false"),
             (m(r#"{"source":{"domain":"s.example.com"},"copy":true}"#, ""),
              "invalid origin-pull configuration: domain \"www.test.com\": field mirror.copy: unknown field `copy`"),
         ];

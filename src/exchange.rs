@@ -12,7 +12,7 @@ use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
 use crate::failover::{blocks_origin, classify_callout, classify_routed, is_hop_by_hop, Answer};
 use crate::health::{BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
-use crate::mirror::{CopyJob, MirrorMode, OnSourceFailure};
+use crate::mirror::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch};
 use crate::select;
 use crate::sigv4::EMPTY_PAYLOAD_SHA256;
 
@@ -460,6 +460,15 @@ impl Exchange {
         if !mirror.triggers(status, &self.method, &self.path) {
             return false;
         }
+        let source_set = &mirror.source;
+        let mut random = || host.random_u64();
+        let Some(target) = select::pick(source_set, &mut random, false, &|_| false) else {
+            return false;
+        };
+        let Some(route) = source_set.targets.get(target).map(|t| t.route(self.scheme)) else {
+            return false;
+        };
+        let path = mirror.source_path(&self.path);
         if mirror.mode == MirrorMode::Redirect {
             let location = mirror.redirect_location(self.scheme, &self.path);
             self.stats.count(host, BucketEvent::MirrorRedirect);
@@ -473,17 +482,40 @@ impl Exchange {
             let debug = self.debug_headers();
             headers.extend(debug.iter().map(|(k, v)| (*k, v.as_str())));
             host.send_local_reply(302, &headers, body.as_bytes());
+            // Meanwhile the bucket copies the object from the source (root context).
+            let key = domain
+                .master
+                .bucket
+                .as_ref()
+                .and_then(|b| b.object_key(&self.path).ok());
+            if let (true, Some(key)) = (mirror.copy_back && self.method == "GET", key) {
+                let scheme = route.scheme.unwrap_or(self.scheme).as_str();
+                let authority = source_set.host.as_deref().unwrap_or(&self.client_authority);
+                let mut headers: Vec<(String, String)> = vec![
+                    (":method".into(), "GET".into()),
+                    (":path".into(), path.into()),
+                    (":authority".into(), authority.into()),
+                    (":scheme".into(), scheme.into()),
+                ];
+                if let Some(dst) = &route.original_dst {
+                    headers.push((ORIGINAL_DST_HEADER.into(), dst.clone()));
+                }
+                self.copy_job = Some(CopyJob {
+                    config: config.clone(),
+                    domain: self.domain,
+                    scheme: self.scheme,
+                    key,
+                    content_type: None,
+                    body: Vec::new(),
+                    fetch: Some(SourceFetch {
+                        cluster: route.cluster.clone(),
+                        headers,
+                        label: route.label.clone(),
+                    }),
+                });
+            }
             return true;
         }
-        let source_set = &mirror.source;
-        let mut random = || host.random_u64();
-        let Some(target) = select::pick(source_set, &mut random, false, &|_| false) else {
-            return false;
-        };
-        let Some(route) = source_set.targets.get(target).map(|t| t.route(self.scheme)) else {
-            return false;
-        };
-        let path = mirror.source_path(&self.path);
         match self.send_callout(host, source_set, route, Some(path)) {
             Ok(token) => {
                 self.stats.count(host, BucketEvent::MirrorFetch);
@@ -577,6 +609,7 @@ impl Exchange {
                 key,
                 content_type,
                 body,
+                fetch: None,
             });
             return;
         }

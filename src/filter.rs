@@ -214,16 +214,14 @@ impl Context for OriginPullRoot {
         &mut self,
         token_id: u32,
         num_headers: usize,
-        _body_size: usize,
+        body_size: usize,
         _num_trailers: usize,
     ) {
         let stats = self.state.stats.get();
-        self.state.copy_back.borrow_mut().on_response(
-            &mut EnvoyHost,
-            &stats,
-            token_id,
-            num_headers,
-        );
+        let mut copy_back = self.state.copy_back.borrow_mut();
+        copy_back.on_response(&mut EnvoyHost, &stats, token_id, num_headers, body_size);
+        // A fetched object's PUT was dispatched from this callback: nothing else to wake.
+        drop(copy_back);
     }
 }
 
@@ -411,6 +409,9 @@ impl HttpContext for OriginPullStream {
             let mut blocks = self.state.blocks.borrow_mut();
             exchange.on_response_headers(&mut EnvoyHost, &mut blocks, status, response_flags)
         };
+        if let Some(job) = exchange.take_copy_job() {
+            self.state.submit_copy(job);
+        }
         match step {
             ResponseStep::Pause => Action::Pause,
             ResponseStep::Continue => {

@@ -112,7 +112,9 @@ impl Mirror {
     }
 }
 
-/// An object fetched from the mirror source, to be written into the master bucket.
+/// An object to write into the master bucket: fetched from the source already (fetch mode), or
+/// to be fetched by the root context first (redirect mode, as COS does: the client is sent to
+/// the source and the bucket copies the object meanwhile).
 pub struct CopyJob {
     pub config: Rc<PluginConfig>,
     pub domain: usize,
@@ -121,6 +123,14 @@ pub struct CopyJob {
     pub key: Vec<u8>,
     pub content_type: Option<String>,
     pub body: Vec<u8>,
+    pub fetch: Option<SourceFetch>,
+}
+
+/// The GET the root context sends to the mirror source before the PUT.
+pub struct SourceFetch {
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub label: String,
 }
 
 struct InFlight {
@@ -128,6 +138,8 @@ struct InFlight {
     key: Vec<u8>,
     what: String,
     bytes: u64,
+    /// Set while this callout is the source GET of a redirect-mode copy.
+    fetching: Option<CopyJob>,
 }
 
 #[derive(Default)]
@@ -167,39 +179,98 @@ impl CopyBack {
         true
     }
 
-    /// Signs and dispatches every queued PUT (root context).
+    /// Signs and dispatches every queued PUT, or first the source GET (root context).
     pub fn run(&mut self, host: &mut impl Host, stats: &BucketStats) {
         while let Some(job) = self.queue.pop_front() {
-            let size = job.body.len() as u64;
-            match dispatch_put(host, &job) {
-                Ok((token, what)) => self.in_flight.push(InFlight {
-                    token,
-                    key: job.key,
-                    what,
-                    bytes: size,
-                }),
-                Err(reason) => {
-                    self.bytes = self.bytes.saturating_sub(size);
-                    stats.count(host, BucketEvent::CopyBackFailed);
-                    host.log(
-                        LogLevel::Warn,
-                        &format!(
-                            "origin-pull: copy-back of {} not started: {reason}",
-                            printable_key(&job.key)
-                        ),
-                    );
-                }
+            match &job.fetch {
+                Some(fetch) => self.start_fetch(host, stats, job.domain_timeout(), fetch, &job),
+                None => self.start_put(host, stats, job),
             }
         }
     }
 
-    /// A PUT answered (root context). Returns false for a token that is not a copy-back.
+    fn start_fetch(
+        &mut self,
+        host: &mut impl Host,
+        stats: &BucketStats,
+        timeout: Duration,
+        fetch: &SourceFetch,
+        job: &CopyJob,
+    ) {
+        let headers: Vec<(&str, &str)> = fetch
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match host.dispatch(&fetch.cluster, &headers, None, timeout) {
+            Ok(token) => self.in_flight.push(InFlight {
+                token,
+                key: job.key.clone(),
+                what: format!("{} from {}", printable_key(&job.key), fetch.label),
+                bytes: 0,
+                fetching: None,
+            }),
+            Err(status) => {
+                self.fail(
+                    host,
+                    stats,
+                    &job.key,
+                    &format!(
+                        "the source GET via cluster '{}' could not start: {status}",
+                        fetch.cluster
+                    ),
+                );
+                return;
+            }
+        }
+        // The job waits in its in-flight entry for the source's answer.
+        if let Some(entry) = self.in_flight.last_mut() {
+            entry.fetching = Some(CopyJob {
+                config: job.config.clone(),
+                domain: job.domain,
+                scheme: job.scheme,
+                key: job.key.clone(),
+                content_type: None,
+                body: Vec::new(),
+                fetch: None,
+            });
+        }
+    }
+
+    fn start_put(&mut self, host: &mut impl Host, stats: &BucketStats, job: CopyJob) {
+        let size = job.body.len() as u64;
+        match dispatch_put(host, &job) {
+            Ok((token, what)) => self.in_flight.push(InFlight {
+                token,
+                key: job.key,
+                what,
+                bytes: size,
+                fetching: None,
+            }),
+            Err(reason) => {
+                self.bytes = self.bytes.saturating_sub(size);
+                self.fail(host, stats, &job.key, &format!("not started: {reason}"));
+            }
+        }
+    }
+
+    fn fail(&self, host: &mut impl Host, stats: &BucketStats, key: &[u8], reason: &str) {
+        stats.count(host, BucketEvent::CopyBackFailed);
+        host.log(
+            LogLevel::Warn,
+            &format!("origin-pull: copy-back of {} {reason}", printable_key(key)),
+        );
+    }
+
+    /// A copy-back callout answered (root context): the source GET of a redirect-mode copy
+    /// (then the PUT is sent) or a PUT. Returns false for a token that is not a copy-back.
     pub fn on_response(
         &mut self,
         host: &mut impl Host,
         stats: &BucketStats,
         token: u32,
         num_headers: usize,
+        body_size: usize,
     ) -> bool {
         let Some(index) = self.in_flight.iter().position(|f| f.token == token) else {
             return false;
@@ -214,6 +285,10 @@ impl CopyBack {
                 .find(|(k, _)| k == ":status")
                 .and_then(|(_, v)| v.parse::<u32>().ok())
         };
+        if let Some(job) = done.fetching {
+            self.on_fetched(host, stats, job, status, body_size, &done.what);
+            return true;
+        }
         match status {
             Some(200..=299) => {
                 stats.count(host, BucketEvent::CopyBackDone);
@@ -237,8 +312,64 @@ impl CopyBack {
         true
     }
 
+    fn on_fetched(
+        &mut self,
+        host: &mut impl Host,
+        stats: &BucketStats,
+        mut job: CopyJob,
+        status: Option<u32>,
+        body_size: usize,
+        what: &str,
+    ) {
+        if status != Some(200) {
+            stats.count(host, BucketEvent::MirrorSourceFailure);
+            let status = status.map_or("no response".to_string(), |s| format!("status {s}"));
+            self.fail(
+                host,
+                stats,
+                &job.key,
+                &format!("failed: the source answered {status} ({what})"),
+            );
+            return;
+        }
+        let limit = job
+            .config
+            .domains
+            .get(job.domain)
+            .and_then(|d| d.mirror.as_ref())
+            .map_or(0, |m| m.max_copy_bytes);
+        let size = body_size as u64;
+        if size > limit || self.bytes + size > MAX_COPY_BACK_BYTES {
+            stats.count(host, BucketEvent::CopyBackSkipped);
+            host.log(
+                LogLevel::Info,
+                &format!("origin-pull: not copying {what} back: {size} bytes is over mirror.max_copy_bytes ({limit}) or the copy-back memory budget"),
+            );
+            return;
+        }
+        job.body = host.callout_response_body(body_size).unwrap_or_default();
+        job.content_type = host
+            .callout_response_headers()
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v);
+        self.bytes += job.body.len() as u64;
+        self.start_put(host, stats, job);
+    }
+
     pub fn pending(&self) -> usize {
         self.queue.len() + self.in_flight.len()
+    }
+}
+
+impl CopyJob {
+    fn domain_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.config
+                .domains
+                .get(self.domain)
+                .map_or(10_000, |d| d.failover.timeout_ms),
+        )
     }
 }
 

@@ -216,13 +216,13 @@ fn a_bucket_miss_is_fetched_from_the_source_served_and_copied_back() {
     assert_eq!(put.body.as_deref(), Some(&b"JPEG"[..]));
     assert_eq!(copy.pending(), 1);
     w.host.respond(200, &[], b"");
-    assert!(copy.on_response(&mut w.host, &w.stats, put.token, 1));
+    assert!(copy.on_response(&mut w.host, &w.stats, put.token, 1, 0));
     assert_eq!(copy.pending(), 0);
     assert_eq!(
         w.host.metric("origin_pull_mirror_copy_back_done_total"),
         Some(1)
     );
-    assert!(!copy.on_response(&mut w.host, &w.stats, 999, 1));
+    assert!(!copy.on_response(&mut w.host, &w.stats, 999, 1, 0));
     w.no_secret_anywhere();
 }
 
@@ -236,6 +236,7 @@ fn failed_and_refused_copy_backs_are_counted() {
         key: b"cdn/k".to_vec(),
         content_type: None,
         body: body.to_vec(),
+        fetch: None,
     };
     let mut copy = CopyBack::default();
     assert!(copy.submit(&mut w.host, &w.stats, job(b"1", &w.cfg)));
@@ -250,7 +251,7 @@ fn failed_and_refused_copy_backs_are_counted() {
     copy.run(&mut w.host, &w.stats);
     let token = w.host.callouts.last().unwrap().token;
     w.host.respond(403, &[], b"SignatureDoesNotMatch");
-    copy.on_response(&mut w.host, &w.stats, token, 1);
+    copy.on_response(&mut w.host, &w.stats, token, 1, 21);
     assert_eq!(
         w.host.metric("origin_pull_mirror_copy_back_failed_total"),
         Some(1)
@@ -345,8 +346,56 @@ fn redirect_mode_answers_302_to_the_source() {
         Some("https://src.test:8080/img/a.jpg")
     );
     assert_eq!(reply.header(MIRROR_HEADER), Some("redirect"));
-    assert!(w.host.callouts.is_empty());
+    assert!(
+        w.host.callouts.is_empty(),
+        "the client's stream sends nothing"
+    );
     assert_eq!(w.host.metric("origin_pull_mirror_redirects_total"), Some(1));
+    // Meanwhile the root context copies the object: source GET, then the signed PUT.
+    let job = ex.take_copy_job().unwrap();
+    let mut copy = CopyBack::default();
+    assert!(copy.submit(&mut w.host, &w.stats, job));
+    copy.run(&mut w.host, &w.stats);
+    let get = w.host.callouts[0].clone();
+    assert_eq!(get.cluster, "origin_pull|https|src.test|8080");
+    assert_eq!(get.header(":method"), Some("GET"));
+    assert_eq!(get.header(":path"), Some("/img/a.jpg"));
+    assert_eq!(
+        get.header("authorization"),
+        None,
+        "the client's headers are not replayed"
+    );
+    w.host
+        .respond(200, &[("content-type", "image/jpeg")], b"JPEG");
+    assert!(copy.on_response(&mut w.host, &w.stats, get.token, 2, 4));
+    let put = w.host.callouts[1].clone();
+    assert_eq!(put.header(":method"), Some("PUT"));
+    assert_eq!(put.header("content-type"), Some("image/jpeg"));
+    assert_eq!(put.body.as_deref(), Some(&b"JPEG"[..]));
+    w.host.respond(200, &[], b"");
+    assert!(copy.on_response(&mut w.host, &w.stats, put.token, 1, 0));
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_done_total"),
+        Some(1)
+    );
+    assert_eq!(copy.pending(), 0);
+    // A source that fails the background GET: counted, nothing written.
+    let mut ex = w.start("GET", "/img/b.jpg").unwrap();
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    assert!(copy.submit(&mut w.host, &w.stats, ex.take_copy_job().unwrap()));
+    copy.run(&mut w.host, &w.stats);
+    let get = w.host.callouts.last().unwrap().clone();
+    w.host.respond(404, &[], b"");
+    copy.on_response(&mut w.host, &w.stats, get.token, 1, 0);
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_source_failures_total"),
+        Some(1)
+    );
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_failed_total"),
+        Some(1)
+    );
+    assert_eq!(w.host.callouts.len(), 3);
 }
 
 #[test]

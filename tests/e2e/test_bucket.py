@@ -195,15 +195,22 @@ def test_mirror_fetches_serves_and_copies_back(make_env, s3):
 
 
 def test_mirror_redirect_mode_and_key_prefix_condition(make_env, s3):
+    """The COS example: the first request gets 302 to the source while the bucket copies the
+    object; the second is served by the bucket."""
     env, source = mirror_env(make_env, s3, {"mode": "redirect", "pass_query_string": True,
-                                            "key_prefixes": ["img/"]})
+                                            "key_prefixes": ["img/"]}, key_prefix="r/")
     r = env.request(HOST, "/img/r.jpg?x=1")
     assert r.status == 302, r
     assert r.headers["location"] == f"http://src.test:{source.port}/img/r.jpg?x=1"
     assert env.stat("wasmcustom.origin_pull_mirror_redirects_total") == 1
-    # Outside the prefix: the bucket's 404 is the answer.
+    env.wait_stat("wasmcustom.origin_pull_mirror_copy_back_done_total", 1, timeout=20)
+    assert source.count("/img/r.jpg?x=1") == 1  # the copy's own GET, query string passed
+    r = env.request(HOST, "/img/r.jpg?x=1")
+    assert (r.status, r.body) == (200, b"served-by=source path=/img/r.jpg?x=1\n"), r
+    assert source.count() == 1
+    # Outside the prefix: the bucket's 404 is the answer, the source is not involved.
     assert env.request(HOST, "/doc/r.pdf").status == 404
-    assert source.count() == 0
+    assert source.count() == 1
 
 
 def test_mirror_when_the_source_fails_too(make_env, s3):
