@@ -447,7 +447,10 @@ impl Exchange {
         let Answer::Status(status) = answer else {
             return false;
         };
-        if self.mirror != MirrorState::Idle || self.current().role != Role::Master {
+        if self.mirror != MirrorState::Idle
+            || self.current().role != Role::Master
+            || !self.domain().is_some_and(|d| d.mirror.is_some())
+        {
             return false;
         }
         let config = self.config.clone();
