@@ -217,11 +217,16 @@ impl Context for OriginPullRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        // Only copy-backs are dispatched from the root context; a fetched object's PUT is sent
+        // from here.
         let stats = self.state.stats.get();
-        let mut copy_back = self.state.copy_back.borrow_mut();
-        copy_back.on_response(&mut EnvoyHost, &stats, token_id, num_headers, body_size);
-        // A fetched object's PUT was dispatched from this callback: nothing else to wake.
-        drop(copy_back);
+        self.state.copy_back.borrow_mut().on_response(
+            &mut EnvoyHost,
+            &stats,
+            token_id,
+            num_headers,
+            body_size,
+        );
     }
 }
 
