@@ -23,7 +23,7 @@ PYTEST_ARGS   ?=
 
 export ENVOY
 
-.PHONY: venv wasm cli build unit validate e2e test lint run clean distclean
+.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean
 
 venv: $(VENV_STAMP)
 
@@ -66,6 +66,10 @@ lint:
 
 run: venv build
 	$(VENV_PY) tests/e2e/demo.py --envoy $(ENVOY)
+
+# Detection and recovery times, passive-only vs active probes (docs/health.md); ~3 minutes.
+health-figures: venv build
+	$(VENV_PY) tests/e2e/health_figures.py
 
 clean:
 	cargo clean

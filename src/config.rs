@@ -8,6 +8,10 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+mod probe;
+pub use probe::Probe;
+use probe::{compile_probe, RawProbe};
+
 use crate::address::{
     normalize_host_name, parse_domain_entry, parse_ip_entry, validate_host_header,
     validate_host_name, MAX_WEIGHT,
@@ -191,6 +195,9 @@ struct RawOrigin {
     bucket: Option<RawBucket>,
     protocol: Option<String>,
     host: Option<String>,
+    /// Overrides `detection.probe` for this origin set.
+    #[serde(default)]
+    probe: Option<RawProbe>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +224,8 @@ struct RawFailover {
 struct RawDetection {
     block_seconds: Option<u64>,
     block_on_5xx: Option<bool>,
+    #[serde(default)]
+    probe: Option<RawProbe>,
 }
 
 // ---------------------------------------------------------------- compiled form
@@ -321,6 +330,8 @@ pub struct OriginSet {
     pub protocol: Protocol,
     pub host: Option<String>,
     pub targets: Vec<Target>,
+    /// Active health probe of every target (`None`: passive detection only).
+    pub probe: Option<Probe>,
     /// Running sums of the weights, for weighted picks by binary search.
     pub cumulative_weights: Vec<u64>,
     /// Set for `bucket` origins (one target).
@@ -364,6 +375,18 @@ pub struct Detection {
     /// 0 disables blocking.
     pub block_ms: u64,
     pub block_on_5xx: bool,
+}
+
+impl Domain {
+    /// The domain-level probe as configured (`detection.probe`), for `check`'s output.
+    fn domain_probe(&self) -> Option<&Probe> {
+        let own = |set: &OriginSet| set.normalized.get("probe").is_none();
+        [Some(&self.master), self.slave.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|s| own(s))
+            .and_then(|s| s.probe.as_ref())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -647,11 +670,41 @@ fn compile_domain(
         domain: Some(&name),
         prefix: String::new(),
     };
-    let master = compile_origin(raw.master, &name, envoy, env, &ctx.nested("master"))?;
-    let slave = raw
-        .slave
-        .map(|s| compile_origin(s, &name, envoy, env, &ctx.nested("slave")))
+    let mut raw_detection = raw.detection;
+    let raw_probe = raw_detection.as_mut().and_then(|d| d.probe.take());
+    let detection = compile_detection(raw_detection, &ctx.nested("detection"))?;
+    let domain_probe = raw_probe
+        .map(|p| compile_probe(p, detection.block_ms, &ctx.nested("detection.probe")))
         .transpose()?;
+    let with_probe = |mut raw: RawOrigin, role: &str| {
+        let ctx = ctx.nested(role);
+        let own = raw
+            .probe
+            .take()
+            .map(|p| compile_probe(p, detection.block_ms, &ctx.nested("probe")))
+            .transpose()?;
+        let mut set = compile_origin(raw, &name, envoy, env, &ctx)?;
+        if set.kind == OriginKind::Bucket {
+            // A bucket answers an unsigned GET with 403: it would look dead.
+            if own.is_some() {
+                return Err(ctx.err(
+                    "probe",
+                    Some("bucket origin".into()),
+                    "bucket origins are not probed (a probe is an unsigned GET); remove the probe",
+                ));
+            }
+            return Ok(set);
+        }
+        if let Some(own) = &own {
+            if let Some(map) = set.normalized.as_object_mut() {
+                map.insert("probe".into(), own.normalized());
+            }
+        }
+        set.probe = own.or_else(|| domain_probe.clone());
+        Ok::<OriginSet, ConfigError>(set)
+    };
+    let master = with_probe(raw.master, "master")?;
+    let slave = raw.slave.map(|s| with_probe(s, "slave")).transpose()?;
     let mirror = match raw.mirror {
         None => None,
         Some(m) => {
@@ -683,7 +736,6 @@ fn compile_domain(
         }
     };
     let failover = compile_failover(raw.failover, &ctx.nested("failover"))?;
-    let detection = compile_detection(raw.detection, &ctx.nested("detection"))?;
     let (master, slave) = match (raw.master_slave_switch, slave) {
         (false, slave) => (master, slave),
         (true, Some(slave)) => (slave, Some(master)),
@@ -828,6 +880,7 @@ fn compile_origin(
         protocol,
         host,
         targets,
+        probe: None,
         cumulative_weights,
         bucket,
         normalized: Value::Object(normalized),
@@ -1574,6 +1627,15 @@ impl PluginConfig {
                         on.push(name);
                     }
                 }
+                let mut detection = json!({
+                    "block_seconds": d.detection.block_ms / 1000,
+                    "block_on_5xx": d.detection.block_on_5xx,
+                });
+                if let Some(probe) = d.domain_probe() {
+                    if let Some(map) = detection.as_object_mut() {
+                        map.insert("probe".into(), probe.normalized());
+                    }
+                }
                 json!({
                     "domain": d.name,
                     "master": master.normalized,
@@ -1588,10 +1650,7 @@ impl PluginConfig {
                         "master_retries": f.master_retries,
                         "timeout_ms": f.timeout_ms,
                     },
-                    "detection": {
-                        "block_seconds": d.detection.block_ms / 1000,
-                        "block_on_5xx": d.detection.block_on_5xx,
-                    },
+                    "detection": detection,
                     "mirror": d.mirror.as_ref().map(|m| &m.normalized),
                 })
             })

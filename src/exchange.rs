@@ -9,9 +9,10 @@ use crate::bucket::{
     is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
 };
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
-use crate::failover::{blocks_origin, classify_callout, classify_routed, is_hop_by_hop, Answer};
+use crate::failover::{blocks_origin, classify_routed, is_hop_by_hop, read_callout, Answer};
 use crate::health::{BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
+use crate::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::mirror::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch};
 use crate::select;
 use crate::sigv4::EMPTY_PAYLOAD_SHA256;
@@ -22,8 +23,6 @@ pub const DEBUG_ATTEMPTS_HEADER: &str = "x-origin-pull-attempts";
 pub const DEBUG_WORKER_HEADER: &str = "x-origin-pull-worker";
 pub const ERROR_HEADER: &str = "x-origin-pull-error";
 pub const MIRROR_HEADER: &str = "x-origin-pull-mirror";
-/// Envoy's local failure replies are short; only bodies this small are peeked at.
-const PEEK_LIMIT: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -57,6 +56,8 @@ pub struct RequestInfo<'a> {
     /// Shown in the debug header, to tell workers apart.
     pub worker: &'a str,
     pub stats: BucketStats,
+    /// This VM's stats for the configuration in use (`None`: not counted).
+    pub metrics: Option<&'a Rc<Metrics>>,
 }
 
 /// Where a mirror back-to-origin stands for this request.
@@ -111,6 +112,7 @@ pub struct Exchange {
     routed_bucket: Option<ObjectRequest>,
     mirror: MirrorState,
     copy_job: Option<CopyJob>,
+    metrics: Option<Rc<Metrics>>,
 }
 
 impl Exchange {
@@ -128,6 +130,7 @@ impl Exchange {
             );
             host.send_local_reply(
                 config.unknown_host_status,
+                "origin_pull_unknown_host",
                 &[
                     ("content-type", "text/plain"),
                     (ERROR_HEADER, "unknown-host"),
@@ -157,6 +160,7 @@ impl Exchange {
             routed_bucket: None,
             mirror: MirrorState::Idle,
             copy_job: None,
+            metrics: request.metrics.cloned(),
         };
         // Envoy no longer exposes the request headers once the response is under way, so
         // keep a copy now, but only when this request could ever be failed over.
@@ -167,6 +171,7 @@ impl Exchange {
             // Unreachable with a validated configuration (some weight is non-zero); never route blind.
             host.send_local_reply(
                 503,
+                "origin_pull_no_origin",
                 &[(ERROR_HEADER, "no-origin")],
                 b"origin-pull: no origin could be picked\n",
             );
@@ -183,6 +188,9 @@ impl Exchange {
                     }
                 }
             }
+        }
+        if let Some(m) = exchange.origin_metrics(first) {
+            m.request(host);
         }
         Some(exchange)
     }
@@ -396,23 +404,7 @@ impl Exchange {
             return;
         }
         self.pending_callout = None;
-        let (answer, headers) = if num_headers == 0 {
-            // Reset, or larger than Envoy's async response buffer (32 MiB by default).
-            (Answer::NoResponse, Vec::new())
-        } else {
-            let headers = host.callout_response_headers();
-            let status = headers
-                .iter()
-                .find(|(k, _)| k == ":status")
-                .and_then(|(_, v)| v.parse::<u32>().ok())
-                .unwrap_or(502);
-            let peek = if matches!(status, 502..=504) && body_size <= PEEK_LIMIT {
-                host.callout_response_body(body_size).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            (classify_callout(status, &headers, &peek), headers)
-        };
+        let (answer, headers) = read_callout(host, num_headers, body_size);
         if let MirrorState::Fetching { miss, source } = &self.mirror {
             let (miss, source) = (*miss, source.clone());
             self.on_source_response(host, blocks, answer, &headers, body_size, miss, source);
@@ -484,7 +476,12 @@ impl Exchange {
             ];
             let debug = self.debug_headers();
             headers.extend(debug.iter().map(|(k, v)| (*k, v.as_str())));
-            host.send_local_reply(302, &headers, body.as_bytes());
+            host.send_local_reply(
+                302,
+                "origin_pull_mirror_redirect",
+                &headers,
+                body.as_bytes(),
+            );
             // Meanwhile the bucket copies the object from the source (root context).
             let key = domain
                 .master
@@ -660,6 +657,7 @@ impl Exchange {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         host.send_local_reply(
             status,
+            "origin_pull_mirror_source_failed",
             &headers,
             b"origin-pull: the object is neither in the bucket nor at the mirror source\n",
         );
@@ -672,6 +670,9 @@ impl Exchange {
         answer: Answer,
         from_callout: bool,
     ) -> Next {
+        if let Some(m) = self.origin_metrics(self.current()) {
+            m.failure(host, answer);
+        }
         let Some(domain) = self.domain() else {
             return Next::Accept;
         };
@@ -697,6 +698,9 @@ impl Exchange {
 
         if blocks_origin(answer, &detection) {
             if let BlockOutcome::Blocked = blocks.block(host, &label, detection.block_ms) {
+                if let Some(m) = self.origin_metrics(current) {
+                    m.blocked(host, BlockSource::Passive);
+                }
                 host.log(
                     LogLevel::Warn,
                     &format!(
@@ -832,6 +836,9 @@ impl Exchange {
                 );
                 self.pending_callout = Some(token);
                 self.tried.push(attempt);
+                if let Some(m) = self.origin_metrics(attempt) {
+                    m.request(host);
+                }
                 true
             }
             Err(status) => {
@@ -934,10 +941,12 @@ impl Exchange {
                 &format!("origin-pull: failover response from {label} is {body_size} bytes, over failover.max_response_body_bytes ({limit})"),
             );
             self.record_outcome(host);
+            self.count_failover(host, false);
             let body =
                 format!("origin-pull: the failover origin's response exceeds {limit} bytes\n");
             host.send_local_reply(
                 502,
+                "origin_pull_failover_response_too_large",
                 &[
                     ("content-type", "text/plain"),
                     (ERROR_HEADER, "failover-response-too-large"),
@@ -966,7 +975,15 @@ impl Exchange {
             reply.push((MIRROR_HEADER, "source"));
         }
         self.record_outcome(host);
-        host.send_local_reply(status, &reply, &body);
+        let served = self.domain().is_some_and(|d| !d.failover.triggers(answer));
+        self.count_failover(host, served);
+        // Honest in the access log: this status came from a failover origin, not the first.
+        let details = match (&self.mirror, self.current().role) {
+            (MirrorState::Served { .. }, _) => "origin_pull_mirror_source",
+            (_, Role::Master) => "origin_pull_retried_on_another_master",
+            (_, Role::Slave) => "origin_pull_failed_over_to_slave",
+        };
+        host.send_local_reply(status, details, &reply, &body);
         Some(body)
     }
 
@@ -988,6 +1005,7 @@ impl Exchange {
             ),
         );
         self.record_outcome(host);
+        self.count_failover(host, false);
         let body = format!(
             "origin-pull: no origin could be reached (tried {})\n",
             tried.join(", ")
@@ -998,7 +1016,12 @@ impl Exchange {
         ];
         headers.extend(self.debug_headers());
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        host.send_local_reply(502, &headers, body.as_bytes());
+        host.send_local_reply(
+            502,
+            "origin_pull_no_origin_reachable",
+            &headers,
+            body.as_bytes(),
+        );
     }
 
     /// Response headers naming the origin that served, when `debug_headers` is on.
@@ -1021,7 +1044,30 @@ impl Exchange {
             host.set_filter_state("origin_pull.origin", label);
         }
         host.set_filter_state("origin_pull.role", role);
-        host.set_filter_state("origin_pull.attempts", &self.tried.len().to_string());
+        host.set_filter_state("origin_pull.attempts", attempts_text(self.tried.len()));
+        let failed_over = if self.tried.len() > 1 {
+            "true"
+        } else {
+            "false"
+        };
+        host.set_filter_state("origin_pull.failed_over", failed_over);
+    }
+
+    /// Counts a request that was failed over (retried or sent to the slave), once.
+    fn count_failover(&self, host: &mut impl Host, served: bool) {
+        if self.tried.len() > 1 {
+            if let Some(metrics) = &self.metrics {
+                metrics.failover(host, self.domain, served);
+            }
+        }
+    }
+
+    /// Stats of the origin an attempt goes to.
+    fn origin_metrics(&self, attempt: Attempt) -> Option<&OriginMetrics> {
+        let scheme = self.scheme;
+        self.metrics
+            .as_deref()?
+            .origin(self.domain, attempt.role, attempt.target, scheme)
     }
 
     /// Role and label of the origin whose answer the client gets: the mirror source once it
@@ -1079,19 +1125,38 @@ impl BucketRefusal {
 
     /// The local reply when the routed request cannot go to its bucket.
     fn send(self, host: &mut impl Host, stats: &BucketStats) {
-        let (status, code, extra): (u32, &str, Option<(&str, &str)>) = match self {
-            BucketRefusal::Method => (405, "bucket-method", Some(("allow", "GET, HEAD"))),
-            BucketRefusal::Bucket(BucketError::EmptyKey) => (404, "bucket-no-key", None),
+        type Reply<'a> = (u32, &'a str, &'a str, Option<(&'a str, &'a str)>);
+        let (status, code, details, extra): Reply = match self {
+            BucketRefusal::Method => (
+                405,
+                "bucket-method",
+                "origin_pull_bucket_method",
+                Some(("allow", "GET, HEAD")),
+            ),
+            BucketRefusal::Bucket(BucketError::EmptyKey) => {
+                (404, "bucket-no-key", "origin_pull_bucket_no_key", None)
+            }
             BucketRefusal::Bucket(BucketError::NoClock) => {
                 stats.count(host, BucketEvent::SignFailure);
-                (502, "bucket-sign-failed", None)
+                (
+                    502,
+                    "bucket-sign-failed",
+                    "origin_pull_bucket_sign_failed",
+                    None,
+                )
             }
         };
         let mut headers = vec![("content-type", "text/plain"), (ERROR_HEADER, code)];
         headers.extend(extra);
         let body = format!("origin-pull: {}\n", self.reason());
-        host.send_local_reply(status, &headers, body.as_bytes());
+        host.send_local_reply(status, details, &headers, body.as_bytes());
     }
+}
+
+/// Attempt counts as text without formatting (failovers are bounded far below 10).
+fn attempts_text(n: usize) -> &'static str {
+    const TEXT: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    TEXT.get(n).copied().unwrap_or("10+")
 }
 
 /// Host values go into logs and replies: keep them short and free of control characters.

@@ -2,6 +2,7 @@
 //! reach the origin at all (which also blocks it).
 
 use crate::config::{Detection, FailoverPolicy};
+use crate::host::Host;
 
 /// Bits of Envoy's `response.flags` property (`StreamInfo::CoreResponseFlag`).
 pub mod flags {
@@ -72,6 +73,33 @@ pub fn classify_routed(status: u32, response_flags: u64) -> Answer {
     } else {
         Answer::Status(status)
     }
+}
+
+/// Envoy's own failure replies are short; only bodies this small are peeked at.
+const PEEK_LIMIT: usize = 512;
+
+/// Reads and judges the callout response being delivered; also returns its headers
+/// (empty when it ended without any: reset, or over Envoy's async response buffer).
+pub fn read_callout(
+    host: &impl Host,
+    num_headers: usize,
+    body_size: usize,
+) -> (Answer, Vec<(String, String)>) {
+    if num_headers == 0 {
+        return (Answer::NoResponse, Vec::new());
+    }
+    let headers = host.callout_response_headers();
+    let status = headers
+        .iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| v.parse::<u32>().ok())
+        .unwrap_or(502);
+    let peek = if matches!(status, 502..=504) && body_size <= PEEK_LIMIT {
+        host.callout_response_body(body_size).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    (classify_callout(status, &headers, &peek), headers)
 }
 
 /// Judges a callout response. Callouts carry no response flags: Envoy's own failure replies

@@ -17,7 +17,9 @@ use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
 use crate::health::BlockTable;
 use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
+use crate::metrics::Metrics;
 use crate::mirror::{CopyBack, CopyJob};
+use crate::probe::Prober;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(WasmLogLevel::Trace);
@@ -40,6 +42,41 @@ fn seed() -> u64 {
         bytes = nanos.to_le_bytes();
     }
     u64::from_le_bytes(bytes) | 1
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+}
+
+/// proxy-wasm's header map encoding: count, (name length, value length)*, (name\0 value\0)*.
+fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
+    let size = 4 + map
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 10)
+        .sum::<usize>();
+    let mut bytes = Vec::with_capacity(size);
+    bytes.extend_from_slice(&(map.len() as u32).to_le_bytes());
+    for (name, value) in map {
+        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in map {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(0);
+    }
+    bytes
 }
 
 /// [`Host`] over proxy-wasm hostcalls. Every `Status` is handled; none panics.
@@ -106,11 +143,32 @@ impl Host for EnvoyHost {
             .flatten()
     }
 
-    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        if let Err(e) = hostcalls::send_http_response(status, headers.to_vec(), Some(body)) {
+    fn send_local_reply(
+        &mut self,
+        status: u32,
+        details: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        // The SDK's send_http_response passes no details (and panics on a failed status).
+        let headers = serialize_map(headers);
+        // SAFETY: every pointer/length pair describes a live buffer for the whole call.
+        let status_code = unsafe {
+            proxy_send_local_response(
+                status,
+                details.as_ptr(),
+                details.len(),
+                body.as_ptr(),
+                body.len(),
+                headers.as_ptr(),
+                headers.len(),
+                -1,
+            )
+        };
+        if status_code != Status::Ok {
             self.log(
                 LogLevel::Error,
-                &format!("origin-pull: could not send the local reply: {e:?}"),
+                &format!("origin-pull: could not send the local reply: {status_code:?}"),
             );
         }
     }
@@ -151,6 +209,7 @@ impl Host for EnvoyHost {
 /// State shared by the root context and its streams (one Envoy worker VM, one thread).
 struct RootState {
     config: RefCell<Option<Rc<PluginConfig>>>,
+    metrics: RefCell<Rc<Metrics>>,
     blocks: RefCell<BlockTable>,
     worker: String,
     stats: Cell<BucketStats>,
@@ -191,20 +250,27 @@ impl RootState {
 
 struct OriginPullRoot {
     state: Rc<RootState>,
+    /// Probes and the lease (runs only in the VM that holds it); `None` until configured.
+    prober: Option<Prober>,
+    holder: u64,
 }
 
 impl OriginPullRoot {
     fn new() -> OriginPullRoot {
-        let worker = format!("{:08x}", EnvoyHost.random_u64() as u32);
+        let holder = EnvoyHost.random_u64();
+        let worker = format!("{:08x}", holder as u32);
         OriginPullRoot {
             state: Rc::new(RootState {
                 config: RefCell::new(None),
+                metrics: RefCell::new(Rc::new(Metrics::default())),
                 blocks: RefCell::new(BlockTable::default()),
                 worker,
                 stats: Cell::new(BucketStats::default()),
                 copy_back: RefCell::new(CopyBack::default()),
                 copy_queue: Cell::new(None),
             }),
+            prober: None,
+            holder,
         }
     }
 }
@@ -217,8 +283,22 @@ impl Context for OriginPullRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        // Only copy-backs are dispatched from the root context; a fetched object's PUT is sent
-        // from here.
+        // Root callouts are probes (this VM holds the probe lease) or bucket copy-backs; a
+        // fetched object's PUT is sent from here.
+        if let Some(prober) = self.prober.as_mut() {
+            let metrics = self.state.metrics.borrow().clone();
+            let mut blocks = self.state.blocks.borrow_mut();
+            if prober.on_response(
+                &mut EnvoyHost,
+                &mut blocks,
+                &metrics,
+                token_id,
+                num_headers,
+                body_size,
+            ) {
+                return;
+            }
+        }
         let stats = self.state.stats.get();
         self.state.copy_back.borrow_mut().on_response(
             &mut EnvoyHost,
@@ -227,6 +307,13 @@ impl Context for OriginPullRoot {
             num_headers,
             body_size,
         );
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(prober) = self.prober.as_mut() {
+            prober.release(&mut EnvoyHost);
+        }
+        true
     }
 }
 
@@ -265,6 +352,15 @@ impl RootContext for OriginPullRoot {
                         parsed.domains.len()
                     ),
                 );
+                // Stats and the probe plan are built here, never per request.
+                let metrics = Metrics::define(&parsed, &mut EnvoyHost);
+                if let Some(old) = self.prober.as_mut() {
+                    old.release(&mut EnvoyHost);
+                }
+                let prober = Prober::new(&parsed, self.holder);
+                self.set_tick_period(prober.tick_period());
+                self.prober = Some(prober);
+                *self.state.metrics.borrow_mut() = Rc::new(metrics);
                 *self.state.config.borrow_mut() = Some(Rc::new(parsed));
                 true
             }
@@ -273,6 +369,14 @@ impl RootContext for OriginPullRoot {
                 EnvoyHost.log(LogLevel::Error, &error.to_string());
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(prober) = self.prober.as_mut() {
+            let metrics = self.state.metrics.borrow().clone();
+            let mut blocks = self.state.blocks.borrow_mut();
+            prober.on_tick(&mut EnvoyHost, &mut blocks, &metrics);
         }
     }
 
@@ -326,6 +430,7 @@ impl HttpContext for OriginPullStream {
             // Never route a request this filter has not decided on.
             EnvoyHost.send_local_reply(
                 503,
+                "origin_pull_not_configured",
                 &[("x-origin-pull-error", "not-configured")],
                 b"origin-pull: not configured\n",
             );
@@ -342,7 +447,9 @@ impl HttpContext for OriginPullStream {
         } else {
             String::new()
         };
+        let metrics = self.state.metrics.borrow();
         let request = RequestInfo {
+            metrics: Some(&*metrics),
             authority: &authority,
             scheme: &scheme,
             method: &method,

@@ -11,7 +11,7 @@ const FORMAT_VERSION: u8 = 1;
 const MAX_CAS_ATTEMPTS: usize = 32;
 /// Envoy's CAS tokens count up from 1 across all keys and never reach this, so a write with
 /// it fails with `CasMismatch` whenever the key exists: a create-if-absent.
-const CREATE_ONLY_CAS: u32 = u32::MAX;
+pub(crate) const CREATE_ONLY_CAS: u32 = u32::MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockEntry {
@@ -33,6 +33,16 @@ pub enum BlockOutcome {
     AlreadyBlocked,
     /// Blocking is disabled (`block_seconds: 0`).
     Disabled,
+    /// Shared data kept changing under us or refused the write; logged.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnblockOutcome {
+    /// The origin was blocked and no longer is.
+    Unblocked,
+    /// It was not blocked (never, expired, or lifted by someone else).
+    NotBlocked,
     /// Shared data kept changing under us or refused the write; logged.
     Failed,
 }
@@ -123,6 +133,41 @@ impl BlockTable {
             &format!("origin-pull: could not record the block of origin {label} in shared data"),
         );
         BlockOutcome::Failed
+    }
+
+    /// Lifts the block of `label` early (an active probe saw it recover), with the same
+    /// compare-and-swap retries as [`BlockTable::block`].
+    pub fn unblock(&mut self, host: &mut impl Host, label: &str) -> UnblockOutcome {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let now = host.now_ms();
+            let (data, cas) = host.shared_get(BLOCKS_KEY);
+            let (Some(data), Some(cas)) = (data, cas) else {
+                return UnblockOutcome::NotBlocked;
+            };
+            let Some(mut entries) = decode(&data) else {
+                // Unreadable: `block` rewrites it; nothing of ours to lift.
+                return UnblockOutcome::NotBlocked;
+            };
+            let was_blocked = entries.iter().any(|e| e.label == label && e.until_ms > now);
+            entries.retain(|e| e.until_ms > now && e.label != label);
+            if !was_blocked {
+                return UnblockOutcome::NotBlocked;
+            }
+            match host.shared_set(BLOCKS_KEY, &encode(&entries), Some(cas)) {
+                Ok(()) => {
+                    self.cas = None;
+                    self.entries = entries;
+                    return UnblockOutcome::Unblocked;
+                }
+                Err(SharedSetError::CasMismatch) => continue,
+                Err(SharedSetError::Other) => break,
+            }
+        }
+        host.log(
+            LogLevel::Error,
+            &format!("origin-pull: could not record the unblock of origin {label} in shared data"),
+        );
+        UnblockOutcome::Failed
     }
 
     /// Number of origins blocked at `now_ms` (for logs and gauges).
@@ -255,6 +300,42 @@ mod tests {
         assert_eq!(table.block(&mut a, "x:1", 1_000), BlockOutcome::Blocked);
         table.refresh(&a);
         assert!(table.is_blocked("x:1", a.now_ms));
+    }
+
+    #[test]
+    fn unblock_lifts_one_block_for_every_worker() {
+        let mut a = FakeHost::new(1);
+        let mut b = a.sibling(2);
+        let mut table_a = BlockTable::default();
+        let mut table_b = BlockTable::default();
+        table_a.block(&mut a, "x:1", 60_000);
+        table_a.block(&mut a, "y:1", 60_000);
+        assert_eq!(table_b.unblock(&mut b, "x:1"), UnblockOutcome::Unblocked);
+        assert_eq!(table_b.unblock(&mut b, "x:1"), UnblockOutcome::NotBlocked);
+        assert_eq!(table_b.unblock(&mut b, "z:1"), UnblockOutcome::NotBlocked);
+        table_a.refresh(&a);
+        assert!(!table_a.is_blocked("x:1", a.now_ms));
+        assert!(table_a.is_blocked("y:1", a.now_ms));
+        // Nothing stored yet: nothing to lift, and no key is created.
+        let mut c = FakeHost::new(3);
+        assert_eq!(
+            BlockTable::default().unblock(&mut c, "x:1"),
+            UnblockOutcome::NotBlocked
+        );
+        assert_eq!(c.shared_get(BLOCKS_KEY), (None, None));
+    }
+
+    #[test]
+    fn unblock_retries_cas_conflicts_and_gives_up_loudly() {
+        let mut a = FakeHost::new(1);
+        let mut table = BlockTable::default();
+        table.block(&mut a, "x:1", 60_000);
+        a.shared.borrow_mut().inject_cas_mismatches = 5;
+        assert_eq!(table.unblock(&mut a, "x:1"), UnblockOutcome::Unblocked);
+        table.block(&mut a, "x:1", 60_000);
+        a.shared.borrow_mut().inject_cas_mismatches = 1_000;
+        assert_eq!(table.unblock(&mut a, "x:1"), UnblockOutcome::Failed);
+        assert!(a.logged("could not record the unblock of origin x:1"));
     }
 
     #[test]

@@ -56,8 +56,15 @@ pub trait Host {
     /// Body of the callout response being delivered (call only after checking its size).
     fn callout_response_body(&self, size: usize) -> Option<Vec<u8>>;
 
-    /// Replaces the response to the client.
-    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Replaces the response to the client. `details` is what the access log shows as
+    /// `%RESPONSE_CODE_DETAILS%` (one token, no spaces).
+    fn send_local_reply(
+        &mut self,
+        status: u32,
+        details: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    );
 
     /// Filter state readable by Envoy's access log (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
     fn set_filter_state(&mut self, key: &str, value: &str);
@@ -100,6 +107,7 @@ pub mod fake {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct LocalReply {
         pub status: u32,
+        pub details: String,
         pub headers: Vec<(String, String)>,
         pub body: Vec<u8>,
     }
@@ -267,9 +275,16 @@ pub mod fake {
         fn callout_response_body(&self, size: usize) -> Option<Vec<u8>> {
             Some(self.response_body.iter().copied().take(size).collect())
         }
-        fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        fn send_local_reply(
+            &mut self,
+            status: u32,
+            details: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+        ) {
             self.replies.push(LocalReply {
                 status,
+                details: details.to_string(),
                 headers: headers
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

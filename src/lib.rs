@@ -12,7 +12,9 @@ pub mod exchange;
 pub mod failover;
 pub mod health;
 pub mod host;
+pub mod metrics;
 pub mod mirror;
+pub mod probe;
 pub mod select;
 pub mod sigv4;
 

@@ -2,6 +2,7 @@ use super::*;
 use crate::config::parse;
 use crate::failover::flags;
 use crate::host::fake::FakeHost;
+use crate::metrics::Metrics;
 
 const UF: u64 = flags::UPSTREAM_CONNECTION_FAILURE;
 const UT: u64 = flags::UPSTREAM_REQUEST_TIMEOUT;
@@ -27,6 +28,7 @@ fn get(authority: &str) -> RequestInfo<'_> {
         has_body: false,
         worker: "w1",
         stats: crate::bucket::BucketStats::default(),
+        metrics: None,
     }
 }
 
@@ -549,4 +551,139 @@ fn weighted_polling_through_the_exchange() {
     assert_eq!(counts.get("10.0.0.3:80"), None);
     let share = f64::from(counts["10.0.0.2:80"]) / 4000.0;
     assert!((share - 0.75).abs() < 0.03, "{counts:?}");
+}
+
+/// Runs the seeds' flow with stats: master answers `master`, the slave (if asked) `slave`.
+fn counted(master: (u32, u64), slave: Option<u32>) -> (FakeHost, Rc<Metrics>) {
+    let cfg = seeds_config("");
+    let mut host = FakeHost::new(1);
+    let metrics = Rc::new(Metrics::define(&cfg, &mut host));
+    let mut blocks = BlockTable::default();
+    client_headers(&mut host, "GET", "/1.jpg");
+    let req = RequestInfo {
+        metrics: Some(&metrics),
+        ..get("www.test.com")
+    };
+    let mut ex = start(&cfg, &mut host, &mut blocks, &req);
+    let step = ex.on_response_headers(&mut host, &mut blocks, master.0, master.1);
+    if let Some(status) = slave {
+        assert_eq!(step, ResponseStep::Pause);
+        let token = host.callouts[0].token;
+        host.respond(status, &[("x-envoy-upstream-service-time", "1")], b"x");
+        ex.on_callout_response(&mut host, &mut blocks, token, 2, 1);
+    }
+    (host, metrics)
+}
+
+const MASTER: &str = ";domain=www.test.com;origin=1.1.1.1:80";
+const SLAVE: &str = ";domain=www.test.com;origin=2.2.2.2:80";
+
+#[test]
+fn stats_count_requests_failures_and_failover_outcomes() {
+    let (host, _) = counted((404, 0), Some(200));
+    let get = |name: &str| host.metric(name).unwrap();
+    assert_eq!(
+        get(&format!("origin_pull_origin_requests_total{MASTER}")),
+        1
+    );
+    assert_eq!(get(&format!("origin_pull_origin_requests_total{SLAVE}")), 1);
+    assert_eq!(
+        get(&format!(
+            "origin_pull_origin_failures_total{MASTER};kind=4xx"
+        )),
+        1
+    );
+    assert_eq!(
+        get(&format!(
+            "origin_pull_origin_failures_total{SLAVE};kind=4xx"
+        )),
+        0
+    );
+    assert_eq!(
+        get("origin_pull_failovers_total;domain=www.test.com;outcome=served"),
+        1
+    );
+    assert_eq!(
+        get("origin_pull_failovers_total;domain=www.test.com;outcome=failed"),
+        0
+    );
+
+    let (host, _) = counted((0, UF), Some(503));
+    let get = |name: &str| host.metric(name).unwrap();
+    assert_eq!(
+        get(&format!(
+            "origin_pull_origin_failures_total{MASTER};kind=connect"
+        )),
+        1
+    );
+    assert_eq!(
+        get(&format!(
+            "origin_pull_origin_blocks_total{MASTER};source=passive"
+        )),
+        1
+    );
+    assert_eq!(get(&format!("origin_pull_origin_blocked{MASTER}")), 1);
+    assert_eq!(
+        get(&format!(
+            "origin_pull_origin_failures_total{SLAVE};kind=5xx"
+        )),
+        1
+    );
+    assert_eq!(
+        get("origin_pull_failovers_total;domain=www.test.com;outcome=failed"),
+        1
+    );
+
+    let (host, _) = counted((200, 0), None);
+    let total: i64 = host.metrics.iter().map(|(_, _, v)| v).sum();
+    assert_eq!(total, 1, "a plain 2xx only counts the request sent");
+}
+
+#[test]
+fn access_log_attribution_and_honest_response_code_details() {
+    let (host, _) = counted((404, 0), Some(200));
+    assert_eq!(host.filter_state["origin_pull.origin"], "2.2.2.2:80");
+    assert_eq!(host.filter_state["origin_pull.attempts"], "2");
+    assert_eq!(host.filter_state["origin_pull.failed_over"], "true");
+    assert_eq!(host.replies[0].details, "origin_pull_failed_over_to_slave");
+
+    let (host, _) = counted((200, 0), None);
+    assert_eq!(host.filter_state["origin_pull.origin"], "1.1.1.1:80");
+    assert_eq!(host.filter_state["origin_pull.failed_over"], "false");
+    assert!(
+        host.replies.is_empty(),
+        "the origin's own reply keeps Envoy's details"
+    );
+
+    // Master timed out, slave reset without an answer: nobody could be reached.
+    let cfg = seeds_config("");
+    let mut host = FakeHost::new(1);
+    let mut blocks = BlockTable::default();
+    let mut ex = start(&cfg, &mut host, &mut blocks, &get("www.test.com"));
+    ex.on_response_headers(&mut host, &mut blocks, 0, UT);
+    let token = host.callouts[0].token;
+    ex.on_callout_response(&mut host, &mut blocks, token, 0, 0);
+    assert_eq!(host.replies[0].status, 502);
+    assert_eq!(host.replies[0].details, "origin_pull_no_origin_reachable");
+
+    Exchange::start(&cfg, &mut blocks, &mut host, &get("nope.example.com"));
+    assert_eq!(host.replies[1].details, "origin_pull_unknown_host");
+}
+
+#[test]
+fn retry_on_another_master_says_so_in_the_details() {
+    let cfg =
+        config(r#"{"domains":[{"domain":"a.com","master":{"ips":["10.0.0.1","10.0.0.2"]}}]}"#);
+    let mut host = FakeHost::new(1);
+    let mut blocks = BlockTable::default();
+    let mut ex = start(&cfg, &mut host, &mut blocks, &get("a.com"));
+    ex.on_response_headers(&mut host, &mut blocks, 0, UF);
+    let token = host.callouts[0].token;
+    host.respond(200, &[("x-envoy-upstream-service-time", "1")], b"x");
+    ex.on_callout_response(&mut host, &mut blocks, token, 2, 1);
+    assert_eq!(
+        host.replies[0].details,
+        "origin_pull_retried_on_another_master"
+    );
+    assert_eq!(host.filter_state["origin_pull.role"], "master");
 }

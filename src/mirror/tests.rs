@@ -39,6 +39,7 @@ fn request<'a>(method: &'a str, path: &'a str, stats: BucketStats) -> RequestInf
         has_body: false,
         worker: "w1",
         stats,
+        metrics: None,
     }
 }
 

@@ -57,8 +57,13 @@ def without_nulls(value):
     {"domains": [{"domain": "a.com", "master": {"bucket": {"endpoint": "s3.test", "bucket": "bkt",
                                                            "region": "r"}},
                   "mirror": {"source": {"domain": "s.test"}, "mode": "copy"}}]},
+    {"domains": [{"domain": "a.com", "master": {"ips": ["1.1.1.1"]},
+                  "detection": {"probe": {"interval_ms": 99}}}]},
+    {"domains": [{"domain": "a.com", "master": {"ips": ["1.1.1.1"], "probe": {"path": "x"}}}]},
+    {"domains": [{"domain": "a.com", "master": {"ips": ["1.1.1.1"]},
+                  "detection": {"probe": {"expected_statuses": ["6xx"]}}}]},
 ], ids=["unknown-field", "protocol", "two-kinds", "weight", "empty", "bucket-name",
-        "secret-twice", "mirror-mode"])
+        "secret-twice", "mirror-mode", "probe-interval", "probe-path", "probe-status"])
 def test_schema_rejects_what_the_filter_rejects(tmp_path, config):
     assert not VALIDATOR.is_valid(config)
     path = tmp_path / "c.json"
