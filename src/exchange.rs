@@ -162,11 +162,6 @@ impl Exchange {
             copy_job: None,
             metrics: request.metrics.cloned(),
         };
-        // Envoy no longer exposes the request headers once the response is under way, so
-        // keep a copy now, but only when this request could ever be failed over.
-        if exchange.failover_possible() && exchange.method_allowed() {
-            exchange.request_headers = Some(host.request_headers());
-        }
         let Some(first) = exchange.first_attempt(blocks, host) else {
             // Unreachable with a validated configuration (some weight is non-zero); never route blind.
             host.send_local_reply(
@@ -225,6 +220,16 @@ impl Exchange {
         self.copy_job.take()
     }
 
+    /// Keeps the client's request headers for a failover replay. Envoy hides them once the
+    /// response is under way, so the glue reads them all in the request phase (one hostcall,
+    /// which also yields the host, scheme and method) and hands them over here; they are
+    /// kept only when this request could ever be failed over.
+    pub fn keep_request_headers(&mut self, headers: Vec<(String, String)>) {
+        if self.failover_possible() && self.method_allowed() {
+            self.request_headers = Some(headers);
+        }
+    }
+
     fn domain(&self) -> Option<&Domain> {
         self.config.domains.get(self.domain)
     }
@@ -241,10 +246,11 @@ impl Exchange {
         let domain = self.domain()?;
         // Block state only changes the outcome when there is an alternative to go to.
         let health_matters = domain.master.targets.len() > 1 || domain.slave.is_some();
+        let now = host.now_ms();
         if health_matters {
-            blocks.refresh(host);
+            blocks.refresh_if_stale(host, now);
         }
-        if let Some(target) = self.choose(Role::Master, blocks, host, health_matters) {
+        if let Some(target) = self.choose(Role::Master, blocks, host, health_matters, now) {
             return Some(Attempt {
                 role: Role::Master,
                 target,
@@ -253,28 +259,32 @@ impl Exchange {
         // Every master is blocked: straight to the slave when there is one; otherwise a
         // blocked master is a better bet than a certain error.
         if domain.slave.is_some() {
-            if let Some(target) = self.choose(Role::Slave, blocks, host, true) {
-                host.log(
-                    LogLevel::Debug,
-                    &format!(
-                        "origin-pull: {}: every master origin is blocked; going to the slave",
-                        domain.name
-                    ),
-                );
+            if let Some(target) = self.choose(Role::Slave, blocks, host, true, now) {
+                if host.log_enabled(LogLevel::Debug) {
+                    host.log(
+                        LogLevel::Debug,
+                        &format!(
+                            "origin-pull: {}: every master origin is blocked; going to the slave",
+                            domain.name
+                        ),
+                    );
+                }
                 return Some(Attempt {
                     role: Role::Slave,
                     target,
                 });
             }
         }
-        host.log(
-            LogLevel::Debug,
-            &format!(
-                "origin-pull: {}: every origin is blocked; trying a master anyway",
-                domain.name
-            ),
-        );
-        self.choose(Role::Master, blocks, host, false)
+        if host.log_enabled(LogLevel::Debug) {
+            host.log(
+                LogLevel::Debug,
+                &format!(
+                    "origin-pull: {}: every origin is blocked; trying a master anyway",
+                    domain.name
+                ),
+            );
+        }
+        self.choose(Role::Master, blocks, host, false, now)
             .map(|target| Attempt {
                 role: Role::Master,
                 target,
@@ -289,9 +299,9 @@ impl Exchange {
         blocks: &BlockTable,
         host: &mut impl Host,
         respect_blocks: bool,
+        now: u64,
     ) -> Option<usize> {
         let set = self.set(role)?;
-        let now = host.now_ms();
         let scheme = self.scheme;
         let tried = &self.tried;
         let respect_blocks = respect_blocks && !blocks.is_empty();
@@ -397,10 +407,12 @@ impl Exchange {
         body_size: usize,
     ) {
         if self.pending_callout != Some(token) {
-            host.log(
-                LogLevel::Debug,
-                &format!("origin-pull: ignoring stale callout response {token}"),
-            );
+            if host.log_enabled(LogLevel::Debug) {
+                host.log(
+                    LogLevel::Debug,
+                    &format!("origin-pull: ignoring stale callout response {token}"),
+                );
+            }
             return;
         }
         self.pending_callout = None;
@@ -749,7 +761,8 @@ impl Exchange {
         }
         // A connection failure is first retried on another origin of the same role.
         if answer.is_unreachable() && self.attempts_in_role <= retries {
-            if let Some(target) = self.choose(current.role, blocks, host, true) {
+            let now = host.now_ms();
+            if let Some(target) = self.choose(current.role, blocks, host, true, now) {
                 if self.dispatch(
                     host,
                     Attempt {
@@ -763,9 +776,10 @@ impl Exchange {
             }
         }
         if current.role == Role::Master && self.set(Role::Slave).is_some() {
+            let now = host.now_ms();
             let target = self
-                .choose(Role::Slave, blocks, host, true)
-                .or_else(|| self.choose(Role::Slave, blocks, host, false));
+                .choose(Role::Slave, blocks, host, true, now)
+                .or_else(|| self.choose(Role::Slave, blocks, host, false, now));
             if let Some(target) = target {
                 if self.dispatch(
                     host,
@@ -826,14 +840,16 @@ impl Exchange {
         };
         match self.send_callout(host, set, route, None) {
             Ok(token) => {
-                host.log(
-                    LogLevel::Debug,
-                    &format!(
-                        "origin-pull: failing over to {} origin {}",
-                        attempt.role.as_str(),
-                        route.label
-                    ),
-                );
+                if host.log_enabled(LogLevel::Debug) {
+                    host.log(
+                        LogLevel::Debug,
+                        &format!(
+                            "origin-pull: failing over to {} origin {}",
+                            attempt.role.as_str(),
+                            route.label
+                        ),
+                    );
+                }
                 self.pending_callout = Some(token);
                 self.tried.push(attempt);
                 if let Some(m) = self.origin_metrics(attempt) {
@@ -1037,7 +1053,9 @@ impl Exchange {
         ]
     }
 
-    /// Filter state for the access log: who served, after how many attempts.
+    /// Filter state for the access log: who served, after how many attempts. Each write
+    /// creates an Envoy filter-state object, so the common case (the first master answered)
+    /// writes only the origin; role and attempts appear when they differ from master / 1.
     pub fn record_outcome(&self, host: &mut impl Host) {
         let (role, label) = self.served_by();
         if !label.is_empty() {

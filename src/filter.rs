@@ -79,6 +79,15 @@ fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
     bytes
 }
 
+fn wasm_level(level: LogLevel) -> WasmLogLevel {
+    match level {
+        LogLevel::Debug => WasmLogLevel::Debug,
+        LogLevel::Info => WasmLogLevel::Info,
+        LogLevel::Warn => WasmLogLevel::Warn,
+        LogLevel::Error => WasmLogLevel::Error,
+    }
+}
+
 /// [`Host`] over proxy-wasm hostcalls. Every `Status` is handled; none panics.
 struct EnvoyHost;
 
@@ -116,10 +125,6 @@ impl Host for EnvoyHost {
             Err(Status::CasMismatch) => Err(SharedSetError::CasMismatch),
             Err(_) => Err(SharedSetError::Other),
         }
-    }
-
-    fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
     }
 
     fn dispatch(
@@ -179,13 +184,13 @@ impl Host for EnvoyHost {
     }
 
     fn log(&self, level: LogLevel, message: &str) {
-        let level = match level {
-            LogLevel::Debug => WasmLogLevel::Debug,
-            LogLevel::Info => WasmLogLevel::Info,
-            LogLevel::Warn => WasmLogLevel::Warn,
-            LogLevel::Error => WasmLogLevel::Error,
-        };
-        let _ = hostcalls::log(level, message);
+        let _ = hostcalls::log(wasm_level(level), message);
+    }
+
+    fn log_enabled(&self, level: LogLevel) -> bool {
+        // A cheap hostcall (no data copied), and always current: `/logging` changes apply.
+        hostcalls::get_log_level()
+            .map_or(true, |current| current as u32 <= wasm_level(level) as u32)
     }
 
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
@@ -436,24 +441,27 @@ impl HttpContext for OriginPullStream {
             );
             return Action::Pause;
         };
-        let authority = self
-            .get_http_request_header(":authority")
-            .unwrap_or_default();
-        let scheme = self.get_http_request_header(":scheme").unwrap_or_default();
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        // Only bucket origins and mirrors look at the path; others pass it through untouched.
-        let path = if config.uses_buckets {
-            self.get_http_request_header(":path").unwrap_or_default()
-        } else {
-            String::new()
+        // One hostcall for everything: the host, scheme and method, and the copy a failover
+        // replays (Envoy hides the request headers once the response is under way).
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
         };
         let metrics = self.state.metrics.borrow();
         let request = RequestInfo {
             metrics: Some(&*metrics),
-            authority: &authority,
-            scheme: &scheme,
-            method: &method,
-            path: &path,
+            authority: header(":authority"),
+            scheme: header(":scheme"),
+            method: header(":method"),
+            // Only bucket origins and mirrors look at the path; others pass it through untouched.
+            path: if config.uses_buckets {
+                header(":path")
+            } else {
+                ""
+            },
             has_body: !end_of_stream,
             worker: &self.state.worker,
             stats: self.state.stats.get(),
@@ -462,9 +470,21 @@ impl HttpContext for OriginPullStream {
             let mut blocks = self.state.blocks.borrow_mut();
             Exchange::start(&config, &mut blocks, &mut EnvoyHost, &request)
         };
-        let Some(exchange) = exchange else {
+        let Some(mut exchange) = exchange else {
             return Action::Pause; // answered locally
         };
+        // A bucket never sees the client's credentials: note which headers to drop before the
+        // copy moves into the exchange (no second read of the map).
+        let dropped: Vec<String> = if exchange.bucket_request().is_some() {
+            headers
+                .iter()
+                .filter(|(name, _)| is_client_header_dropped(name))
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        exchange.keep_request_headers(headers);
         if let Some((route, host_override)) = exchange.route() {
             // Always overwrite or remove: a client's copy of a routing header is never obeyed.
             self.set_http_request_header(exchange.cluster_header(), Some(&route.cluster));
@@ -475,10 +495,8 @@ impl HttpContext for OriginPullStream {
         }
         if let Some((authority, request)) = exchange.bucket_request() {
             // The bucket sees our signature only, never the client's credentials.
-            for (name, _) in self.get_http_request_headers() {
-                if is_client_header_dropped(&name) {
-                    self.set_http_request_header(&name, None);
-                }
+            for name in &dropped {
+                self.set_http_request_header(name, None);
             }
             self.set_http_request_header(":authority", Some(authority));
             self.set_http_request_header(":path", Some(&request.path));
@@ -512,11 +530,17 @@ impl HttpContext for OriginPullStream {
             .flatten()
             .and_then(|s| s.parse::<u32>().ok())
             .unwrap_or(0);
-        let response_flags = hostcalls::get_property(vec!["response", "flags"])
-            .ok()
-            .flatten()
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-            .map_or(0, u64::from_le_bytes);
+        // Envoy's failure replies (connect error, timeout, no cluster...) are all 4xx/5xx:
+        // a 2xx/3xx needs no flags, which saves a hostcall on the happy path.
+        let response_flags = if (200..400).contains(&status) {
+            0
+        } else {
+            hostcalls::get_property(vec!["response", "flags"])
+                .ok()
+                .flatten()
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
         let step = {
             let mut blocks = self.state.blocks.borrow_mut();
             exchange.on_response_headers(&mut EnvoyHost, &mut blocks, status, response_flags)

@@ -40,9 +40,6 @@ pub trait Host {
         cas: Option<u32>,
     ) -> Result<(), SharedSetError>;
 
-    /// The client request's headers (read in the request phase, before the filter changes them).
-    fn request_headers(&self) -> Vec<(String, String)>;
-
     /// Starts an HTTP callout; the answer arrives later as a callout response event.
     fn dispatch(
         &mut self,
@@ -70,6 +67,9 @@ pub trait Host {
     fn set_filter_state(&mut self, key: &str, value: &str);
 
     fn log(&self, level: LogLevel, message: &str);
+    /// Whether Envoy would print a message of this level now: check before formatting one on
+    /// a path that can run per request (debug lines are dropped by default).
+    fn log_enabled(&self, level: LogLevel) -> bool;
 
     /// Defines (or finds) an Envoy stat; the id stays valid for the VM's life. Define stats
     /// when a configuration is applied, not per request. `None` if Envoy refused it.
@@ -139,6 +139,7 @@ pub mod fake {
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         pub fail_dispatch: bool,
         pub filter_state: HashMap<String, String>,
+        /// The client's request headers; tests hand them to `Exchange::keep_request_headers`.
         pub request_headers: Vec<(String, String)>,
         /// What the next callout response delivers.
         pub response_headers: Vec<(String, String)>,
@@ -242,9 +243,6 @@ pub mod fake {
                 .insert(key.to_string(), (value.to_vec(), next));
             Ok(())
         }
-        fn request_headers(&self) -> Vec<(String, String)> {
-            self.request_headers.clone()
-        }
         fn dispatch(
             &mut self,
             cluster: &str,
@@ -297,6 +295,9 @@ pub mod fake {
         }
         fn log(&self, level: LogLevel, message: &str) {
             self.logs.borrow_mut().push((level, message.to_string()));
+        }
+        fn log_enabled(&self, _level: LogLevel) -> bool {
+            true
         }
         fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
             if let Some(i) = self.metrics.iter().position(|(_, n, _)| n == name) {

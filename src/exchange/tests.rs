@@ -52,7 +52,9 @@ fn start(
     blocks: &mut BlockTable,
     req: &RequestInfo,
 ) -> Exchange {
-    Exchange::start(cfg, blocks, host, req).expect("a configured host")
+    let mut ex = Exchange::start(cfg, blocks, host, req).expect("a configured host");
+    ex.keep_request_headers(host.request_headers.clone());
+    ex
 }
 
 #[test]
@@ -141,6 +143,7 @@ fn master_200_passes_through() {
     );
     assert!(host.callouts.is_empty() && host.replies.is_empty());
     assert_eq!(ex.debug_headers()[0].1, "master=1.1.1.1:80");
+    assert_eq!(host.filter_state["origin_pull.origin"], "1.1.1.1:80");
 }
 
 #[test]
