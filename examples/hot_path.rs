@@ -1,0 +1,273 @@
+//! Per-request cost of the filter's logic, natively, for `make profile` (callgrind counts its
+//! instructions; wall time on a shared machine is too noisy to compare small changes).
+//!
+//!     hot_path <happy|miss10|dead> <master IPs> <requests>
+//!
+//! Drives [`Exchange`] exactly as the glue (src/filter.rs) does for each request: the request
+//! headers arrive as one copied map (one `get_map` hostcall), the exchange picks the origin,
+//! the response is judged, a failover is dispatched and its answer relayed. The host mimics
+//! what each hostcall costs the VM: every call is counted, and every value Envoy hands to the
+//! VM is a fresh allocation and copy, as in Envoy. It prints hostcalls and copied bytes per
+//! request; instructions come from callgrind (two request counts, the difference).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use origin_pull::bucket::BucketStats;
+use origin_pull::config::parse;
+use origin_pull::exchange::{Exchange, RequestInfo, ResponseStep};
+use origin_pull::failover::flags;
+use origin_pull::health::BlockTable;
+use origin_pull::host::{Host, LogLevel, MetricKind, SharedSetError};
+use origin_pull::metrics::Metrics;
+
+#[derive(Default)]
+struct CostHost {
+    now_ms: u64,
+    rng: u64,
+    shared: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+    next_token: u32,
+    callout_headers: Vec<(String, String)>,
+}
+
+impl CostHost {
+    fn call(&self) {
+        // Interior counter: Host's read methods take &self.
+        HOSTCALLS.with(|c| c.set(c.get() + 1));
+    }
+    fn copy(&self, bytes: usize) {
+        COPIED.with(|c| c.set(c.get() + bytes as u64));
+    }
+}
+
+thread_local! {
+    static HOSTCALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static COPIED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl Host for CostHost {
+    fn now_ms(&self) -> u64 {
+        self.call();
+        self.now_ms
+    }
+    fn random_u64(&mut self) -> u64 {
+        let mut x = self.rng | 1;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.call();
+        match self.shared.get(key) {
+            Some((v, cas)) => {
+                self.copy(v.len());
+                (Some(v.clone()), Some(*cas))
+            }
+            None => (None, None),
+        }
+    }
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedSetError> {
+        self.call();
+        // As Envoy: a token is only checked against an existing key.
+        if let (Some(cas), Some((_, current))) = (cas, self.shared.get(key)) {
+            if cas != *current {
+                return Err(SharedSetError::CasMismatch);
+            }
+        }
+        self.next_cas += 1;
+        self.shared
+            .insert(key.to_string(), (value.to_vec(), self.next_cas));
+        Ok(())
+    }
+    fn dispatch(
+        &mut self,
+        _cluster: &str,
+        headers: &[(&str, &str)],
+        _body: Option<&[u8]>,
+        _timeout: Duration,
+    ) -> Result<u32, String> {
+        self.call();
+        // Envoy serializes the headers: one pass over them.
+        let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        std::hint::black_box(bytes);
+        self.next_token += 1;
+        Ok(self.next_token)
+    }
+    fn callout_response_headers(&self) -> Vec<(String, String)> {
+        self.call();
+        let copy = self.callout_headers.clone();
+        self.copy(copy.iter().map(|(k, v)| k.len() + v.len()).sum());
+        copy
+    }
+    fn callout_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.call();
+        self.copy(size);
+        Some(vec![b'x'; size])
+    }
+    fn send_local_reply(
+        &mut self,
+        _status: u32,
+        _details: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        self.call();
+        std::hint::black_box((headers.len(), body.len()));
+    }
+    fn set_filter_state(&mut self, key: &str, value: &str) {
+        self.call();
+        std::hint::black_box((key.len(), value.len()));
+    }
+    fn log(&self, _level: LogLevel, message: &str) {
+        self.call();
+        std::hint::black_box(message.len());
+    }
+    fn log_enabled(&self, level: LogLevel) -> bool {
+        self.call();
+        level != LogLevel::Debug // Envoy's default level is info
+    }
+    fn define_metric(&mut self, _kind: MetricKind, _name: &str) -> Option<u32> {
+        self.call();
+        Some(1)
+    }
+    fn increment_metric(&mut self, _id: u32, _delta: i64) {
+        self.call();
+    }
+    fn record_metric(&mut self, _id: u32, _value: u64) {
+        self.call();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let scenario = args.get(1).map_or("happy", String::as_str).to_string();
+    let ips: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let requests: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+
+    let weighted = ips > 1;
+    let master: Vec<String> = (0..ips)
+        .map(|i| {
+            let ip = format!("10.0.{}.{}", i / 250, i % 250 + 1);
+            if weighted {
+                format!("\"{ip}:80:{}\"", 1 + i % 3)
+            } else {
+                format!("\"{ip}:80\"")
+            }
+        })
+        .collect();
+    let text = format!(
+        r#"{{"domains":[{{"domain":"www.test.com","master":{{"ips":[{}]}},"slave":{{"ips":["10.255.0.1:80"]}}}}]}}"#,
+        master.join(",")
+    );
+    let Ok(config) = parse(text.as_bytes()) else {
+        eprintln!("invalid configuration");
+        std::process::exit(2);
+    };
+    let config = Rc::new(config);
+    let mut host = CostHost {
+        now_ms: 1_700_000_000_000,
+        rng: 0x1234_5678,
+        ..CostHost::default()
+    };
+    host.callout_headers = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "application/octet-stream".into()),
+        ("content-length".into(), "1024".into()),
+    ];
+    let mut blocks = BlockTable::default();
+    // Per-origin stats, defined once per configuration as the glue does in on_configure.
+    let metrics = Rc::new(Metrics::define(&config, &mut host));
+    // What wrk sends, plus what Envoy's connection manager adds before the filter runs.
+    let client_headers: Vec<(String, String)> = [
+        (":authority", "www.test.com"),
+        (":path", "/1k"),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "9f1c5a52-8a53-4d1e-9a3e-2f4b0c0d1e2f"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (mut calls0, mut copied0) = (0, 0);
+    for i in 0..requests {
+        // 5 requests per millisecond (5k rps on this worker).
+        if i % 5 == 0 {
+            host.now_ms += 1;
+        }
+        if i == 0 {
+            calls0 = HOSTCALLS.with(|c| c.get());
+            copied0 = COPIED.with(|c| c.get());
+        }
+        // The glue's request phase: one get_map, two set_header.
+        host.call();
+        let headers = client_headers.clone();
+        host.copy(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        let request = RequestInfo {
+            authority: find(":authority"),
+            scheme: find(":scheme"),
+            method: find(":method"),
+            path: "",
+            has_body: false,
+            worker: "w1",
+            stats: BucketStats::default(),
+            metrics: Some(&metrics),
+        };
+        let Some(mut exchange) = Exchange::start(&config, &mut blocks, &mut host, &request) else {
+            continue;
+        };
+        exchange.keep_request_headers(headers);
+        if let Some((route, _)) = exchange.route() {
+            std::hint::black_box(route);
+            host.call();
+            host.call();
+        }
+        // The glue's response phase: :status (a copy), flags only on failures.
+        host.call();
+        host.copy(3);
+        let (status, response_flags) = match scenario.as_str() {
+            "miss10" if i % 10 == 0 => (404, 0),
+            "dead"
+                if exchange
+                    .current_origin()
+                    .is_some_and(|(_, l)| l == "10.0.0.1:80") =>
+            {
+                (503, flags::UPSTREAM_CONNECTION_FAILURE)
+            }
+            _ => (200, 0),
+        };
+        if status >= 400 {
+            host.call();
+            host.copy(8);
+        }
+        if exchange.on_response_headers(&mut host, &mut blocks, status, response_flags)
+            == ResponseStep::Pause
+        {
+            let token = host.next_token;
+            exchange.on_callout_response(&mut host, &mut blocks, token, 4, 1024);
+        }
+    }
+    let calls = HOSTCALLS.with(|c| c.get()) - calls0;
+    let copied = COPIED.with(|c| c.get()) - copied0;
+    let n = requests.max(1) as f64;
+    println!(
+        "scenario={scenario} ips={ips} requests={requests} hostcalls/request={:.2} copied_bytes/request={:.1}",
+        calls as f64 / n,
+        copied as f64 / n
+    );
+}
