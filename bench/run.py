@@ -626,7 +626,7 @@ def main():
             sys.exit(f"bench: {path} is missing (run through `make bench`)")
     meta = {
         "command": "make bench" + "".join(f" {k}={os.environ[k]}" for k in sorted(os.environ)
-                                          if k.startswith("BENCH_")),
+                                          if k.startswith("BENCH_") and k != "BENCH_NOTE"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),

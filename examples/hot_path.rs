@@ -42,6 +42,27 @@ impl CostHost {
     }
 }
 
+/// Counts heap allocations, to show what the logic allocates per request.
+struct CountingAlloc;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[allow(unsafe_code)] // a GlobalAlloc is unsafe by definition; it only forwards to System.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
 thread_local! {
     static HOSTCALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static COPIED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -198,7 +219,7 @@ fn main() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let (mut calls0, mut copied0) = (0, 0);
+    let (mut calls0, mut copied0, mut allocs0) = (0, 0, 0);
     for i in 0..requests {
         // 5 requests per millisecond (5k rps on this worker).
         if i % 5 == 0 {
@@ -207,6 +228,7 @@ fn main() {
         if i == 0 {
             calls0 = HOSTCALLS.with(|c| c.get());
             copied0 = COPIED.with(|c| c.get());
+            allocs0 = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
         }
         // The glue's request phase: one get_map, two set_header.
         host.call();
@@ -264,10 +286,12 @@ fn main() {
     }
     let calls = HOSTCALLS.with(|c| c.get()) - calls0;
     let copied = COPIED.with(|c| c.get()) - copied0;
+    let allocations = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - allocs0;
     let n = requests.max(1) as f64;
     println!(
-        "scenario={scenario} ips={ips} requests={requests} hostcalls/request={:.2} copied_bytes/request={:.1}",
+        "scenario={scenario} ips={ips} requests={requests} hostcalls/request={:.2} copied_bytes/request={:.1} allocations/request={:.2}",
         calls as f64 / n,
-        copied as f64 / n
+        copied as f64 / n,
+        allocations as f64 / n
     );
 }
