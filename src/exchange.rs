@@ -248,7 +248,7 @@ impl Exchange {
         let health_matters = domain.master.targets.len() > 1 || domain.slave.is_some();
         let now = host.now_ms();
         if health_matters {
-            blocks.refresh_if_stale(host, now);
+            blocks.refresh(host);
         }
         if let Some(target) = self.choose(Role::Master, blocks, host, health_matters, now) {
             return Some(Attempt {

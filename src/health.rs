@@ -4,10 +4,12 @@
 //! costs one read however many origins are configured, and an update is one compare-and-swap.
 //! Each VM keeps the decoded table and only re-decodes when the CAS token changed.
 //!
-//! Reading shared data copies the value into the VM (a hostcall plus a call back into the VM to
-//! allocate), so the request path reads it at most every [`REFRESH_MS`]: a block written by
-//! another worker is honoured here at most that late. A worker's own blocks apply at once, and
-//! expiry is always exact (checked against the clock, not the copy's age).
+//! The request path reads the key on every request that has an alternative origin, although
+//! each read copies the value into the VM (a hostcall plus a call back into the VM to allocate):
+//! proxy-wasm has no read of the CAS token alone, so skipping reads would mean a window in which
+//! a block written by another worker is not yet honoured here — and a block must apply to every
+//! worker at once (a dead origin gets exactly one failed request). The key is absent, and the
+//! read copies nothing, until the first block.
 
 use crate::host::{Host, LogLevel, SharedSetError};
 
@@ -17,8 +19,6 @@ const MAX_CAS_ATTEMPTS: usize = 32;
 /// Envoy's CAS tokens count up from 1 across all keys and never reach this, so a write with
 /// it fails with `CasMismatch` whenever the key exists: a create-if-absent.
 pub(crate) const CREATE_ONLY_CAS: u32 = u32::MAX;
-/// Longest a worker serves from its copy of the table before reading shared data again.
-pub const REFRESH_MS: u64 = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockEntry {
@@ -30,8 +30,6 @@ pub struct BlockEntry {
 pub struct BlockTable {
     cas: Option<u32>,
     entries: Vec<BlockEntry>,
-    /// When the request path last read shared data (see [`BlockTable::refresh_if_stale`]).
-    read_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,18 +55,6 @@ pub enum UnblockOutcome {
 }
 
 impl BlockTable {
-    /// The request path's read: re-reads the shared table only when the copy is older than
-    /// [`REFRESH_MS`] (or the clock went backwards).
-    pub fn refresh_if_stale(&mut self, host: &impl Host, now_ms: u64) {
-        if let Some(at) = self.read_at_ms {
-            if now_ms >= at && now_ms - at < REFRESH_MS {
-                return;
-            }
-        }
-        self.read_at_ms = Some(now_ms);
-        self.refresh(host);
-    }
-
     /// Re-reads the shared table now; decodes only when it changed since the last read.
     pub fn refresh(&mut self, host: &impl Host) {
         let (data, cas) = host.shared_get(BLOCKS_KEY);
@@ -257,32 +243,6 @@ mod tests {
         table_a.refresh(&a);
         assert_eq!(table_a.blocked_until("10.0.0.1:80"), None);
         assert_eq!(table_a.blocked_count(b.now_ms), 1);
-    }
-
-    #[test]
-    fn the_request_path_sees_another_workers_block_within_refresh_ms() {
-        let mut a = FakeHost::new(1);
-        let b = a.sibling(2);
-        let mut table_b = BlockTable::default();
-        let t0 = b.now_ms;
-        table_b.refresh_if_stale(&b, t0); // first read
-        let mut table_a = BlockTable::default();
-        assert_eq!(
-            table_a.block(&mut a, "10.0.0.1:80", 60_000),
-            BlockOutcome::Blocked
-        );
-        // The writer sees its own block at once.
-        assert!(table_a.is_blocked("10.0.0.1:80", a.now_ms));
-        // Within REFRESH_MS the other worker serves from its copy...
-        table_b.refresh_if_stale(&b, t0 + REFRESH_MS - 1);
-        assert!(!table_b.is_blocked("10.0.0.1:80", t0 + REFRESH_MS - 1));
-        // ...and from REFRESH_MS on it has read the block.
-        table_b.refresh_if_stale(&b, t0 + REFRESH_MS);
-        assert!(table_b.is_blocked("10.0.0.1:80", t0 + REFRESH_MS));
-        // Expiry does not wait for a read; a clock going backwards forces one.
-        assert!(!table_b.is_blocked("10.0.0.1:80", a.now_ms + 60_000));
-        table_b.refresh_if_stale(&b, t0 - 1);
-        assert!(table_b.is_blocked("10.0.0.1:80", t0));
     }
 
     #[test]
