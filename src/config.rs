@@ -814,7 +814,7 @@ fn compile_origin(
         (OriginKind::Bucket, vec![Target { weight: 1, routes }])
     } else if let Some(ips) = raw.ips {
         let targets = compile_ips(&ips, protocol, envoy, ctx)?;
-        normalized.insert("ips".into(), json!(targets_as_text(&targets, protocol)));
+        normalized.insert("ips".into(), json!(targets_as_text(&targets)));
         (OriginKind::Ips, targets)
     } else if let Some(domain) = raw.domain {
         let entry =
@@ -856,11 +856,16 @@ fn compile_origin(
             ));
         }
         let targets = compile_clusters(&clusters, ctx)?;
+        // A single cluster may not carry a weight: print it the way it may be written.
+        let weighted = targets.len() > 1;
         normalized.insert(
             "clusters".into(),
             json!(targets
                 .iter()
-                .map(|t| json!({"name": t.routes[0].cluster, "weight": t.weight}))
+                .map(|t| match weighted {
+                    true => json!({"name": t.routes[0].cluster, "weight": t.weight}),
+                    false => json!({"name": t.routes[0].cluster}),
+                })
                 .collect::<Vec<_>>()),
         );
         (OriginKind::Clusters, targets)
@@ -1219,19 +1224,32 @@ fn compile_mirror(
     })
 }
 
-fn targets_as_text(targets: &[Target], protocol: Protocol) -> Vec<String> {
+/// IP targets as entries `parse_ip_entry` accepts again: no weight on a single IP or on a list
+/// with IPv6 (the rules forbid it; all weights are then 1), and no port where `follow` left it
+/// to the client's scheme.
+fn targets_as_text(targets: &[Target]) -> Vec<String> {
+    let addrs = |t: &Target| {
+        t.routes
+            .each_ref()
+            .map(|r| r.label.parse::<std::net::SocketAddr>().ok())
+    };
+    let weighted = targets.len() > 1
+        && targets
+            .iter()
+            .all(|t| addrs(t)[0].is_some_and(|a| a.is_ipv4()));
     targets
         .iter()
         .map(|t| {
-            // For `follow` the two routes differ only in the port when it was omitted.
-            let label = &t
-                .route(if protocol == Protocol::Https {
-                    Scheme::Https
-                } else {
-                    Scheme::Http
-                })
-                .label;
-            format!("{label}:{}", t.weight)
+            let label = &t.routes[0].label;
+            let text = match addrs(t) {
+                [Some(http), Some(https)] if http.port() != https.port() => http.ip().to_string(),
+                _ => label.clone(),
+            };
+            match (weighted, text.contains(':')) {
+                (false, _) => text,
+                (true, true) => format!("{text}:{}", t.weight),
+                (true, false) => format!("{text}::{}", t.weight),
+            }
         })
         .collect()
 }
@@ -1765,6 +1783,42 @@ mod tests {
     }
 
     #[test]
+    fn normalized_configurations_are_accepted_again() {
+        // Found by the fuzzer: `check` printed weights on single IPs/clusters and IPv6 lists.
+        for (origin, expected) in [
+            (r#"{"ips":["1.1.1.1"]}"#, json!(["1.1.1.1:80"])),
+            (
+                r#"{"ips":["1.1.1.1","2.2.2.2:81"]}"#,
+                json!(["1.1.1.1:80:1", "2.2.2.2:81:1"]),
+            ),
+            (
+                r#"{"ips":["2001:db8::1","1.1.1.1"]}"#,
+                json!(["[2001:db8::1]:80", "1.1.1.1:80"]),
+            ),
+            (
+                r#"{"ips":["1.1.1.1::1","2.2.2.2::3"],"protocol":"follow"}"#,
+                json!(["1.1.1.1::1", "2.2.2.2::3"]),
+            ),
+            (
+                r#"{"ips":["1.1.1.1"],"protocol":"follow"}"#,
+                json!(["1.1.1.1"]),
+            ),
+            (r#"{"clusters":[{"name":"c"}]}"#, json!([{"name": "c"}])),
+        ] {
+            let text = format!(r#"{{"domains":[{{"domain":"a.com","master":{origin}}}]}}"#);
+            let n = parse_str(&text).unwrap().normalized();
+            let master = &n["domains"][0]["master"];
+            assert_eq!(
+                master.get("ips").or(master.get("clusters")),
+                Some(&expected),
+                "{origin}"
+            );
+            let again = parse(&serde_json::to_vec(&n).unwrap());
+            assert!(again.is_ok(), "{origin}: {again:?}");
+        }
+    }
+
+    #[test]
     fn switch_swaps_roles() {
         let cfg = parse_str(
             r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"slave":{"ips":["2.2.2.2"]},
@@ -1779,7 +1833,7 @@ mod tests {
         );
         // normalized output shows the configuration as written, not swapped
         let n = cfg.normalized();
-        assert_eq!(n["domains"][0]["master"]["ips"][0], "1.1.1.1:80:1");
+        assert_eq!(n["domains"][0]["master"]["ips"][0], "1.1.1.1:80");
     }
 
     #[test]
