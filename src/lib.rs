@@ -22,3 +22,6 @@ pub mod sigv4;
 mod filter;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod fuzz;

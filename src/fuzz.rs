@@ -1,0 +1,496 @@
+//! Property-based fuzzing (proptest, stable Rust) of the configuration parser and of the
+//! per-request decisions. `make test` runs a bounded number of cases; `make fuzz` runs many
+//! more (`PROPTEST_CASES`). The properties: nothing panics, every error names a field on one
+//! line, and whatever the client, the origins and shared data do, a request only ever goes to
+//! an origin of its own domain's configuration.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use crate::config::{parse, PluginConfig, Scheme};
+use crate::exchange::{Exchange, RequestInfo, ORIGINAL_DST_HEADER};
+use crate::failover::flags;
+use crate::health::{BlockTable, BLOCKS_KEY};
+use crate::host::fake::FakeHost;
+use crate::host::Host;
+
+// ------------------------------------------------------------------ configurations
+
+const HOSTS: &[&str] = &[
+    "www.test.com",
+    "*.test.com",
+    "*",
+    "img.example.org",
+    "WWW.TEST.COM.",
+    "a.b",
+    "",
+    "bad host",
+    "x\r\ny",
+];
+const IPS: &[&str] = &[
+    "10.0.0.1",
+    "10.0.0.2",
+    "127.0.6.9",
+    "[2001:db8::1]",
+    "999.1.1.1",
+    "a.b",
+];
+const ORIGIN_DOMAINS: &[&str] = &[
+    "origin.example.com",
+    "origin.example.com:8443",
+    "www.test.com",
+    "img.test.com",
+    "10.0.0.1",
+    "x:0",
+];
+
+fn ip_entry() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(IPS),
+        prop::option::of(prop_oneof![Just(0u32), 1u32..70_000]),
+        prop::option::of(prop_oneof![Just(0u32), 1u32..4, 999u32..1_002]),
+    )
+        .prop_map(|(ip, port, weight)| match (port, weight) {
+            (None, None) => ip.to_string(),
+            (Some(p), None) => format!("{ip}:{p}"),
+            (None, Some(w)) => format!("{ip}::{w}"),
+            (Some(p), Some(w)) => format!("{ip}:{p}:{w}"),
+        })
+}
+
+fn origin(valid_leaning: bool) -> impl Strategy<Value = Value> {
+    let ips = if valid_leaning {
+        // Distinct valid IPs, all weighted (one non-zero) or none: mostly accepted.
+        (1usize..4, any::<bool>(), prop::collection::vec(0u32..3, 3))
+            .prop_map(|(n, weighted, w)| {
+                let ips: Vec<String> = (0..n)
+                    .map(|i| {
+                        let addr = format!("10.0.0.{}:80", i + 1);
+                        let weight = if i == 0 { 1 } else { w[i] };
+                        if weighted && n > 1 {
+                            format!("{addr}:{weight}")
+                        } else {
+                            addr
+                        }
+                    })
+                    .collect();
+                json!({ "ips": ips })
+            })
+            .boxed()
+    } else {
+        prop::collection::vec(ip_entry(), 0..4)
+            .prop_map(|ips| json!({ "ips": ips }))
+            .boxed()
+    };
+    let domain = prop::sample::select(ORIGIN_DOMAINS).prop_map(|d| json!({ "domain": d }));
+    let clusters = prop::collection::vec(
+        (
+            prop::sample::select(&["c1", "c2", "", "outbound|80||o.svc"][..]),
+            prop::option::of(0u32..3),
+        ),
+        1..3,
+    )
+    .prop_map(|cs| {
+        let list: Vec<Value> = cs
+            .into_iter()
+            .map(|(name, w)| match w {
+                Some(w) => json!({ "name": name, "weight": w }),
+                None => json!({ "name": name }),
+            })
+            .collect();
+        json!({ "clusters": list })
+    });
+    (
+        prop_oneof![4 => ips, 1 => domain, 1 => clusters],
+        prop::option::of(prop::sample::select(
+            &["http", "https", "follow", "ftp"][..],
+        )),
+        prop::option::of(prop::sample::select(
+            &["h.example", "a b", "o.test:8080", ""][..],
+        )),
+    )
+        .prop_map(move |(mut o, protocol, host)| {
+            if let Some(map) = o.as_object_mut() {
+                let is_clusters = map.contains_key("clusters");
+                if let Some(p) = protocol.filter(|_| !(valid_leaning && is_clusters)) {
+                    map.insert("protocol".into(), json!(p));
+                }
+                if let Some(h) =
+                    host.filter(|h| !valid_leaning || !h.is_empty() && !h.contains(' '))
+                {
+                    map.insert("host".into(), json!(h));
+                }
+            }
+            o
+        })
+}
+
+fn domain_entry(valid_leaning: bool) -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(HOSTS),
+        origin(valid_leaning),
+        prop::option::of(origin(valid_leaning)),
+        any::<bool>(),
+        prop::option::of((
+            prop::sample::subsequence(&["4xx", "5xx", "connect_error", "timeout"][..], 0..=4),
+            prop::collection::vec(prop_oneof![300u32..600, 0u32..1_000], 0..3),
+            0u32..12,
+            prop::option::of(prop_oneof![Just(0u64), 1u64..100, Just(1u64 << 40)]),
+        )),
+        prop::option::of((0u64..100_000, any::<bool>())),
+    )
+        .prop_map(move |(name, master, slave, switch, failover, detection)| {
+            let mut d = json!({ "domain": name, "master": master });
+            if let Some(s) = slave {
+                d["slave"] = s;
+            }
+            if switch {
+                d["master_slave_switch"] = json!(true);
+            }
+            if let Some((on, codes, retries, limit)) = failover {
+                let mut f = json!({ "on": on, "status_codes": codes, "master_retries": retries });
+                if let Some(limit) = limit {
+                    f["max_response_body_bytes"] = json!(limit);
+                }
+                d["failover"] = f;
+            }
+            if let Some((secs, on_5xx)) = detection {
+                let secs = if valid_leaning { secs % 120 } else { secs };
+                d["detection"] = json!({ "block_seconds": secs, "block_on_5xx": on_5xx });
+            }
+            d
+        })
+}
+
+fn config_value(valid_leaning: bool) -> impl Strategy<Value = Value> {
+    (
+        prop::collection::vec(domain_entry(valid_leaning), 0..4),
+        any::<bool>(),
+        prop::option::of(prop_oneof![400u32..600, 0u32..1_000]),
+    )
+        .prop_map(|(domains, debug, status)| {
+            let mut c = json!({ "domains": domains, "debug_headers": debug });
+            if let Some(s) = status {
+                c["unknown_host_status"] = json!(s);
+            }
+            c
+        })
+}
+
+/// Every configured value is fine; an error must be the documented one-line shape.
+fn check_parse(bytes: &[u8]) -> Result<Option<PluginConfig>, TestCaseError> {
+    match parse(bytes) {
+        Ok(config) => {
+            // The normalized form is itself a valid configuration (what `check` prints).
+            let normalized = serde_json::to_vec(&config.normalized())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(parse(&normalized).is_ok(), "normalized form rejected");
+            for d in &config.domains {
+                prop_assert!(d.master.total_weight() > 0);
+            }
+            Ok(Some(config))
+        }
+        Err(e) => {
+            let text = e.to_string();
+            prop_assert!(text.starts_with("invalid origin-pull configuration: "));
+            prop_assert!(text.contains("field "), "{}", text);
+            prop_assert!(!text.contains('\n') && !text.contains('\r'), "{:?}", text);
+            prop_assert!(text.len() < 1_000, "{} bytes", text.len());
+            Ok(None)
+        }
+    }
+}
+
+// ------------------------------------------------------------------ requests
+
+#[derive(Debug, Clone)]
+struct Req {
+    worker: usize,
+    host: &'static str,
+    https: bool,
+    method: &'static str,
+    body: Option<(usize, bool)>,
+    routed_status: u32,
+    routed_flags: u64,
+    callouts: Vec<CalloutResult>,
+    advance_ms: u64,
+    cas_mismatches: u32,
+}
+
+#[derive(Debug, Clone)]
+struct CalloutResult {
+    stale: bool,
+    no_headers: bool,
+    status: &'static str,
+    extra: Vec<(&'static str, &'static str)>,
+    body_size: usize,
+}
+
+const REQUEST_HOSTS: &[&str] = &[
+    "www.test.com",
+    "WWW.TEST.COM.",
+    "www.test.com:8080",
+    "img.test.com",
+    "evil.example",
+    "",
+    "[::1]:80",
+    "a.b",
+    "img.example.org",
+    "x\u{0}y",
+];
+const FLAGS: &[u64] = &[
+    0,
+    flags::UPSTREAM_CONNECTION_FAILURE,
+    flags::UPSTREAM_REQUEST_TIMEOUT,
+    flags::NO_CLUSTER_FOUND,
+    flags::UPSTREAM_REMOTE_RESET,
+    flags::DNS_RESOLUTION_FAILURE,
+    u64::MAX,
+];
+
+fn callout_result() -> impl Strategy<Value = CalloutResult> {
+    (
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.15),
+        prop::sample::select(&["200", "404", "502", "503", "504", "999", "abc", ""][..]),
+        prop::collection::vec(
+            prop::sample::select(
+                &[
+                    ("connection", "close"),
+                    ("transfer-encoding", "chunked"),
+                    ("x-envoy-original-dst-host", "6.6.6.6:80"),
+                    ("content-length", "7"),
+                    (":path", "/evil"),
+                    ("x-ok", "1"),
+                ][..],
+            ),
+            0..3,
+        ),
+        prop_oneof![0usize..600, Just(9 << 20), Just(usize::MAX / 2)],
+    )
+        .prop_map(
+            |(stale, no_headers, status, extra, body_size)| CalloutResult {
+                stale,
+                no_headers,
+                status,
+                extra,
+                body_size,
+            },
+        )
+}
+
+fn request() -> impl Strategy<Value = Req> {
+    (
+        (
+            0usize..2,
+            prop::sample::select(REQUEST_HOSTS),
+            any::<bool>(),
+            prop::sample::select(&["GET", "HEAD", "POST", "PUT", "get"][..]),
+            prop::option::of((prop_oneof![0usize..64, Just(2 << 20)], any::<bool>())),
+        ),
+        prop_oneof![200u32..=200, 400u32..600, 0u32..1_000],
+        prop::sample::select(FLAGS),
+        prop::collection::vec(callout_result(), 0..6),
+        prop_oneof![Just(0u64), 0u64..2_000, Just(3_600_000)],
+        prop_oneof![3 => Just(0u32), 1 => 1u32..40],
+    )
+        .prop_map(
+            |((worker, host, https, method, body), status, flags, callouts, advance, cas)| Req {
+                worker,
+                host,
+                https,
+                method,
+                body,
+                routed_status: status,
+                routed_flags: flags,
+                callouts,
+                advance_ms: advance,
+                cas_mismatches: cas,
+            },
+        )
+}
+
+/// Every (cluster, original destination) any target of any domain could be routed to.
+fn configured_routes(config: &PluginConfig) -> HashSet<(String, Option<String>)> {
+    let mut out = HashSet::new();
+    for d in &config.domains {
+        for set in std::iter::once(&d.master).chain(d.slave.as_ref()) {
+            for t in &set.targets {
+                for scheme in [Scheme::Http, Scheme::Https] {
+                    let r = t.route(scheme);
+                    out.insert((r.cluster.clone(), r.original_dst.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn spoofing_headers(host: &mut FakeHost, method: &str, authority: &str) {
+    host.request_headers = vec![
+        (":method".into(), method.into()),
+        (":path".into(), "/p?q=1".into()),
+        (":authority".into(), authority.into()),
+        (":scheme".into(), "http".into()),
+        ("x-origin-pull-cluster".into(), "evil_cluster".into()),
+        (ORIGINAL_DST_HEADER.into(), "6.6.6.6:80".into()),
+        // Envoy hands header names over lower-cased; a duplicate is the spoofing variant left.
+        (ORIGINAL_DST_HEADER.into(), "6.6.6.6:81".into()),
+        ("connection".into(), "keep-alive, x-foo".into()),
+        ("content-length".into(), "3".into()),
+    ];
+}
+
+fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseError> {
+    let allowed = configured_routes(config);
+    let mut first = FakeHost::new(7);
+    let second = first.sibling(11);
+    let mut hosts = [std::mem::replace(&mut first, FakeHost::new(1)), second];
+    let mut tables = [BlockTable::default(), BlockTable::default()];
+    for req in requests {
+        let w = req.worker;
+        let host = &mut hosts[w];
+        let blocks = &mut tables[w];
+        host.now_ms += req.advance_ms;
+        host.shared.borrow_mut().inject_cas_mismatches = req.cas_mismatches;
+        spoofing_headers(host, req.method, req.host);
+        let (replies0, callouts0) = (host.replies.len(), host.callouts.len());
+        let info = RequestInfo {
+            authority: req.host,
+            scheme: if req.https { "https" } else { "http" },
+            method: req.method,
+            has_body: req.body.is_some(),
+            worker: "w",
+        };
+        let Some(mut ex) = Exchange::start(config, blocks, host, &info) else {
+            prop_assert_eq!(
+                host.replies.len(),
+                replies0 + 1,
+                "no answer for {}",
+                req.host
+            );
+            prop_assert_eq!(host.callouts.len(), callouts0);
+            continue;
+        };
+        prop_assert!(config.domain_index(req.host).is_some());
+        let (route, _) = ex.route().ok_or_else(|| TestCaseError::fail("no route"))?;
+        prop_assert!(
+            allowed.contains(&(route.cluster.clone(), route.original_dst.clone())),
+            "routed to {:?}",
+            route
+        );
+        if let Some((len, eos)) = req.body {
+            if ex.wants_request_body() {
+                ex.on_request_body(&vec![b'b'; len], eos);
+            }
+        }
+        ex.on_response_headers(host, blocks, req.routed_status, req.routed_flags);
+        for result in &req.callouts {
+            let Some(pending) = host.callouts.last().map(|c| c.token) else {
+                break;
+            };
+            if host.replies.len() > replies0 {
+                break;
+            }
+            let extra: Vec<(&str, &str)> = std::iter::once((":status", result.status))
+                .chain(result.extra.iter().copied())
+                .collect();
+            host.respond(0, &[], &[]);
+            host.response_headers = extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            host.response_body = vec![b's'; result.body_size.min(600)];
+            let token = if result.stale {
+                pending + 1_000
+            } else {
+                pending
+            };
+            let headers = if result.no_headers { 0 } else { extra.len() };
+            ex.on_callout_response(host, blocks, token, headers, result.body_size);
+        }
+        // At most one answer to the client, and a bounded number of attempts.
+        prop_assert!(host.replies.len() <= replies0 + 1);
+        let retries = config
+            .domains
+            .iter()
+            .map(|d| d.failover.master_retries)
+            .max();
+        let made = host.callouts.len() - callouts0;
+        prop_assert!(made as u32 <= retries.unwrap_or(0) + 2, "{} callouts", made);
+        for callout in &host.callouts[callouts0..] {
+            let dsts: Vec<&str> = callout
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(ORIGINAL_DST_HEADER))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            prop_assert!(dsts.len() <= 1, "{:?}", callout.headers);
+            let dst = dsts.first().map(|d| d.to_string());
+            prop_assert!(
+                allowed.contains(&(callout.cluster.clone(), dst.clone())),
+                "callout to {} {:?}",
+                callout.cluster,
+                dst
+            );
+            prop_assert!(callout.header(&config.envoy.cluster_header).is_none());
+        }
+        for reply in &host.replies[replies0..] {
+            prop_assert!(reply.headers.iter().all(|(k, _)| !k.starts_with(':')
+                && !k.eq_ignore_ascii_case("connection")
+                && !k.eq_ignore_ascii_case("transfer-encoding")));
+        }
+    }
+    // Shared data stays readable by a third worker, whatever the CAS conflicts.
+    let reader = hosts[0].sibling(3);
+    if reader.shared_get(BLOCKS_KEY).0.is_some() {
+        let mut table = BlockTable::default();
+        table.refresh(&reader);
+        prop_assert!(!reader.logged("unreadable"));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parser_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        check_parse(&bytes)?;
+    }
+
+    #[test]
+    fn parser_survives_mutated_examples(
+        example in prop::sample::select(&[
+            include_str!("../envoy/examples/demo.json"),
+            include_str!("../envoy/examples/weighted-ips.json"),
+        ][..]),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let mut bytes = example.as_bytes().to_vec();
+        for (at, byte) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+        }
+        check_parse(&bytes)?;
+    }
+
+    #[test]
+    fn parser_judges_random_configurations(config in config_value(false)) {
+        check_parse(&serde_json::to_vec(&config).unwrap_or_default())?;
+    }
+
+    #[test]
+    fn requests_only_reach_configured_origins(
+        config in config_value(true),
+        requests in prop::collection::vec(request(), 1..8),
+    ) {
+        let bytes = serde_json::to_vec(&config).unwrap_or_default();
+        if let Some(parsed) = check_parse(&bytes)? {
+            drive(&Rc::new(parsed), &requests)?;
+        }
+    }
+}
