@@ -793,6 +793,22 @@ impl Exchange {
                 }
             }
         }
+        // Straight to the slave because every master was blocked, and the slave cannot be
+        // reached either: a blocked master is a better bet than a certain error.
+        if current.role == Role::Slave
+            && answer.is_unreachable()
+            && !self.tried.iter().any(|a| a.role == Role::Master)
+        {
+            if let Some(target) = self.choose(Role::Master, blocks, host, false) {
+                let attempt = Attempt {
+                    role: Role::Master,
+                    target,
+                };
+                if self.dispatch(host, attempt) {
+                    return Next::Dispatched;
+                }
+            }
+        }
         finish()
     }
 

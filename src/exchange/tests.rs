@@ -263,6 +263,39 @@ fn every_origin_blocked_without_slave_still_tries_the_master() {
 }
 
 #[test]
+fn slave_chosen_because_masters_are_blocked_and_unreachable_falls_back_to_a_master() {
+    // Found by chaos (all origins killed under load): Envoy's bare 503 reached the client.
+    let cfg = seeds_config("");
+    let mut host = FakeHost::new(1);
+    let mut blocks = BlockTable::default();
+    blocks.block(&mut host, "1.1.1.1:80", 60_000);
+    client_headers(&mut host, "GET", "/x");
+    let mut ex = start(&cfg, &mut host, &mut blocks, &get("www.test.com"));
+    assert_eq!(ex.current_origin(), Some((Role::Slave, "2.2.2.2:80")));
+    assert_eq!(
+        ex.on_response_headers(&mut host, &mut blocks, 503, UF),
+        ResponseStep::Pause
+    );
+    // A blocked master is a better bet than a certain error.
+    assert_eq!(host.callouts.len(), 1);
+    assert_eq!(
+        host.callouts[0].header(ORIGINAL_DST_HEADER),
+        Some("1.1.1.1:80")
+    );
+    let token = host.callouts[0].token;
+    host.respond(
+        503,
+        &[],
+        b"upstream connect error or disconnect/reset before headers",
+    );
+    ex.on_callout_response(&mut host, &mut blocks, token, 1, 57);
+    assert_eq!(host.callouts.len(), 1);
+    let reply = &host.replies[0];
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.header(ERROR_HEADER), Some("origin-unreachable"));
+}
+
+#[test]
 fn slave_unreachable_gives_a_clear_502() {
     let cfg = seeds_config("");
     let mut host = FakeHost::new(1);
