@@ -54,7 +54,10 @@ impl Answer {
 /// Judges a routed response from its status and Envoy's response flags.
 pub fn classify_routed(status: u32, response_flags: u64) -> Answer {
     use flags::*;
-    if response_flags & NO_CLUSTER_FOUND != 0 {
+    if !(100..=599).contains(&status) {
+        // Envoy's codec lets e.g. "HTTP/1.1 2000" through: a broken origin, never relayed.
+        Answer::ConnectError
+    } else if response_flags & NO_CLUSTER_FOUND != 0 {
         Answer::NoCluster
     } else if response_flags & UPSTREAM_REQUEST_TIMEOUT != 0 {
         Answer::Timeout
@@ -93,7 +96,11 @@ pub fn read_callout(
         .iter()
         .find(|(k, _)| k == ":status")
         .and_then(|(_, v)| v.parse::<u32>().ok())
-        .unwrap_or(502);
+        .unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        // Envoy's codec lets e.g. "HTTP/1.1 2000" through: never relay it.
+        return (Answer::NoResponse, Vec::new());
+    }
     let peek = if matches!(status, 502..=504) && body_size <= PEEK_LIMIT {
         host.callout_response_body(body_size).unwrap_or_default()
     } else {
@@ -174,6 +181,9 @@ mod tests {
         assert_eq!(classify_routed(504, 0x4), Answer::Timeout);
         assert_eq!(classify_routed(503, 1 << 24), Answer::NoCluster);
         assert_eq!(classify_routed(503, 0), Answer::Status(503));
+        // An origin's broken status line ("HTTP/1.1 2000") is a failure, never relayed.
+        assert_eq!(classify_routed(2000, 0), Answer::ConnectError);
+        assert_eq!(classify_routed(99, 0), Answer::ConnectError);
     }
 
     #[test]

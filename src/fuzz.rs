@@ -439,6 +439,11 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
             prop_assert!(callout.header(&config.envoy.cluster_header).is_none());
         }
         for reply in &host.replies[replies0..] {
+            prop_assert!(
+                (100..=599).contains(&reply.status),
+                "status {}",
+                reply.status
+            );
             prop_assert!(reply.headers.iter().all(|(k, _)| !k.starts_with(':')
                 && !k.eq_ignore_ascii_case("connection")
                 && !k.eq_ignore_ascii_case("transfer-encoding")));

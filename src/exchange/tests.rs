@@ -296,6 +296,28 @@ fn slave_chosen_because_masters_are_blocked_and_unreachable_falls_back_to_a_mast
 }
 
 #[test]
+fn slave_answer_with_an_invalid_status_is_never_relayed() {
+    // Found by the hostile set: Envoy's codec passed "HTTP/1.1 2000" on to the filter.
+    for status in ["2000", "99", "abc"] {
+        let cfg = seeds_config("");
+        let mut host = FakeHost::new(1);
+        let mut blocks = BlockTable::default();
+        client_headers(&mut host, "GET", "/x");
+        let mut ex = start(&cfg, &mut host, &mut blocks, &get("www.test.com"));
+        ex.on_response_headers(&mut host, &mut blocks, 404, 0);
+        let token = host.callouts[0].token;
+        host.response_headers = vec![(":status".into(), status.into())];
+        host.response_body = b"ok".to_vec();
+        ex.on_callout_response(&mut host, &mut blocks, token, 1, 2);
+        let reply = &host.replies[0];
+        assert_eq!(
+            (reply.status, reply.header(ERROR_HEADER)),
+            (502, Some("origin-unreachable"))
+        );
+    }
+}
+
+#[test]
 fn slave_unreachable_gives_a_clear_502() {
     let cfg = seeds_config("");
     let mut host = FakeHost::new(1);
