@@ -26,7 +26,7 @@ VENV_STAMP    := $(VENV)/.stamp
 PYTEST_ARGS   ?=
 # Bounded fuzzing in `make test`; `make fuzz` runs FUZZ_CASES per property.
 PROPTEST_CASES ?= 256
-FUZZ_CASES    ?= 20000
+FUZZ_CASES    ?= 200000
 CHAOS_RATE    ?= 300
 CHAOS_DURATION ?= 20
 CHAOS_RELOADS ?= 50

@@ -67,6 +67,23 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Control characters escaped (no log injection) and the length bounded.
+fn one_line(text: &str) -> String {
+    const LIMIT: usize = 400;
+    let mut out = String::with_capacity(text.len().min(LIMIT));
+    for c in text.chars().take(LIMIT) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().count() > LIMIT {
+        out.push('…');
+    }
+    out
+}
+
 /// Long values are cut so one hostile field cannot flood the log.
 fn shorten(text: &str) -> String {
     const LIMIT: usize = 96;
@@ -448,16 +465,17 @@ pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, Conf
     let raw: RawPluginConfig = serde_path_to_error::deserialize(&tree).map_err(|e| {
         let path = e.path().to_string();
         let (domain, field) = split_domain_path(&tree, &path);
-        // serde quotes offending values; a misplaced secret must not reach the log.
+        // serde quotes offending values; a misplaced secret must not reach the log. Both may
+        // quote a key of the input (an unknown field): keep the message one line.
         let mut reason = e.into_inner().to_string();
         for secret in secrets_in(&tree) {
             reason = reason.replace(&secret, REDACTED);
         }
         ConfigError {
             domain,
-            field,
+            field: one_line(&field),
             value: None,
-            reason,
+            reason: one_line(&reason),
         }
     })?;
     compile(raw, env)
@@ -1780,6 +1798,17 @@ mod tests {
             "origin_pull|https|b.com|443"
         );
         assert_eq!(s.route(Scheme::Https).original_dst, None);
+    }
+
+    #[test]
+    fn quoted_input_keys_cannot_break_the_log_line() {
+        // Found by the fuzzer: a key with an escaped newline was printed raw.
+        let key = format!("unkno\\n{}", "w".repeat(5_000));
+        let text = format!(r#"{{"domains":[],"{key}":1}}"#);
+        let message = parse_str(&text).unwrap_err().to_string();
+        assert!(!message.contains('\n'), "{message}");
+        assert!(message.contains(r"unkno\n"), "{message}");
+        assert!(message.len() < 1_000, "{} bytes", message.len());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::config::{parse, PluginConfig, Scheme};
 use crate::exchange::{Exchange, RequestInfo, ORIGINAL_DST_HEADER};
 use crate::failover::flags;
-use crate::health::{BlockTable, BLOCKS_KEY};
+use crate::health::{decode, encode, BlockEntry, BlockOutcome, BlockTable, BLOCKS_KEY};
 use crate::host::fake::FakeHost;
 use crate::host::Host;
 
@@ -420,7 +420,13 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
             .map(|d| d.failover.master_retries)
             .max();
         let made = host.callouts.len() - callouts0;
-        prop_assert!(made as u32 <= retries.unwrap_or(0) + 2, "{} callouts", made);
+        // Bounded: up to `master_retries` others per role, the slave, and (when the slave was
+        // asked first because every master was blocked) one master.
+        prop_assert!(
+            made as u32 <= 2 * retries.unwrap_or(0) + 2,
+            "{} callouts",
+            made
+        );
         for callout in &host.callouts[callouts0..] {
             let dsts: Vec<&str> = callout
                 .headers
@@ -459,8 +465,84 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
     Ok(())
 }
 
+// ------------------------------------------------------------------ shared block state
+
+/// One step of two workers racing on the block table: worker `worker` blocks `label`; when
+/// `race` is set, the other worker blocks `race` between this worker's read and its write
+/// (as a real read-modify-write would); `mismatches` more CAS conflicts are injected.
+#[derive(Debug, Clone)]
+struct BlockStep {
+    worker: usize,
+    label: u8,
+    race: Option<u8>,
+    mismatches: u32,
+}
+
+fn block_step() -> impl Strategy<Value = BlockStep> {
+    (
+        0usize..2,
+        0u8..12,
+        prop::option::of(0u8..12),
+        prop_oneof![4 => Just(0u32), 1 => 1u32..8],
+    )
+        .prop_map(|(worker, label, race, mismatches)| BlockStep {
+            worker,
+            label,
+            race,
+            mismatches,
+        })
+}
+
+fn label(n: u8) -> String {
+    format!("10.0.0.{n}:80")
+}
+
+fn no_block_is_lost(steps: &[BlockStep]) -> Result<(), TestCaseError> {
+    let first = FakeHost::new(3);
+    let mut hosts = [first.sibling(5), first.sibling(9)];
+    let mut tables = [BlockTable::default(), BlockTable::default()];
+    let mut expected: HashSet<String> = HashSet::new();
+    for step in steps {
+        let host = &mut hosts[step.worker];
+        if let Some(other) = step.race {
+            let (current, _) = host.shared_get(BLOCKS_KEY);
+            let mut entries: Vec<BlockEntry> =
+                current.as_deref().and_then(decode).unwrap_or_default();
+            entries.retain(|e| e.label != label(other));
+            entries.push(BlockEntry {
+                label: label(other),
+                until_ms: host.now_ms + 60_000,
+            });
+            host.shared.borrow_mut().interleaved_write =
+                Some((BLOCKS_KEY.to_string(), encode(&entries)));
+            expected.insert(label(other));
+        }
+        host.shared.borrow_mut().inject_cas_mismatches = step.mismatches;
+        let outcome = tables[step.worker].block(host, &label(step.label), 60_000);
+        prop_assert_ne!(outcome, BlockOutcome::Failed);
+        expected.insert(label(step.label));
+        // This worker did not write (already blocked): the other worker's write lands anyway.
+        let pending = host.shared.borrow_mut().interleaved_write.take();
+        if let Some((key, value)) = pending {
+            let _ = host.shared_set(&key, &value, None);
+        }
+    }
+    for (host, table) in hosts.iter().zip(tables.iter_mut()) {
+        table.refresh(host);
+        for l in &expected {
+            prop_assert!(table.is_blocked(l, host.now_ms), "block of {} lost", l);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn two_racing_workers_lose_no_block(steps in prop::collection::vec(block_step(), 1..30)) {
+        no_block_is_lost(&steps)?;
+    }
 
     #[test]
     fn parser_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -183,7 +183,7 @@ impl BlockTable {
     }
 }
 
-fn encode(entries: &[BlockEntry]) -> Vec<u8> {
+pub(crate) fn encode(entries: &[BlockEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + entries.len() * 32);
     out.push(FORMAT_VERSION);
     for entry in entries {
@@ -196,7 +196,7 @@ fn encode(entries: &[BlockEntry]) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<Vec<BlockEntry>> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<BlockEntry>> {
     let (&version, mut rest) = bytes.split_first()?;
     if version != FORMAT_VERSION {
         return None;
@@ -282,6 +282,46 @@ mod tests {
         BlockTable::default().block(&mut a, "x:1", 60_000);
         let create = b.shared_set(BLOCKS_KEY, &encode(&[]), Some(CREATE_ONLY_CAS));
         assert_eq!(create, Err(SharedSetError::CasMismatch));
+    }
+
+    fn entry(label: &str, until_ms: u64) -> BlockEntry {
+        BlockEntry {
+            label: label.into(),
+            until_ms,
+        }
+    }
+
+    #[test]
+    fn racing_first_creation_of_the_key_keeps_both_blocks() {
+        // Both workers saw no key; b creates it between a's read and a's create-only write.
+        let mut a = FakeHost::new(1);
+        let b = a.sibling(2);
+        let theirs = encode(&[entry("y:1", a.now_ms + 60_000)]);
+        a.shared.borrow_mut().interleaved_write = Some((BLOCKS_KEY.into(), theirs));
+        assert_eq!(
+            BlockTable::default().block(&mut a, "x:1", 60_000),
+            BlockOutcome::Blocked
+        );
+        let mut check = BlockTable::default();
+        check.refresh(&b);
+        assert!(check.is_blocked("x:1", b.now_ms) && check.is_blocked("y:1", b.now_ms));
+    }
+
+    #[test]
+    fn racing_update_keeps_the_other_workers_block() {
+        let mut a = FakeHost::new(1);
+        let b = a.sibling(2);
+        let mut table = BlockTable::default();
+        table.block(&mut a, "z:1", 60_000);
+        let until = a.now_ms + 60_000;
+        let theirs = encode(&[entry("z:1", until), entry("y:1", until)]);
+        a.shared.borrow_mut().interleaved_write = Some((BLOCKS_KEY.into(), theirs));
+        assert_eq!(table.block(&mut a, "x:1", 60_000), BlockOutcome::Blocked);
+        let mut check = BlockTable::default();
+        check.refresh(&b);
+        for label in ["x:1", "y:1", "z:1"] {
+            assert!(check.is_blocked(label, b.now_ms), "{label} lost");
+        }
     }
 
     #[test]

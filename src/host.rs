@@ -128,6 +128,9 @@ pub mod fake {
         next_cas: u32,
         /// Number of upcoming CAS writes to fail, to exercise retry paths.
         pub inject_cas_mismatches: u32,
+        /// Another worker's write (key, value) that lands between this worker's read and its
+        /// next write: the real race, creation of the key included.
+        pub interleaved_write: Option<(String, Vec<u8>)>,
     }
 
     pub struct FakeHost {
@@ -222,6 +225,11 @@ pub mod fake {
             cas: Option<u32>,
         ) -> Result<(), SharedSetError> {
             let mut store = self.shared.borrow_mut();
+            if let Some((other_key, other_value)) = store.interleaved_write.take() {
+                store.next_cas += 1;
+                let next = store.next_cas;
+                store.entries.insert(other_key, (other_value, next));
+            }
             if cas.is_some() && store.inject_cas_mismatches > 0 {
                 store.inject_cas_mismatches -= 1;
                 store.next_cas += 1;
