@@ -299,14 +299,14 @@ class Result(NamedTuple):
     stale_retries: int
     rps: float
     p99_ms: float
-    healthy_path: bool    # True: zero errors is the goal
+    no_path: str          # why errors are expected ("" = a healthy path exists: zero errors)
     notes: str
     vm_failures: list     # see vm_failures()
 
     def problems(self):
         """Why this run misses the goal ([] when it meets it)."""
         out = []
-        if self.healthy_path and self.errors:
+        if not self.no_path and self.errors:
             out.append(f"{self.errors} client errors while a healthy path existed: "
                        f"{self.error_kinds}")
         if self.blocked_hits:
@@ -329,7 +329,7 @@ class Chaos:
         env_kw.setdefault("route_timeout", "1s")
         env_kw.setdefault("connect_timeout", "0.5s")
         self.env = Env(directory, envoy=envoy_bin, **env_kw)
-        self.healthy_path = True
+        self.no_path = ""
         self.notes = ""
         self.load = None
 
@@ -349,9 +349,16 @@ class Chaos:
                  *kw.pop("extra_args", ())]
         return self.env.start_origin(name, ip=f"{NET}{n}", extra_args=extra, **kw)
 
-    def trio(self, base, **m1_kw):
-        return (self.origin("m1", base, **m1_kw), self.origin("m2", base + 1),
-                self.origin("s", base + 2))
+    def trio(self, base, **config_kw):
+        """Masters m1, m2 and slave s on 127.0.6.<base>..<base+2>, and Envoy serving them."""
+        m1, m2, s = (self.origin("m1", base), self.origin("m2", base + 1),
+                     self.origin("s", base + 2))
+        self.env.start(self.config([m1.addr, m2.addr], s.addr, **config_kw))
+        return m1, m2, s
+
+    def run_breaking(self, action, at=0.3):
+        """run() with one action at `at` of the duration."""
+        return self.run([(self.duration * at, action)])
 
     @staticmethod
     def config(masters, slave=None, switch=False, block_seconds=60, block_on_5xx=False):
@@ -400,26 +407,23 @@ class Chaos:
             rss=rss.summary(), stale_retries=self.load.stale_retries,
             rps=len(results) / span if span > 0 else 0.0,
             p99_ms=latencies[int(len(latencies) * 0.99) - 1 if len(latencies) > 1 else 0] * 1000,
-            healthy_path=self.healthy_path, notes=self.notes, vm_failures=vm_failures(env))
+            no_path=self.no_path, notes=self.notes, vm_failures=vm_failures(env))
 
 
 def scenario_kill9(c):
     m1, m2, s = c.trio(10)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr))
     c.notes = "master m1 killed with SIGKILL at 30%; its connections reset, then refused"
-    return c.run([(c.duration * 0.3, lambda: kill9(m1))])
+    return c.run_breaking(lambda: kill9(m1))
 
 
 def scenario_blackhole(c):
     m1, m2, s = c.trio(20)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr))
     c.notes = "m1 replaced at 30% by a black hole (accepts TCP, never answers); route timeout 1 s"
-    return c.run([(c.duration * 0.3, lambda: swap(m1, extra_args=["--blackhole"]))])
+    return c.run_breaking(lambda: swap(m1, extra_args=["--blackhole"]))
 
 
 def scenario_syn_drop(c):
     m1, m2, s = c.trio(30)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr))
     holder = {}
 
     def swap():
@@ -427,7 +431,7 @@ def scenario_syn_drop(c):
         holder["syn"] = SynDrop(m1.ip, m1.port)
 
     try:
-        result = c.run([(c.duration * 0.3, swap)])
+        result = c.run_breaking(swap)
     finally:
         if "syn" in holder:
             holder["syn"].close()
@@ -439,8 +443,7 @@ def scenario_syn_drop(c):
 
 
 def scenario_flapping(c):
-    m1, m2, s = c.trio(40)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr, block_seconds=1))
+    m1, m2, s = c.trio(40, block_seconds=1)
     actions = []
     t = 1.0
     up = True
@@ -454,48 +457,42 @@ def scenario_flapping(c):
 
 
 def scenario_5xx(c):
-    m1, m2, s = c.trio(50)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr, block_on_5xx=True))
+    m1, m2, s = c.trio(50, block_on_5xx=True)
     c.notes = ("m1 starts answering 503 to everything at 30% (same process and connections); "
                "block_on_5xx: the 503s fail over to the slave and block m1")
-    return c.run([(c.duration * 0.3, lambda: control(m1, status=503))])
+    return c.run_breaking(lambda: control(m1, status=503))
 
 
 def scenario_slow(c):
     m1, m2, s = c.trio(60)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr))
     c.notes = ("m1 starts answering after 2.5 s at 30% (same process); the route timeout is 1 s: "
                "timeout, block, retry on m2")
-    return c.run([(c.duration * 0.3, lambda: control(m1, delay_ms=2500))])
+    return c.run_breaking(lambda: control(m1, delay_ms=2500))
 
 
 def scenario_masters_down(c):
     m1, m2, s = c.trio(70)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr))
     c.notes = "both masters killed at 30%: every request goes to the healthy slave"
-    return c.run([(c.duration * 0.3, lambda: (kill9(m1), kill9(m2)))])
+    return c.run_breaking(lambda: (kill9(m1), kill9(m2)))
 
 
 def scenario_slave_down(c):
     m1, m2, s = c.trio(80)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr))
     c.notes = "slave killed at 30%, masters healthy: nothing needs it"
-    return c.run([(c.duration * 0.3, lambda: kill9(s))])
+    return c.run_breaking(lambda: kill9(s))
 
 
 def scenario_all_down(c):
     m1, m2, s = c.trio(90)
-    c.env.start(c.config([m1.addr, m2.addr], s.addr))
-    c.healthy_path = False
+    c.no_path = "no healthy path"
     c.notes = ("every origin killed at 30%: no healthy path; each request must end in a quick "
                "502 x-origin-pull-error: origin-unreachable (no hang, no other status)")
-    return c.run([(c.duration * 0.3, lambda: (kill9(m1), kill9(m2), kill9(s)))])
+    return c.run_breaking(lambda: (kill9(m1), kill9(m2), kill9(s)))
 
 
 def scenario_reload(c, reloads=None):
     m1, m2, s = c.trio(100)
     cfg = lambda switch: c.config([m1.addr, m2.addr], s.addr, switch=switch)  # noqa: E731
-    c.env.start(cfg(False))
     target = reloads or max(2, int(c.duration / 2) - 1)
     # The load lasts until the last reload is done (+2 s).
     c.duration = max(c.duration, target * 2.0 + 4)
@@ -519,9 +516,8 @@ def scenario_reload(c, reloads=None):
 
 def scenario_envoy_restart(c):
     m1, m2, s = c.trio(110)
-    cfg = c.config([m1.addr, m2.addr], s.addr)
-    c.env.start(cfg)
-    c.healthy_path = False
+    cfg = c.env.plugin_config
+    c.no_path = "no listener while Envoy restarts"
     gap = {}
 
     def restart():
@@ -530,7 +526,7 @@ def scenario_envoy_restart(c):
         c.env.start(cfg)
         gap["s"] = time.time() - t
 
-    result = c.run([(c.duration * 0.3, restart)])
+    result = c.run_breaking(restart)
     c.notes = (f"Envoy stopped (SIGTERM) and started again at 30%: no listener for "
                f"{gap.get('s', 0):.1f} s (connections refused/reset: the client errors), "
                f"block state starts empty in the new process")
@@ -584,7 +580,7 @@ def table(results):
         first, peak, last = r.rss
         served = ", ".join(f"{k} {v}" for k, v in sorted(r.served.items()) if v)
         goal = "met" if not r.problems() else "MISSED: " + "; ".join(r.problems())
-        errors = f"{r.errors}" + ("" if r.healthy_path else " (no healthy path)")
+        errors = f"{r.errors}" + (f" ({r.no_path})" if r.no_path else "")
         lines.append(f"| {r.name} | {r.requests} | {errors} | {r.blocked_hits} | {peak:.0f} "
                      f"| {first:.0f} → {last:.0f} | {r.p99_ms:.0f} | {served} | {goal} |")
     return "\n".join(lines)
