@@ -8,6 +8,7 @@ Origins use 127.0.6.10-127.0.6.131.
 CHAOS_RATE / CHAOS_DURATION override the load (defaults: 120 req/s for 5 s per scenario).
 """
 
+import datetime
 import os
 
 import pytest
@@ -81,3 +82,37 @@ def test_block_contention_on_two_workers_loses_no_block(tmp_path, envoy_bin):
     r = run(tmp_path, envoy_bin, "scenario_contention")
     assert r.problems() == [], r
     assert "0 block(s) lost" in r.notes, r.notes
+
+
+def test_the_measures_can_fail(tmp_path):
+    """The block-window checks really detect a request inside a window (no vacuous zeros)."""
+    def utc(t):
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+    class FakeEnv:
+        dir = tmp_path
+        access = []
+
+        def envoy_log(self):  # Envoy writes local time here, UTC in the access log
+            return ("[2026-11-23 02:00:00.000][1][warning][wasm] [x] wasm log origin_pull: "
+                    "origin-pull: www.test.com: master origin 127.0.6.9:80 failed "
+                    "(connect_error); blocked for 60 s\n")
+
+        def access_log(self):
+            return self.access
+
+    class FakeOrigin:
+        env, name, addr = FakeEnv(), "m", "127.0.6.9:80"
+
+    env = FakeEnv()
+    windows = chaos.block_windows(env)
+    assert list(windows) == ["127.0.6.9:80"]
+    start, end = windows["127.0.6.9:80"][0]
+    assert end - start == 60
+    env.access = [f'[{utc(t)}] "GET www.test.com /chaos/{t}" 200 - upstream=127.0.6.9:80 '
+                  f'origin=127.0.6.9:80 1ms' for t in (start - 1, start + 30, end + 1)]
+    assert chaos.routed_after_block(env, windows) == 1
+    (tmp_path / "origin-m.timed").write_text(
+        f"{start + 0.1} GET /chaos/0\n{start + 5} GET /chaos/1\n{end + 1} GET /chaos/2\n")
+    assert len(chaos.blocked_hits(FakeOrigin(), windows)) == 1  # grace, inside, after
