@@ -72,7 +72,7 @@ def raw(env, data, timeout=10):
     ("[::1]", 404, None),
     ("[::1]:80", 404, None),
     ("127.0.6.250", 404, None),             # the secret origin's own IP as Host
-    ("127.0.6.250:" + "1", 404, None),
+    ("127.0.6.250:1", 404, None),
     ("www.test.com..", 404, None),
     ("evil.example", 404, None),
     ("www.test.com.evil.example", 404, None),
@@ -89,20 +89,22 @@ def test_odd_hosts_get_a_defined_answer(world, host, status, served_by):
         assert len(r.body) < 300  # the host is echoed shortened
 
 
-@pytest.mark.parametrize("request_bytes,statuses", [
-    (b"GET /ok HTTP/1.1\r\n\r\n", {400}),                                   # no Host
-    (b"GET /ok HTTP/1.0\r\n\r\n", {426}),                                   # HTTP/1.0: Envoy wants 1.1
-    (b"GET /ok HTTP/1.1\r\nHost: \r\n\r\n", {400, 404}),                    # empty Host
-    (b"GET /ok HTTP/1.1\r\nHost: a b\r\n\r\n", {400, 404}),                 # space
-    (b"GET /ok HTTP/1.1\r\nHost: www.test.com\r\nHost: evil\r\n\r\n", {400, 404}),
-    (b"GET http://127.0.6.250/ok HTTP/1.1\r\nHost: www.test.com\r\n\r\n", {200, 400, 404}),
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"GET /ok HTTP/1.1\r\n\r\n", 400),                            # no Host: Envoy refuses
+    (b"GET /ok HTTP/1.0\r\n\r\n", 426),                            # HTTP/1.0: Envoy wants 1.1
+    (b"GET /ok HTTP/1.1\r\nHost: \r\n\r\n", 404),                  # empty Host: no settings
+    (b"GET /ok HTTP/1.1\r\nHost: a b\r\n\r\n", 400),               # space: Envoy refuses
+    # Two Hosts are joined ("www.test.com,evil"): no settings for that.
+    (b"GET /ok HTTP/1.1\r\nHost: www.test.com\r\nHost: evil\r\n\r\n", 404),
+    # An absolute URI's authority wins over Host: the secret's IP has no settings.
+    (b"GET http://127.0.6.250/ok HTTP/1.1\r\nHost: www.test.com\r\n\r\n", 404),
     (b"GET /ok HTTP/1.1\r\nHost: www.test.com\r\nContent-Length: 3\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", {400}),                 # smuggling shape
-    (b"GET /ok HTTP/1.1\r\nHost: www.test.com\r\nX-Bad\x00: 1\r\n\r\n", {400}),
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),          # smuggling shape
+    (b"GET /ok HTTP/1.1\r\nHost: www.test.com\r\nX-Bad\x00: 1\r\n\r\n", 400),
 ])
-def test_malformed_requests_are_refused_or_answered(world, request_bytes, statuses):
+def test_malformed_requests_are_refused_or_answered(world, request_bytes, status):
     env, secret, _, _ = world
-    assert raw(env, request_bytes) in statuses
+    assert raw(env, request_bytes) == status
 
 
 def test_absolute_uri_cannot_reach_the_secret(world):
