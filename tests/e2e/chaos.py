@@ -321,10 +321,11 @@ class Result(NamedTuple):
     no_path: str          # why errors are expected ("" = a healthy path exists: zero errors)
     notes: str
     vm_failures: list     # see vm_failures()
+    crash: str = ""       # the exception that stopped the scenario, if any
 
     def problems(self):
         """Why this run misses the goal ([] when it meets it)."""
-        out = []
+        out = [f"the scenario crashed: {self.crash}"] if self.crash else []
         if not self.no_path and self.errors:
             out.append(f"{self.errors} client errors while a healthy path existed: "
                        f"{self.error_kinds}")
@@ -663,8 +664,12 @@ def main(argv=None):
                 continue
             kw = {"reloads": args.reloads} if fn is scenario_reload else {}
             print(f"::: {name} ...", flush=True)
-            r = run_scenario(name, fn, Path(tmp) / f"s{i}", envoy_bin, args.rate,
-                             args.duration, **kw)
+            try:
+                r = run_scenario(name, fn, Path(tmp) / f"s{i}", envoy_bin, args.rate,
+                                 args.duration, **kw)
+            except Exception as e:  # noqa: BLE001 - report it in the table, run the others
+                r = Result(name, 0, 0, {}, 0, 0, 0, {}, (0.0, 0.0, 0.0), 0, 0.0, 0.0, "",
+                           "", [], crash=repr(e)[:300])
             print(f"    {r.requests} requests ({r.rps:.0f}/s), {r.errors} errors "
                   f"{r.error_kinds or ''}, {r.blocked_hits} to blocked IPs, served {r.served}, "
                   f"RSS {r.rss[0]:.0f}/{r.rss[1]:.0f}/{r.rss[2]:.0f} MiB "
