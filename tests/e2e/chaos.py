@@ -285,10 +285,23 @@ def block_windows(env):
 ACCESS_LINE = re.compile(r'^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z\] .* upstream=(\S+) ')
 
 
+def blocked_at(windows, label, t):
+    """Whether `label` is inside one of its block windows at `t` (see END_SLACK_S)."""
+    return any(start < t < end - END_SLACK_S for start, end in windows.get(label, ()))
+
+
+def avoidable(windows, label, t, origins):
+    """A request at `t` to blocked `label` while another origin was NOT blocked. (When every
+    origin is blocked the filter still tries one, by design: not counted.)"""
+    return blocked_at(windows, label, t) and any(
+        o != label and not blocked_at(windows, o, t) for o in origins)
+
+
 def routed_after_block(env, windows):
-    """Requests Envoy STARTED after an origin's block was logged and still routed to it
-    (access log: %START_TIME%, %UPSTREAM_HOST%). Exact: no grace needed, because the filter
-    picks the origin after the request started."""
+    """Requests Envoy STARTED after an origin's block was logged and still routed to it while
+    another origin was unblocked (access log: %START_TIME%, %UPSTREAM_HOST%). Exact: no grace
+    needed, because the filter picks the origin after the request started."""
+    origins = [o.addr for o in env.origins.values()]
     hits = 0
     for line in env.access_log():
         m = ACCESS_LINE.match(line)
@@ -296,16 +309,17 @@ def routed_after_block(env, windows):
             continue
         t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(
             tzinfo=datetime.timezone.utc).timestamp()
-        hits += any(start < t < end - END_SLACK_S for start, end in windows[m.group(2)])
+        hits += avoidable(windows, m.group(2), t, origins)
     return hits
 
 
 def blocked_hits(origin, windows):
     """Requests (or, for a black hole, connections) that reached `origin` inside one of its
-    block windows, past the grace period."""
-    spans = windows.get(origin.addr, [])
+    block windows, past the grace period, while another origin was unblocked."""
+    origins = [o.addr for o in origin.env.origins.values()]
     return [t for t, _, _ in timed_requests(origin)
-            if any(start + BLOCK_GRACE_S <= t < end - END_SLACK_S for start, end in spans)]
+            if avoidable(windows, origin.addr, t - BLOCK_GRACE_S, origins)
+            and blocked_at(windows, origin.addr, t)]
 
 
 class Result(NamedTuple):
@@ -631,8 +645,9 @@ edit by hand: re-run `make chaos`.
   a reused keep-alive connection before any answer is retried once on a new connection (what
   HTTP clients do); those retries are listed below.
 - **requests to blocked IPs**: requests (connections, for the black hole) that an origin's own
-  log records inside one of its block windows, taken from the filter's `blocked for N s` log
-  lines, more than {BLOCK_GRACE_S} s after the block (requests already on their way are not
+  log records inside one of its block windows while another origin was not blocked (when every
+  origin is blocked the filter still tries one, by design), windows taken from the filter's
+  `blocked for N s` log lines, more than {BLOCK_GRACE_S} s after the block (requests already on their way are not
   counted) and more than {END_SLACK_S} s before its end (the log line is written a little after
   the clock reading the block's end is computed from). A killed or SYN-dropping origin cannot log anything, so the second figure counts,
   from Envoy's access log, requests that STARTED after the block was logged and were still routed

@@ -85,27 +85,36 @@ def test_block_contention_on_two_workers_loses_no_block(tmp_path, envoy_bin):
 
 
 def test_the_measures_can_fail(tmp_path):
-    """The block-window checks really detect a request inside a window (no vacuous zeros)."""
+    """The block-window checks really detect a request inside a window (no vacuous zeros),
+    unless every origin was blocked (then the filter tries one by design)."""
     def utc(t):
         return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
             "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
+    def block_line(addr, at="02:00:00.000", seconds=60):
+        return (f"[2026-11-23 {at}][1][warning][wasm] [x] wasm log origin_pull: origin-pull: "
+                f"www.test.com: master origin {addr} failed (connect_error); "
+                f"blocked for {seconds} s\n")
+
     class FakeEnv:
         dir = tmp_path
         access = []
+        log = block_line("127.0.6.9:80")
+        origins = {}
 
         def envoy_log(self):  # Envoy writes local time here, UTC in the access log
-            return ("[2026-11-23 02:00:00.000][1][warning][wasm] [x] wasm log origin_pull: "
-                    "origin-pull: www.test.com: master origin 127.0.6.9:80 failed "
-                    "(connect_error); blocked for 60 s\n")
+            return self.log
 
         def access_log(self):
             return self.access
 
-    class FakeOrigin:
-        env, name, addr = FakeEnv(), "m", "127.0.6.9:80"
+    class Origin:
+        def __init__(self, env, name, addr):
+            self.env, self.name, self.addr = env, name, addr
 
     env = FakeEnv()
+    env.origins = {"m": Origin(env, "m", "127.0.6.9:80"),
+                   "other": Origin(env, "other", "127.0.6.10:80")}
     windows = chaos.block_windows(env)
     assert list(windows) == ["127.0.6.9:80"]
     start, end = windows["127.0.6.9:80"][0]
@@ -115,4 +124,9 @@ def test_the_measures_can_fail(tmp_path):
     assert chaos.routed_after_block(env, windows) == 1
     (tmp_path / "origin-m.timed").write_text(
         f"{start + 0.1} GET /chaos/0\n{start + 5} GET /chaos/1\n{end + 1} GET /chaos/2\n")
-    assert len(chaos.blocked_hits(FakeOrigin(), windows)) == 1  # grace, inside, after
+    assert len(chaos.blocked_hits(env.origins["m"], windows)) == 1  # grace, inside, after
+    # The other origin blocked too: trying a blocked one is the documented fallback.
+    env.log += block_line("127.0.6.10:80", seconds=120)
+    windows = chaos.block_windows(env)
+    assert chaos.routed_after_block(env, windows) == 0
+    assert chaos.blocked_hits(env.origins["m"], windows) == []
