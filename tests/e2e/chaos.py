@@ -285,16 +285,19 @@ def block_windows(env):
 ACCESS_LINE = re.compile(r'^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z\] .* upstream=(\S+) ')
 
 
-def blocked_at(windows, label, t):
-    """Whether `label` is inside one of its block windows at `t` (see END_SLACK_S)."""
-    return any(start < t < end - END_SLACK_S for start, end in windows.get(label, ()))
+def blocked_at(windows, label, t, early=0.0):
+    """Whether `label` is inside one of its block windows at `t` (see END_SLACK_S), or will be
+    within `early` seconds."""
+    return any(start - early < t < end - END_SLACK_S for start, end in windows.get(label, ()))
 
 
 def avoidable(windows, label, t, origins):
     """A request at `t` to blocked `label` while another origin was NOT blocked. (When every
-    origin is blocked the filter still tries one, by design: not counted.)"""
+    origin is blocked the filter still tries one, by design: not counted. Log times have 1 ms
+    steps and a request starts a little before the filter decides: another origin blocked
+    within 50 ms after `t` counts as blocked.)"""
     return blocked_at(windows, label, t) and any(
-        o != label and not blocked_at(windows, o, t) for o in origins)
+        o != label and not blocked_at(windows, o, t, early=0.05) for o in origins)
 
 
 def routed_after_block(env, windows):
@@ -339,6 +342,7 @@ class Result(NamedTuple):
     notes: str
     vm_failures: list     # see vm_failures()
     crash: str = ""       # the exception that stopped the scenario, if any
+    tail_errors: int = 0  # errors among the last 20% of requests (after the breakage settled)
 
     def problems(self):
         """Why this run misses the goal ([] when it meets it)."""
@@ -447,7 +451,8 @@ class Chaos:
             rss=rss.summary(), stale_retries=self.load.stale_retries,
             rps=len(results) / span if span > 0 else 0.0,
             p99_ms=latencies[int(len(latencies) * 0.99) - 1 if len(latencies) > 1 else 0] * 1000,
-            no_path=self.no_path, notes=self.notes, vm_failures=vm_failures(env))
+            no_path=self.no_path, notes=self.notes, vm_failures=vm_failures(env),
+            tail_errors=sum(1 for r in errors if r.index >= len(results) * 0.8))
 
 
 def scenario_kill9(c):

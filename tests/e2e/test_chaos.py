@@ -20,14 +20,14 @@ DURATION = float(os.environ.get("CHAOS_DURATION", "5"))
 BY_FN = {fn.__name__: (name, fn) for name, fn in chaos.SCENARIOS}
 
 
-def run(tmp_path, envoy_bin, fn_name, **kw):
+def run(tmp_path, envoy_bin, fn_name, duration=DURATION, **kw):
     name, fn = BY_FN[fn_name]
-    r = chaos.run_scenario(name, fn, tmp_path / "chaos", envoy_bin, RATE, DURATION, **kw)
+    r = chaos.run_scenario(name, fn, tmp_path / "chaos", envoy_bin, RATE, duration, **kw)
     print(f"{name}: {r.requests} requests, {r.errors} errors {r.error_kinds}, "
           f"{r.blocked_hits} to blocked IPs, {r.blocks} blocks, served {r.served}, "
           f"RSS {r.rss}, p99 {r.p99_ms:.0f} ms; {r.notes}")
     # The load really ran (a loaded machine may fall behind the rate, not stop).
-    assert r.requests == int(RATE * max(DURATION, 0)) or fn_name == "scenario_reload"
+    assert r.requests == int(RATE * duration) or fn_name == "scenario_reload"
     return r
 
 
@@ -70,12 +70,13 @@ def test_config_reloads_under_load_lose_nothing(tmp_path, envoy_bin):
 
 
 def test_envoy_restart_what_an_operator_sees(tmp_path, envoy_bin):
-    r = run(tmp_path, envoy_bin, "scenario_envoy_restart")
-    assert r.blocked_hits == 0
-    # Without hot restart the listener is gone for the restart: those connections fail, and
-    # only those (refused/reset); everything before and after is served.
-    assert set(k.split(" ", 1)[0] for k in r.error_kinds) <= {"error"}, r.error_kinds
-    assert r.errors < r.requests / 2, r
+    # Longer: a loaded machine may need a few seconds to start Envoy again.
+    r = run(tmp_path, envoy_bin, "scenario_envoy_restart", duration=max(DURATION, 8))
+    assert r.blocked_hits == 0 and r.routed_to_blocked == 0
+    # Without hot restart the listener is gone for the restart: those connections fail (refused
+    # or reset), nothing else; once Envoy is back every request is served.
+    assert {k.split(" ", 1)[0] for k in r.error_kinds} <= {"error"}, r.error_kinds
+    assert r.tail_errors == 0, r
 
 
 def test_block_contention_on_two_workers_loses_no_block(tmp_path, envoy_bin):
