@@ -86,6 +86,9 @@ fn origin(valid_leaning: bool) -> impl Strategy<Value = Value> {
             .boxed()
     };
     let domain = prop::sample::select(ORIGIN_DOMAINS).prop_map(|d| json!({ "domain": d }));
+    let bucket = prop::sample::select(&["s3.test", "s3.test:9000", "www.test.com"][..]).prop_map(
+        |endpoint| json!({ "bucket": { "endpoint": endpoint, "bucket": "bkt", "region": "r" } }),
+    );
     let clusters = prop::collection::vec(
         (
             prop::sample::select(&["c1", "c2", "", "outbound|80||o.svc"][..]),
@@ -104,7 +107,7 @@ fn origin(valid_leaning: bool) -> impl Strategy<Value = Value> {
         json!({ "clusters": list })
     });
     (
-        prop_oneof![4 => ips, 1 => domain, 1 => clusters],
+        prop_oneof![4 => ips, 1 => domain, 1 => clusters, 1 => bucket],
         prop::option::of(prop::sample::select(
             &["http", "https", "follow", "ftp"][..],
         )),
@@ -114,7 +117,7 @@ fn origin(valid_leaning: bool) -> impl Strategy<Value = Value> {
     )
         .prop_map(move |(mut o, protocol, host)| {
             if let Some(map) = o.as_object_mut() {
-                let is_clusters = map.contains_key("clusters");
+                let is_clusters = map.contains_key("clusters") || map.contains_key("bucket");
                 if let Some(p) = protocol.filter(|_| !(valid_leaning && is_clusters)) {
                     map.insert("protocol".into(), json!(p));
                 }
@@ -210,6 +213,7 @@ fn check_parse(bytes: &[u8]) -> Result<Option<PluginConfig>, TestCaseError> {
 struct Req {
     worker: usize,
     host: &'static str,
+    path: &'static str,
     https: bool,
     method: &'static str,
     body: Option<(usize, bool)>,
@@ -292,15 +296,26 @@ fn request() -> impl Strategy<Value = Req> {
             prop::option::of((prop_oneof![0usize..64, Just(2 << 20)], any::<bool>())),
         ),
         prop_oneof![200u32..=200, 400u32..600, 0u32..1_000],
-        prop::sample::select(FLAGS),
+        (
+            prop::sample::select(FLAGS),
+            prop::sample::select(&["/1.jpg", "/", "/a%2Fb?x=1&y", "//..//x", "*", ""][..]),
+        ),
         prop::collection::vec(callout_result(), 0..6),
         prop_oneof![Just(0u64), 0u64..2_000, Just(3_600_000)],
         prop_oneof![3 => Just(0u32), 1 => 1u32..40],
     )
         .prop_map(
-            |((worker, host, https, method, body), status, flags, callouts, advance, cas)| Req {
+            |(
+                (worker, host, https, method, body),
+                status,
+                (flags, path),
+                callouts,
+                advance,
+                cas,
+            )| Req {
                 worker,
                 host,
+                path,
                 https,
                 method,
                 body,
@@ -362,8 +377,10 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
             authority: req.host,
             scheme: if req.https { "https" } else { "http" },
             method: req.method,
+            path: req.path,
             has_body: req.body.is_some(),
             worker: "w",
+            stats: crate::bucket::BucketStats::default(),
         };
         let Some(mut ex) = Exchange::start(config, blocks, host, &info) else {
             prop_assert_eq!(
