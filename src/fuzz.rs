@@ -16,6 +16,7 @@ use crate::failover::flags;
 use crate::health::{decode, encode, BlockEntry, BlockOutcome, BlockTable, BLOCKS_KEY};
 use crate::host::fake::FakeHost;
 use crate::host::Host;
+use crate::metrics::Metrics;
 
 // ------------------------------------------------------------------ configurations
 
@@ -365,6 +366,10 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
     let second = first.sibling(11);
     let mut hosts = [std::mem::replace(&mut first, FakeHost::new(1)), second];
     let mut tables = [BlockTable::default(), BlockTable::default()];
+    let metrics = [
+        Rc::new(Metrics::define(config, &mut hosts[0])),
+        Rc::new(Metrics::define(config, &mut hosts[1])),
+    ];
     for req in requests {
         let w = req.worker;
         let host = &mut hosts[w];
@@ -381,6 +386,7 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
             has_body: req.body.is_some(),
             worker: "w",
             stats: crate::bucket::BucketStats::default(),
+            metrics: Some(&metrics[w]),
         };
         let Some(mut ex) = Exchange::start(config, blocks, host, &info) else {
             prop_assert_eq!(
