@@ -248,7 +248,7 @@ VM_CRASH_MARKS = ("panicked at", "failed: Uncaught", "wasm_fail", "Wasm VM faile
 def vm_failures(env):
     """Evidence that the filter's wasm VM failed: Envoy's wasm failure stats (which must exist
     and be 0) and crash lines in Envoy's log. [] when healthy."""
-    stats = env.stats("wasm")
+    stats = env.stats("wasm.")  # Envoy's own wasm stats, not the plugin's wasmcustom.*
     fail_stats = {k: v for k, v in stats.items()
                   if any(w in k for w in ("fail", "crash", "abort"))}
     out = [f"{k}={v}" for k, v in fail_stats.items() if v]
