@@ -799,7 +799,8 @@ impl Exchange {
             && answer.is_unreachable()
             && !self.tried.iter().any(|a| a.role == Role::Master)
         {
-            if let Some(target) = self.choose(Role::Master, blocks, host, false) {
+            let now = host.now_ms();
+            if let Some(target) = self.choose(Role::Master, blocks, host, false, now) {
                 let attempt = Attempt {
                     role: Role::Master,
                     target,
