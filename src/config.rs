@@ -1285,6 +1285,21 @@ pub fn dns_cluster_name(scheme: Scheme, name: &str, port: u16) -> String {
     format!("origin_pull|{}|{name}|{port}", scheme.as_str())
 }
 
+/// The parts of a [`dns_cluster_name`]: scheme, origin name, port.
+pub fn parse_dns_cluster_name(cluster: &str) -> Option<(Scheme, &str, u16)> {
+    let mut parts = cluster.split('|');
+    let (prefix, scheme, name, port) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if prefix != "origin_pull" || parts.next().is_some() || name.is_empty() {
+        return None;
+    }
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        _ => return None,
+    };
+    Some((scheme, name, port.parse().ok()?))
+}
+
 fn domain_loops(origin: &str, accelerated: &str) -> bool {
     if accelerated == "*" {
         return false;

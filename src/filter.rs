@@ -352,7 +352,7 @@ impl RootContext for OriginPullRoot {
                     LogLevel::Info,
                     &format!(
                         "origin-pull {} (worker {}): configured {} domain(s)",
-                        crate::VERSION,
+                        crate::BUILD,
                         self.state.worker,
                         parsed.domains.len()
                     ),

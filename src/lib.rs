@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod bucket;
+pub mod clusters;
 pub mod config;
 pub mod exchange;
 pub mod failover;
@@ -15,6 +16,8 @@ pub mod host;
 pub mod metrics;
 pub mod mirror;
 pub mod probe;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod render;
 pub mod select;
 pub mod sigv4;
 
@@ -22,6 +25,15 @@ pub mod sigv4;
 mod filter;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Git revision the build came from (`unknown` outside a git checkout; see build.rs).
+pub const GIT_REVISION: &str = env!("ORIGIN_PULL_GIT_REVISION");
+/// `0.1.0 (rev 1234abcd5678)`: what the filter logs at start and `--version` prints.
+pub const BUILD: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (rev ",
+    env!("ORIGIN_PULL_GIT_REVISION"),
+    ")"
+);
 
 #[cfg(test)]
 mod fuzz;

@@ -1,32 +1,75 @@
-//! Native companion: `origin-pull check <config.json>` validates a plugin configuration with
-//! exactly the filter's code and prints the normalized configuration or the filter's error.
+//! Native companion of the filter:
+//! - `origin-pull check <config.json>` validates a plugin configuration with exactly the filter's
+//!   code and prints the normalized configuration or the filter's error;
+//! - `origin-pull render <config.json> …` writes the Envoy (or Istio) configuration it needs.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: origin-pull check <plugin-config.json | ->\n\
-  Validates an origin-pull plugin configuration exactly as the filter does.\n\
-  Prints the normalized configuration (every default filled in) and the Envoy clusters it\n\
-  needs on stdout and exits 0, or prints the filter's error message on stderr and exits 1.\n\
-  Credentials named by `*_env` fields are read from this process's environment.\n\
-usage: origin-pull sigv4-sign < requests.jsonl\n\
-  Signs one request per JSON line with the filter's SigV4 code (for comparing with other\n\
-  signers): {\"method\",\"path\" (client form),\"query\",\"headers\":[[name,value],..],\n\
-  \"payload_sha256\",\"amz_date\",\"access_key_id\",\"secret\",\"region\",\"service\"}.\n\
-  Prints {\"canonical_request\",\"authorization\"} per line.";
+use origin_pull::config::PluginConfig;
+use origin_pull::render::{self, envoy, istio, Options};
+
+const USAGE: &str = "\
+usage: origin-pull check  <plugin-config.json | ->
+       origin-pull render <plugin-config.json | -> [options]
+       origin-pull sigv4-sign < requests.jsonl
+       origin-pull --version
+
+check   Validates a plugin configuration exactly as the filter does. Prints the normalized
+        configuration (every default filled in) and the Envoy clusters it needs on stdout and
+        exits 0, or prints the filter's error message on stderr and exits 1. Credentials named
+        by `*_env` fields are read from this process's environment.
+
+render  Writes the Envoy configuration the plugin configuration needs: the clusters
+        (ORIGINAL_DST for IP origins, plain and TLS; DNS clusters for domain origins), the listener
+        with the route (cluster_header), the wasm filter carrying the configuration and an access
+        log with origin-pull's fields, admin on loopback. Named clusters (cluster origins) are left
+        to you: they are listed in the output's header and on stderr.
+  (default)            one static bootstrap on stdout (or -o FILE)
+  --out-dir DIR        DIR/envoy.yaml (bootstrap) + DIR/lds.yaml + DIR/cds.yaml, file-watched:
+                       re-render elsewhere and `mv` cds.yaml then lds.yaml over them to reload
+  --config-dir PATH    the directory of lds.yaml/cds.yaml as Envoy sees it (default: DIR as given)
+  --istio              Istio objects instead (WasmPlugin, EnvoyFilter, Gateway, VirtualService,
+                       ServiceEntry, DestinationRule) on stdout (or -o FILE); needs --wasm-url
+    --wasm-url URL     oci://REGISTRY/origin-pull:TAG or https://HOST/origin_pull.wasm
+    --sha256 HEX       the module's sha256 (dist/origin_pull.wasm.sha256)
+    --namespace NS     default istio-system
+    --selector K=V     gateway workload label, default istio=ingressgateway
+  -o FILE              write to FILE instead of stdout
+  --listen IP:PORT     listener address (default 127.0.0.1:10000)
+  --admin IP:PORT      admin address, loopback only (default 127.0.0.1:9901)
+  --wasm PATH          the .wasm as Envoy sees it (default target/wasm32-wasip1/release/origin_pull.wasm)
+  --ca-file PATH       CA bundle for HTTPS origins (default /etc/ssl/certs/ca-certificates.crt)
+  --connect-timeout D  origin connect timeout (default 1s)
+  --route-timeout D    whole origin response timeout, body included (default 5s; raise it for
+                       large files)
+  --node-id ID         Envoy node id (default origin-pull)
+Exit status: 0 written, 1 invalid plugin configuration, 2 usage or I/O error.
+
+sigv4-sign  Signs one request per JSON line with the filter's SigV4 code (for comparing with
+        other signers): {\"method\",\"path\" (client form),\"query\",\"headers\":[[name,value],..],
+        \"payload_sha256\",\"amz_date\",\"access_key_id\",\"secret\",\"region\",\"service\"}.
+        Prints {\"canonical_request\",\"authorization\"} per line.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["check", path] => check(path),
-        ["sigv4-sign"] => sigv4_sign(),
-        ["--version"] | ["version"] => {
-            println!("origin-pull {}", origin_pull::VERSION);
+    match args.first().map(String::as_str) {
+        Some("check") if args.len() == 2 => check(&args[1]),
+        Some("render") => match render_command(&args[1..]) {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("origin-pull render: {message}\n\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
+        Some("sigv4-sign") if args.len() == 1 => sigv4_sign(),
+        Some("--version" | "version") if args.len() == 1 => {
+            println!("origin-pull {}", origin_pull::BUILD);
+            ExitCode::SUCCESS
+        }
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
             ExitCode::SUCCESS
         }
         _ => {
@@ -36,21 +79,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &str) -> ExitCode {
-    let bytes = if path == "-" {
+fn read_input(path: &str) -> Result<Vec<u8>, String> {
+    if path == "-" {
         let mut buf = Vec::new();
-        if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
-            eprintln!("origin-pull: cannot read standard input: {e}");
-            return ExitCode::from(2);
-        }
-        buf
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        Ok(buf)
     } else {
-        match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                eprintln!("origin-pull: cannot read {path}: {e}");
-                return ExitCode::from(2);
-            }
+        std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))
+    }
+}
+
+fn check(path: &str) -> ExitCode {
+    let bytes = match read_input(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("origin-pull: {e}");
+            return ExitCode::from(2);
         }
     };
     match origin_pull::config::parse(&bytes) {
@@ -78,6 +124,139 @@ fn check(path: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Default)]
+struct RenderArgs {
+    input: Option<String>,
+    out_dir: Option<String>,
+    output: Option<String>,
+    istio: bool,
+    opts: Options,
+    istio_opts: istio::IstioOptions,
+    config_dir: Option<String>,
+}
+
+fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
+    let mut r = RenderArgs::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--istio" => r.istio = true,
+            "--out-dir" => r.out_dir = Some(value(arg)?),
+            "--config-dir" => r.config_dir = Some(value(arg)?),
+            "-o" | "--output" => r.output = Some(value(arg)?),
+            "--listen" => {
+                (r.opts.listen_ip, r.opts.listen_port) = render::parse_socket(&value(arg)?)?
+            }
+            "--admin" => {
+                let (ip, port) = render::parse_socket(&value(arg)?)?;
+                let loopback = ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+                if !loopback {
+                    return Err(format!(
+                        "--admin {ip}: Envoy's admin interface can stop the server and dump its \
+                         configuration; keep it on loopback (127.0.0.1 or ::1)"
+                    ));
+                }
+                (r.opts.admin_ip, r.opts.admin_port) = (ip, port);
+            }
+            "--wasm" => r.opts.wasm = value(arg)?,
+            "--ca-file" => r.opts.ca_file = value(arg)?,
+            "--connect-timeout" => {
+                r.opts.connect_timeout = value(arg)?;
+                render::check_duration(&r.opts.connect_timeout)?;
+            }
+            "--route-timeout" => {
+                r.opts.route_timeout = value(arg)?;
+                render::check_duration(&r.opts.route_timeout)?;
+            }
+            "--node-id" => r.opts.node_id = value(arg)?,
+            "--wasm-url" => r.istio_opts.wasm_url = value(arg)?,
+            "--sha256" => {
+                let sha = value(arg)?;
+                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("--sha256 {sha}: expected 64 hex digits"));
+                }
+                r.istio_opts.sha256 = Some(sha.to_ascii_lowercase());
+            }
+            "--namespace" => r.istio_opts.namespace = value(arg)?,
+            "--selector" => {
+                let v = value(arg)?;
+                let (k, val) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--selector {v}: expected KEY=VALUE"))?;
+                r.istio_opts.selector = (k.to_string(), val.to_string());
+            }
+            other if other.starts_with('-') && other != "-" => {
+                return Err(format!("unknown option {other}"))
+            }
+            other => {
+                if r.input.replace(other.to_string()).is_some() {
+                    return Err("give one plugin configuration".into());
+                }
+            }
+        }
+    }
+    if r.out_dir.is_some() && (r.output.is_some() || r.istio) {
+        return Err("--out-dir writes the file-watched set; it does not go with -o or --istio".into());
+    }
+    if r.config_dir.is_some() && r.out_dir.is_none() {
+        return Err("--config-dir goes with --out-dir".into());
+    }
+    Ok(r)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn render_command(args: &[String]) -> Result<ExitCode, String> {
+    let mut r = parse_render_args(args)?;
+    let input = r.input.clone().ok_or("which plugin configuration?")?;
+    let bytes = read_input(&input)?;
+    let config: PluginConfig = match origin_pull::config::parse(&bytes) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let text = String::from_utf8(bytes).map_err(|_| "the configuration is not UTF-8")?;
+    r.opts.source = if input == "-" { "(stdin)".into() } else { input };
+    let provided = render::provided_clusters(&config);
+    if !provided.is_empty() {
+        eprintln!(
+            "origin-pull render: define these clusters yourself (cluster origins): {}",
+            provided.join(", ")
+        );
+    }
+    if let Some(dir) = &r.out_dir {
+        r.opts.config_dir = r.config_dir.clone().unwrap_or_else(|| dir.clone());
+        let dir = Path::new(dir);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        for (name, body) in envoy::dynamic_files(&config, &text, &r.opts) {
+            write(&dir.join(name), &body)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let out = if r.istio {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("configuration: {e}"))?;
+        istio::manifests(&config, &value, &r.opts, &r.istio_opts)?
+    } else {
+        envoy::static_bootstrap(&config, &text, &r.opts)
+    };
+    match &r.output {
+        Some(path) => write(Path::new(path), &out)?,
+        None => print!("{out}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn sigv4_sign() -> ExitCode {

@@ -1,0 +1,434 @@
+//! Envoy resources for a plugin configuration: the clusters of [`ClusterSpec`]s, the listener
+//! (route with `cluster_header`, the wasm filter, an access log with origin-pull's filter state)
+//! and the bootstrap around them — either fully static or watching `lds.yaml`/`cds.yaml`.
+
+use super::yaml::{list, map, to_yaml, Node};
+use super::{provided_clusters, Options};
+use crate::clusters::{ClusterKind, ClusterSpec};
+use crate::config::PluginConfig;
+
+pub const LISTENER_NAME: &str = "origin_pull";
+const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const TLS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+/// One line per request: what the client asked, what it got, and which origin served it
+/// (filter state set by origin-pull; `-` when the filter did not route, e.g. unknown host).
+pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" \
+%RESPONSE_CODE% %RESPONSE_FLAGS% upstream=%UPSTREAM_HOST% origin=%FILTER_STATE(wasm.origin_pull.origin:PLAIN)% \
+role=%FILTER_STATE(wasm.origin_pull.role:PLAIN)% attempts=%FILTER_STATE(wasm.origin_pull.attempts:PLAIN)% %DURATION%ms\n";
+
+/// Room for an edge: Envoy's default of 1024 concurrent requests per cluster would cap every
+/// IP origin together, since they share one ORIGINAL_DST cluster.
+const CIRCUIT_BREAKER_LIMIT: u32 = 100_000;
+
+fn typed(type_url: &str, rest: Vec<(String, Node)>) -> Node {
+    let mut entries = vec![("@type".to_string(), Node::from(type_url))];
+    entries.extend(rest);
+    Node::Map(entries)
+}
+
+fn entries(node: Node) -> Vec<(String, Node)> {
+    match node {
+        Node::Map(e) => e,
+        _ => Vec::new(),
+    }
+}
+
+fn socket(ip: &str, port: u16) -> Node {
+    map([(
+        "socket_address",
+        map([("address", ip.into()), ("port_value", port.into())]),
+    )])
+}
+
+/// The Envoy cluster for one spec; `None` for clusters the operator provides.
+pub fn cluster(spec: &ClusterSpec, opts: &Options) -> Option<Node> {
+    let mut c = vec![("name".to_string(), Node::from(&spec.name))];
+    let mut push = |k: &str, v: Node| c.push((k.to_string(), v));
+    match &spec.kind {
+        ClusterKind::Provided => return None,
+        ClusterKind::OriginalDst => {
+            // The filter always sets or removes x-envoy-original-dst-host, so a client can
+            // never pick the address.
+            push("type", "ORIGINAL_DST".into());
+            push("lb_policy", "CLUSTER_PROVIDED".into());
+            push("connect_timeout", opts.connect_timeout.as_str().into());
+            push(
+                "original_dst_lb_config",
+                map([("use_http_header", true.into())]),
+            );
+        }
+        ClusterKind::Dns { host, port } => {
+            push("type", "STRICT_DNS".into());
+            push("lb_policy", "ROUND_ROBIN".into());
+            push("connect_timeout", opts.connect_timeout.as_str().into());
+            push("dns_lookup_family", "V4_PREFERRED".into());
+            push(
+                "load_assignment",
+                map([
+                    ("cluster_name", spec.name.as_str().into()),
+                    (
+                        "endpoints",
+                        list([map([(
+                            "lb_endpoints",
+                            list([map([("endpoint", map([("address", socket(host, *port))]))])]),
+                        )])]),
+                    ),
+                ]),
+            );
+        }
+    }
+    let limit = Node::from(CIRCUIT_BREAKER_LIMIT);
+    push(
+        "circuit_breakers",
+        map([(
+            "thresholds",
+            list([map([
+                ("max_connections", limit.clone()),
+                ("max_pending_requests", limit.clone()),
+                ("max_requests", limit),
+            ])]),
+        )]),
+    );
+    if spec.tls {
+        // SNI and the certificate's name are the Host sent to the origin (the origin's `host`,
+        // else the client's host).
+        push(
+            "typed_extension_protocol_options",
+            map([(
+                HTTP_OPTIONS,
+                typed(
+                    &format!("type.googleapis.com/{HTTP_OPTIONS}"),
+                    entries(map([
+                        (
+                            "upstream_http_protocol_options",
+                            map([("auto_sni", true.into()), ("auto_san_validation", true.into())]),
+                        ),
+                        (
+                            "explicit_http_config",
+                            map([("http_protocol_options", map([]))]),
+                        ),
+                    ])),
+                ),
+            )]),
+        );
+        push(
+            "transport_socket",
+            map([
+                ("name", "envoy.transport_sockets.tls".into()),
+                (
+                    "typed_config",
+                    typed(
+                        TLS_TYPE,
+                        entries(map([(
+                            "common_tls_context",
+                            map([(
+                                "validation_context",
+                                map([(
+                                    "trusted_ca",
+                                    map([("filename", opts.ca_file.as_str().into())]),
+                                )]),
+                            )]),
+                        )])),
+                    ),
+                ),
+            ]),
+        );
+    }
+    Some(Node::Map(c))
+}
+
+/// Every cluster render writes (operator-provided ones are left out).
+pub fn clusters(config: &PluginConfig, opts: &Options) -> Vec<Node> {
+    config
+        .cluster_specs()
+        .iter()
+        .filter_map(|s| cluster(s, opts))
+        .collect()
+}
+
+/// The route: the filter has already chosen the origin (cluster header, and original-dst header
+/// for IP origins). No request_headers_to_remove for x-envoy-original-dst-host here: route-level
+/// removal happens before host selection and would break routing.
+pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
+    map([
+        ("cluster_header", config.envoy.cluster_header.as_str().into()),
+        ("timeout", opts.route_timeout.as_str().into()),
+    ])
+}
+
+/// The wasm HTTP filter carrying the plugin configuration text as written.
+pub fn wasm_filter(plugin_config_text: &str, opts: &Options) -> Node {
+    map([
+        ("name", "envoy.filters.http.wasm".into()),
+        (
+            "typed_config",
+            typed(
+                "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                entries(map([(
+                    "config",
+                    map([
+                        ("name", "origin_pull".into()),
+                        ("root_id", "origin_pull".into()),
+                        // A broken VM must never let a request through unrouted.
+                        ("fail_open", false.into()),
+                        (
+                            "vm_config",
+                            map([
+                                ("vm_id", "origin_pull".into()),
+                                ("runtime", "envoy.wasm.runtime.v8".into()),
+                                (
+                                    "code",
+                                    map([("local", map([("filename", opts.wasm.as_str().into())]))]),
+                                ),
+                            ]),
+                        ),
+                        (
+                            "configuration",
+                            typed(
+                                "type.googleapis.com/google.protobuf.StringValue",
+                                vec![("value".into(), Node::Text(plugin_config_text.into()))],
+                            ),
+                        ),
+                    ]),
+                )])),
+            ),
+        ),
+    ])
+}
+
+/// The listener (without `@type`).
+pub fn listener(config: &PluginConfig, plugin_config_text: &str, opts: &Options) -> Node {
+    let hcm = typed(
+        HCM_TYPE,
+        entries(map([
+            ("stat_prefix", "origin_pull".into()),
+            (
+                "access_log",
+                list([map([
+                    ("name", "envoy.access_loggers.stdout".into()),
+                    (
+                        "typed_config",
+                        typed(
+                            "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                            entries(map([(
+                                "log_format",
+                                map([(
+                                    "text_format_source",
+                                    map([("inline_string", ACCESS_LOG_FORMAT.into())]),
+                                )]),
+                            )])),
+                        ),
+                    ),
+                ])]),
+            ),
+            (
+                "route_config",
+                map([
+                    ("name", "origin_pull".into()),
+                    (
+                        "virtual_hosts",
+                        list([map([
+                            ("name", "origin_pull".into()),
+                            ("domains", list(["*".into()])),
+                            (
+                                "routes",
+                                list([map([
+                                    ("match", map([("prefix", "/".into())])),
+                                    ("route", route_action(config, opts)),
+                                ])]),
+                            ),
+                        ])]),
+                    ),
+                ]),
+            ),
+            (
+                "http_filters",
+                list([
+                    wasm_filter(plugin_config_text, opts),
+                    map([
+                        ("name", "envoy.filters.http.router".into()),
+                        (
+                            "typed_config",
+                            typed(
+                                "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                                vec![],
+                            ),
+                        ),
+                    ]),
+                ]),
+            ),
+        ])),
+    );
+    map([
+        ("name", LISTENER_NAME.into()),
+        ("address", socket(&opts.listen_ip, opts.listen_port)),
+        (
+            "filter_chains",
+            list([map([(
+                "filters",
+                list([map([
+                    ("name", "envoy.filters.network.http_connection_manager".into()),
+                    ("typed_config", hcm),
+                ])]),
+            )])]),
+        ),
+    ])
+}
+
+fn node_and_admin(opts: &Options) -> Vec<(String, Node)> {
+    entries(map([
+        (
+            "node",
+            map([("id", opts.node_id.as_str().into()), ("cluster", "origin-pull".into())]),
+        ),
+        (
+            "admin",
+            map([("address", socket(&opts.admin_ip, opts.admin_port))]),
+        ),
+    ]))
+}
+
+fn header(what: &str, config: &PluginConfig, opts: &Options) -> String {
+    let mut h = format!(
+        "# {what}\n# Rendered by `origin-pull render` from {} — do not edit by hand: change the plugin\n\
+         # configuration and render again (`origin-pull render --help`).\n",
+        opts.source
+    );
+    let provided = provided_clusters(config);
+    if !provided.is_empty() {
+        h.push_str("# Clusters origin-pull routes to that you must define yourself (cluster origins):\n");
+        for name in provided {
+            h.push_str(&format!("#   {name}\n"));
+        }
+    }
+    h
+}
+
+fn with_type(type_url: &str, node: Node) -> Node {
+    typed(type_url, entries(node))
+}
+
+/// One self-contained bootstrap: listener and clusters static (restart Envoy to change them).
+pub fn static_bootstrap(config: &PluginConfig, plugin_config_text: &str, opts: &Options) -> String {
+    let mut doc = node_and_admin(opts);
+    doc.push((
+        "static_resources".into(),
+        map([
+            ("listeners", list([listener(config, plugin_config_text, opts)])),
+            ("clusters", Node::List(clusters(config, opts))),
+        ]),
+    ));
+    let head = header(
+        "Envoy bootstrap for origin-pull (static: restart Envoy after a change).",
+        config,
+        opts,
+    );
+    format!("{head}\n{}", to_yaml(&Node::Map(doc)))
+}
+
+fn path_source(dir: &str, file: &str) -> Node {
+    let path = if dir.is_empty() || dir == "." {
+        file.to_string()
+    } else {
+        format!("{}/{file}", dir.trim_end_matches('/'))
+    };
+    let watched = if dir.is_empty() { "." } else { dir };
+    map([
+        ("resource_api_version", "V3".into()),
+        (
+            "path_config_source",
+            map([
+                ("path", path.into()),
+                ("watched_directory", map([("path", watched.into())])),
+            ]),
+        ),
+    ])
+}
+
+pub const BOOTSTRAP_FILE: &str = "envoy.yaml";
+pub const LDS_FILE: &str = "lds.yaml";
+pub const CDS_FILE: &str = "cds.yaml";
+
+/// Bootstrap + `lds.yaml` + `cds.yaml`: Envoy watches `opts.config_dir` and applies a new
+/// listener or cluster set when a file is moved over the old one.
+pub fn dynamic_files(
+    config: &PluginConfig,
+    plugin_config_text: &str,
+    opts: &Options,
+) -> Vec<(&'static str, String)> {
+    let reload = format!(
+        "# To apply a new plugin configuration without a restart, render into another directory and\n\
+         # `mv` {CDS_FILE} then {LDS_FILE} over these: Envoy reacts to files MOVED into {dir}/\n\
+         # (mv, sed -i, a Kubernetes ConfigMap's atomic swap), not to in-place writes. A configuration\n\
+         # the filter rejects shows as listener_manager.lds.update_rejected; the old one keeps serving.\n",
+        dir = if opts.config_dir.is_empty() { "." } else { opts.config_dir.as_str() }
+    );
+    let mut boot = node_and_admin(opts);
+    boot.push((
+        "dynamic_resources".into(),
+        map([
+            ("lds_config", path_source(&opts.config_dir, LDS_FILE)),
+            ("cds_config", path_source(&opts.config_dir, CDS_FILE)),
+        ]),
+    ));
+    let lds = map([(
+        "resources",
+        list([with_type(
+            LISTENER_TYPE,
+            listener(config, plugin_config_text, opts),
+        )]),
+    )]);
+    let cds = map([(
+        "resources",
+        Node::List(
+            clusters(config, opts)
+                .into_iter()
+                .map(|c| with_type(CLUSTER_TYPE, c))
+                .collect(),
+        ),
+    )]);
+    vec![
+        (
+            BOOTSTRAP_FILE,
+            format!(
+                "{}{reload}\n{}",
+                header(
+                    &format!("Envoy bootstrap for origin-pull: admin, and the listener/clusters from {LDS_FILE}/{CDS_FILE}."),
+                    config,
+                    opts
+                ),
+                to_yaml(&Node::Map(boot))
+            ),
+        ),
+        (
+            LDS_FILE,
+            format!(
+                "{}{reload}\n{}",
+                header(
+                    "origin-pull listener: route by cluster header, the wasm filter with its plugin configuration, access log.",
+                    config,
+                    opts
+                ),
+                to_yaml(&lds)
+            ),
+        ),
+        (
+            CDS_FILE,
+            format!(
+                "{}{reload}\n{}",
+                header(
+                    "Clusters origin-pull routes to: ORIGINAL_DST for IP origins (plain, TLS), DNS for domain origins.",
+                    config,
+                    opts
+                ),
+                to_yaml(&cds)
+            ),
+        ),
+    ]
+}

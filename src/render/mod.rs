@@ -1,0 +1,146 @@
+//! `origin-pull render`: the Envoy (or Istio) configuration a plugin configuration needs, built
+//! from [`PluginConfig::cluster_specs`] so that clusters, route and filter can never disagree
+//! with what the filter routes to. Native only (never compiled into the filter).
+
+pub mod envoy;
+pub mod istio;
+pub mod yaml;
+
+use crate::config::PluginConfig;
+
+pub const DEFAULT_LISTEN: (&str, u16) = ("127.0.0.1", 10000);
+pub const DEFAULT_ADMIN: (&str, u16) = ("127.0.0.1", 9901);
+pub const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/origin_pull.wasm";
+pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "1s";
+pub const DEFAULT_ROUTE_TIMEOUT: &str = "5s";
+
+/// Knobs of the rendered Envoy configuration (the plugin configuration itself is not one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub listen_ip: String,
+    pub listen_port: u16,
+    pub admin_ip: String,
+    pub admin_port: u16,
+    /// The `.wasm` file as Envoy sees it (relative paths resolve from Envoy's working directory).
+    pub wasm: String,
+    /// CA bundle that HTTPS origins' certificates are checked against.
+    pub ca_file: String,
+    /// Protobuf durations (`"1s"`, `"0.25s"`).
+    pub connect_timeout: String,
+    pub route_timeout: String,
+    pub node_id: String,
+    /// Directory holding lds.yaml / cds.yaml as Envoy sees it (file-watched reload).
+    pub config_dir: String,
+    /// Where the plugin configuration came from, named in the files' header.
+    pub source: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            listen_ip: DEFAULT_LISTEN.0.into(),
+            listen_port: DEFAULT_LISTEN.1,
+            admin_ip: DEFAULT_ADMIN.0.into(),
+            admin_port: DEFAULT_ADMIN.1,
+            wasm: DEFAULT_WASM.into(),
+            ca_file: DEFAULT_CA_FILE.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT.into(),
+            route_timeout: DEFAULT_ROUTE_TIMEOUT.into(),
+            node_id: "origin-pull".into(),
+            config_dir: "envoy".into(),
+            source: "(stdin)".into(),
+        }
+    }
+}
+
+/// A protobuf JSON duration as Envoy's YAML accepts it: seconds with up to 9 decimals and `s`.
+pub fn check_duration(value: &str) -> Result<(), String> {
+    let digits = value
+        .strip_suffix('s')
+        .ok_or_else(|| format!("duration '{value}' must end in 's' (e.g. 1s, 0.25s)"))?;
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, "0"));
+    let ok = !whole.is_empty()
+        && whole.len() <= 6
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && !frac.is_empty()
+        && frac.len() <= 9
+        && frac.bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "duration '{value}' must be seconds like 1s, 0.25s or 30s"
+        ))
+    }
+}
+
+/// `IP:PORT` or `[IPv6]:PORT`.
+pub fn parse_socket(value: &str) -> Result<(String, u16), String> {
+    let addr: std::net::SocketAddr = value
+        .parse()
+        .map_err(|_| format!("'{value}' is not IP:PORT (e.g. 127.0.0.1:10000, [::1]:10000)"))?;
+    Ok((addr.ip().to_string(), addr.port()))
+}
+
+/// Names of the clusters render leaves to the operator (cluster origins).
+pub fn provided_clusters(config: &PluginConfig) -> Vec<String> {
+    config
+        .cluster_specs()
+        .into_iter()
+        .filter(|s| s.kind == crate::clusters::ClusterKind::Provided)
+        .map(|s| s.name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for ok in ["1s", "0.25s", "30s", "0.000000001s"] {
+            assert_eq!(check_duration(ok), Ok(()), "{ok}");
+        }
+        for bad in ["1", "100ms", "s", ".5s", "1.s", "-1s", "1.0000000001s", "1e3s"] {
+            assert!(check_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sockets() {
+        assert_eq!(parse_socket("127.0.0.1:10000"), Ok(("127.0.0.1".into(), 10000)));
+        assert_eq!(parse_socket("[::1]:80"), Ok(("::1".into(), 80)));
+        assert!(parse_socket("localhost:80").is_err());
+        assert!(parse_socket("127.0.0.1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    //! envoy/envoy.yaml, lds.yaml and cds.yaml are exactly `origin-pull render
+    //! envoy/examples/demo.json --out-dir envoy` (`make envoy-config` regenerates them).
+    use super::*;
+
+    #[test]
+    fn shipped_envoy_files_are_the_render_of_the_demo_example() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("envoy/examples/demo.json")).unwrap();
+        let config = crate::config::parse(text.as_bytes()).unwrap();
+        let opts = Options {
+            source: "envoy/examples/demo.json".into(),
+            config_dir: "envoy".into(),
+            ..Options::default()
+        };
+        for (name, body) in envoy::dynamic_files(&config, &text, &opts) {
+            let shipped = std::fs::read_to_string(root.join("envoy").join(name)).unwrap();
+            assert!(
+                shipped == body,
+                "envoy/{name} is not what render produces from envoy/examples/demo.json: \
+                 run `make envoy-config` (and never edit it by hand)"
+            );
+        }
+    }
+
+    use std::path::Path;
+}
