@@ -33,7 +33,7 @@ CHAOS_RELOADS ?= 50
 
 export ENVOY
 
-.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz
+.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz envoy-config release
 
 venv: $(VENV_STAMP)
 
@@ -74,10 +74,9 @@ chaos: venv build
 	$(VENV_PY) tests/e2e/chaos.py --rate $(CHAOS_RATE) --duration $(CHAOS_DURATION) \
 		--reloads $(CHAOS_RELOADS) --out RELIABILITY.md
 
-# Every shipped Envoy config: the bootstrap as is (Envoy resolves the relative paths from the
-# repo root), the LDS listener merged into a static copy of the bootstrap (validate mode does not
-# read file-based LDS), and every example plugin config through `origin-pull check` and inside a
-# listener. Needs the wasm (validate mode loads the module and runs on_configure).
+# The shipped envoy/ files are `origin-pull render` output (a test fails on drift); every example
+# plugin config through `origin-pull check` and `render`, and every rendered file through
+# `envoy --mode validate`. Needs the wasm (validate mode loads the module and runs on_configure).
 validate: venv build
 	$(VENV_PY) tests/e2e/validate.py --envoy $(ENVOY) --cli $(CLI)
 
@@ -109,6 +108,10 @@ profile:
 # checks them with `envoy --mode validate` and `nginx -t` (skips nginx when it is not installed).
 bench-smoke: venv wasm bench-floor
 	$(VENV_PY) bench/smoke.py --envoy $(ENVOY)
+
+# Re-render envoy/envoy.yaml, lds.yaml and cds.yaml from envoy/examples/demo.json.
+envoy-config: cli
+	$(CLI) render envoy/examples/demo.json --out-dir envoy
 
 lint:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)

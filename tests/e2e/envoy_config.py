@@ -1,23 +1,35 @@
-"""Envoy configuration for the tests, derived from the SHIPPED files envoy/envoy.yaml and
-envoy/lds.yaml, so that the end-to-end tests exercise exactly the clusters, route and filter
-that users run. Only addresses, ports, file paths, the CA bundle and the plugin configuration
-are substituted.
+"""Envoy configuration for the tests, produced by `origin-pull render` (the native command users
+run), so every end-to-end scenario exercises the rendered clusters, route, filter and access log.
+The tests only choose addresses, ports, file locations, the CA bundle, timeouts and the plugin
+configuration; extra clusters (e.g. cluster origins) are added next to the rendered ones.
 
-    bootstrap(admin_port, lds_path, ca_file=..., extra_clusters=[...])  -> dict
+    render_set(plugin_config, listen=(ip, port), admin=(ip, port), ...)  -> RenderedSet
+    bootstrap(admin_port, lds_path, ca_file=..., extra_clusters=[...])  -> dict (clusters static)
     listener(port, plugin_config, ...)                                  -> dict
-    lds_document([listener, ...])                                       -> dict
-    static_bootstrap(bootstrap, [listener, ...])                        -> dict (for --mode validate)
+    lds_document([listener, ...]) / cds_document([cluster, ...])        -> dict
+    static_bootstrap(bootstrap, [listener, ...], [cluster, ...])        -> dict (for --mode validate)
     strict_dns_cluster(name, host, port, tls=False, ca_file=None)       -> dict
+
+A plugin configuration that render refuses (the tests of rejected configurations) is placed
+verbatim into a listener rendered from a valid placeholder configuration, so that Envoy and the
+filter — not render — get to refuse it.
 """
 
 import copy
 import json
+import os
+import subprocess
+import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED_BOOTSTRAP = REPO / "envoy" / "envoy.yaml"
-SHIPPED_LDS = REPO / "envoy" / "lds.yaml"
+SHIPPED_DIR = REPO / "envoy"
+SHIPPED_BOOTSTRAP = SHIPPED_DIR / "envoy.yaml"
+SHIPPED_LDS = SHIPPED_DIR / "lds.yaml"
+SHIPPED_CDS = SHIPPED_DIR / "cds.yaml"
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "origin_pull.wasm"
+CLI = Path(os.environ.get("ORIGIN_PULL_CLI") or REPO / "target" / "release" / "origin-pull")
 IP_CLUSTER_HTTP = "origin_pull_ip_http"
 IP_CLUSTER_HTTPS = "origin_pull_ip_https"
 CLUSTER_HEADER = "x-origin-pull-cluster"
@@ -25,6 +37,9 @@ CLUSTER_HEADER = "x-origin-pull-cluster"
 # values: `check` and Envoy's validate mode need them set (as operators set the real ones).
 EXAMPLE_ENV = {"ORIGIN_PULL_S3_ACCESS_KEY_ID": "AKIAEXAMPLEVALIDATE",
                "ORIGIN_PULL_S3_SECRET_ACCESS_KEY": "example-secret-for-validation-only"}
+# Valid and routes nowhere useful: stands in for configurations render refuses.
+PLACEHOLDER_CONFIG = {"domains": [{"domain": "placeholder.invalid",
+                                   "master": {"ips": ["127.0.0.1:9"]}}]}
 
 
 def _load_yaml(path):
@@ -34,12 +49,81 @@ def _load_yaml(path):
         return yaml.safe_load(f)
 
 
+class RenderRefused(Exception):
+    """render exited 1: the plugin configuration is invalid (message = the filter's error)."""
+
+
+class RenderedSet(NamedTuple):
+    bootstrap: dict     # envoy.yaml (admin + file-watched LDS/CDS)
+    listeners: list     # lds.yaml resources (with "@type")
+    clusters: list      # cds.yaml resources (with "@type")
+    checked: bool       # False: the plugin configuration was placed unchecked (render refused it)
+
+
+def config_text(plugin_config):
+    return plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config, indent=2)
+
+
+def render_files(plugin_config, out_dir, *, listen=("127.0.0.1", 10000), admin=("127.0.0.1", 9901),
+                 wasm=None, ca_file=None, connect_timeout=None, route_timeout=None, node_id=None,
+                 config_dir=None, cli=None):
+    """Run `origin-pull render <config> --out-dir out_dir ...`; returns out_dir (a Path).
+    Raises RenderRefused for an invalid plugin configuration."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / "plugin-config.json"
+    src.write_text(config_text(plugin_config), encoding="utf-8")
+    args = [str(cli or CLI), "render", str(src), "--out-dir", str(out_dir),
+            "--listen", f"{listen[0]}:{int(listen[1])}", "--admin", f"{admin[0]}:{int(admin[1])}",
+            "--wasm", str(Path(wasm or WASM).resolve())]
+    for flag, value in (("--ca-file", ca_file), ("--connect-timeout", connect_timeout),
+                        ("--route-timeout", route_timeout), ("--node-id", node_id),
+                        ("--config-dir", config_dir)):
+        if value:
+            args += [flag, str(value)]
+    if not Path(args[0]).exists():
+        raise RuntimeError(f"{args[0]} is missing: run `make cli` (make e2e does)")
+    p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if p.returncode == 1:
+        raise RenderRefused(p.stderr.strip())
+    if p.returncode != 0:
+        raise RuntimeError(f"origin-pull render failed ({p.returncode}): {p.stderr.strip()}")
+    return out_dir
+
+
+def render_set(plugin_config, *, vm_env=None, **kw):
+    """The rendered bootstrap, listeners and clusters for a plugin configuration (a dict, or a
+    string passed verbatim, e.g. deliberately invalid JSON). `vm_env` (a test's own
+    vm_config.environment_variables) replaces what render derived from the `*_env` fields."""
+    with tempfile.TemporaryDirectory(prefix="origin-pull-render-") as tmp:
+        checked = True
+        try:
+            out = render_files(plugin_config, tmp, **kw)
+        except RenderRefused:
+            checked = False
+            out = render_files(PLACEHOLDER_CONFIG, tmp, **kw)
+        rendered = RenderedSet(_load_yaml(out / "envoy.yaml"),
+                               _load_yaml(out / "lds.yaml")["resources"],
+                               _load_yaml(out / "cds.yaml")["resources"], checked)
+    for lst in rendered.listeners:
+        wasm = _wasm_config(lst)
+        if not checked:
+            wasm["configuration"]["value"] = config_text(plugin_config)
+        if vm_env:
+            wasm["vm_config"]["environment_variables"] = copy.deepcopy(vm_env)
+    return rendered
+
+
 def load_shipped_bootstrap():
     return _load_yaml(SHIPPED_BOOTSTRAP)
 
 
 def load_shipped_listeners():
     return _load_yaml(SHIPPED_LDS)["resources"]
+
+
+def load_shipped_clusters():
+    return _load_yaml(SHIPPED_CDS)["resources"]
 
 
 def _hcm(listener):
@@ -62,52 +146,49 @@ def plugin_config_of(listener):
 
 
 def shipped_cluster(name):
-    for c in load_shipped_bootstrap()["static_resources"]["clusters"]:
+    for c in load_shipped_clusters():
         if c["name"] == name:
             return c
     raise KeyError(name)
 
 
+def _untyped(resource):
+    return {k: v for k, v in copy.deepcopy(resource).items() if k != "@type"}
+
+
+def watch(path):
+    """A file-watched config source for `path` (Envoy reloads when a file is moved into its
+    directory)."""
+    path = Path(path).resolve()
+    return {"resource_api_version": "V3",
+            "path_config_source": {"path": str(path), "watched_directory": {"path": str(path.parent)}}}
+
+
 def bootstrap(admin_port, lds_path, *, ca_file=None, extra_clusters=(), admin_ip="127.0.0.1",
               connect_timeout=None, node_id="origin-pull-e2e"):
-    """The shipped bootstrap with the admin port, the LDS file (watched in its own directory),
-    optionally another CA bundle for the https IP cluster, and extra clusters appended."""
-    b = load_shipped_bootstrap()
-    b["node"]["id"] = node_id
-    b["admin"]["address"]["socket_address"] = {"address": admin_ip, "port_value": int(admin_port)}
-    lds_path = Path(lds_path).resolve()
-    src = b["dynamic_resources"]["lds_config"]["path_config_source"]
-    src["path"] = str(lds_path)
-    src["watched_directory"] = {"path": str(lds_path.parent)}
-    for c in b["static_resources"]["clusters"]:
-        if connect_timeout:
-            c["connect_timeout"] = connect_timeout
-        if ca_file and c["name"] == IP_CLUSTER_HTTPS:
-            ctx = c["transport_socket"]["typed_config"]["common_tls_context"]
-            ctx["validation_context"]["trusted_ca"] = {"filename": str(ca_file)}
-    b["static_resources"]["clusters"].extend(copy.deepcopy(list(extra_clusters)))
+    """The rendered bootstrap with the admin address, LDS from `lds_path` (watched in its own
+    directory) and the rendered IP clusters inlined as static clusters, plus extra clusters."""
+    r = render_set(PLACEHOLDER_CONFIG, admin=(admin_ip, admin_port), ca_file=ca_file,
+                   connect_timeout=connect_timeout, node_id=node_id)
+    b = r.bootstrap
+    b["dynamic_resources"] = {"lds_config": watch(lds_path)}
+    extra = copy.deepcopy(list(extra_clusters))
+    names = {c["name"] for c in extra}
+    b["static_resources"] = {"clusters": [_untyped(c) for c in r.clusters if c["name"] not in names]
+                             + extra}
     return b
 
 
 def listener(port, plugin_config, *, ip="127.0.0.1", wasm_path=None, route_timeout=None,
              name="origin_pull", fail_open=None, vm_env=None):
-    """The shipped listener with another address and plugin configuration (a dict, or a string
-    passed through verbatim, e.g. deliberately invalid JSON) and an absolute wasm path."""
-    lst = copy.deepcopy(load_shipped_listeners()[0])
+    """The rendered listener for `plugin_config` (a dict, or a string passed through verbatim,
+    e.g. deliberately invalid JSON) on ip:port with an absolute wasm path; `vm_env` replaces the
+    VM's environment_variables."""
+    lst = render_set(plugin_config, listen=(ip, port), wasm=wasm_path,
+                     route_timeout=route_timeout, vm_env=vm_env).listeners[0]
     lst["name"] = name
-    lst["address"]["socket_address"] = {"address": ip, "port_value": int(port)}
-    wasm = _wasm_config(lst)
-    value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
-    wasm["configuration"]["value"] = value
-    wasm["vm_config"]["code"]["local"]["filename"] = str(Path(wasm_path or WASM).resolve())
     if fail_open is not None:
-        wasm["fail_open"] = bool(fail_open)
-    if vm_env:
-        wasm["vm_config"]["environment_variables"] = copy.deepcopy(vm_env)
-    if route_timeout:
-        for vh in _hcm(lst)["route_config"]["virtual_hosts"]:
-            for r in vh["routes"]:
-                r["route"]["timeout"] = route_timeout
+        _wasm_config(lst)["fail_open"] = bool(fail_open)
     return lst
 
 
@@ -115,21 +196,28 @@ def lds_document(listeners):
     return {"resources": [copy.deepcopy(lst) for lst in listeners]}
 
 
-def static_bootstrap(boot, listeners):
-    """A bootstrap with the listeners inlined (Envoy's validate mode does not read LDS files)."""
+def cds_document(clusters):
+    type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    return {"resources": [{"@type": type_url, **_untyped(c)} for c in clusters]}
+
+
+def static_bootstrap(boot, listeners, clusters=()):
+    """A bootstrap with the listeners (and clusters) inlined (Envoy's validate mode does not read
+    LDS/CDS files)."""
     b = copy.deepcopy(boot)
     b.pop("dynamic_resources", None)
     statics = b.setdefault("static_resources", {})
-    statics["listeners"] = [
-        {k: v for k, v in lst.items() if k != "@type"} for lst in copy.deepcopy(listeners)
-    ]
+    statics["listeners"] = [_untyped(lst) for lst in listeners]
+    if clusters:
+        statics["clusters"] = statics.get("clusters", []) + [_untyped(c) for c in clusters]
     return b
 
 
 def strict_dns_cluster(name, host, port, *, tls=False, ca_file=None, sni=None,
                        connect_timeout="1s"):
     """A cluster of the shape design.md names origin_pull|<scheme>|<domain>|<port> (any name
-    allowed here, e.g. for cluster origins)."""
+    allowed here, e.g. for cluster origins). render makes these itself for domain origins; tests
+    pass them as extra clusters to control the resolver's view (same name: theirs wins)."""
     c = {
         "name": name,
         "type": "STRICT_DNS",
@@ -167,6 +255,7 @@ def strict_dns_cluster(name, host, port, *, tls=False, ca_file=None, sni=None,
 def write_json(path, doc):
     """Write atomically (temp file + rename) so a watcher never sees half a file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     tmp.replace(path)

