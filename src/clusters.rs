@@ -97,11 +97,16 @@ mod tests {
 
     #[test]
     fn ip_origins_use_the_two_original_dst_clusters() {
-        let s = specs(r#"{"domains":[{"domain":"a.com","master":{"ips":["10.0.0.1:80"],"protocol":"https"}}]}"#);
+        let s = specs(
+            r#"{"domains":[{"domain":"a.com","master":{"ips":["10.0.0.1:80"],"protocol":"https"}}]}"#,
+        );
         let names: Vec<_> = s.iter().map(|c| (c.name.as_str(), c.tls)).collect();
         assert_eq!(
             names,
-            [("origin_pull_ip_http", false), ("origin_pull_ip_https", true)]
+            [
+                ("origin_pull_ip_http", false),
+                ("origin_pull_ip_https", true)
+            ]
         );
         assert!(s.iter().all(|c| c.kind == ClusterKind::OriginalDst));
     }
@@ -127,16 +132,33 @@ mod tests {
         let dns: Vec<_> = s
             .iter()
             .filter_map(|c| match &c.kind {
-                ClusterKind::Dns { host, port } => Some((c.name.as_str(), host.as_str(), *port, c.tls)),
+                ClusterKind::Dns { host, port } => {
+                    Some((c.name.as_str(), host.as_str(), *port, c.tls))
+                }
                 _ => None,
             })
             .collect();
         assert_eq!(
             dns,
             [
-                ("origin_pull|https|o.example.net|443", "o.example.net", 443, true),
-                ("origin_pull|http|b.example.org|8080", "b.example.org", 8080, false),
-                ("origin_pull|http|o.example.net|80", "o.example.net", 80, false),
+                (
+                    "origin_pull|https|o.example.net|443",
+                    "o.example.net",
+                    443,
+                    true
+                ),
+                (
+                    "origin_pull|http|b.example.org|8080",
+                    "b.example.org",
+                    8080,
+                    false
+                ),
+                (
+                    "origin_pull|http|o.example.net|80",
+                    "o.example.net",
+                    80,
+                    false
+                ),
             ]
         );
     }
@@ -162,7 +184,13 @@ mod tests {
             parse_dns_cluster_name(&name),
             Some((Scheme::Https, "o.example.net", 8443))
         );
-        for bad in ["x|http|a|80", "origin_pull|ftp|a|80", "origin_pull|http||80", "origin_pull|http|a|x", "origin_pull|http|a|80|9"] {
+        for bad in [
+            "x|http|a|80",
+            "origin_pull|ftp|a|80",
+            "origin_pull|http||80",
+            "origin_pull|http|a|x",
+            "origin_pull|http|a|80|9",
+        ] {
             assert_eq!(parse_dns_cluster_name(bad), None, "{bad}");
         }
     }

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Some("render") => match render_command(&args[1..]) {
             Ok(code) => code,
             Err(message) => {
-                eprintln!("origin-pull render: {message}\n\n{USAGE}");
+                eprintln!("origin-pull render: {message} (see `origin-pull --help`)");
                 ExitCode::from(2)
             }
         },
@@ -156,7 +156,9 @@ fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
             }
             "--admin" => {
                 let (ip, port) = render::parse_socket(&value(arg)?)?;
-                let loopback = ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+                let loopback = ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback());
                 if !loopback {
                     return Err(format!(
                         "--admin {ip}: Envoy's admin interface can stop the server and dump its \
@@ -203,7 +205,9 @@ fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
         }
     }
     if r.out_dir.is_some() && (r.output.is_some() || r.istio) {
-        return Err("--out-dir writes the file-watched set; it does not go with -o or --istio".into());
+        return Err(
+            "--out-dir writes the file-watched set; it does not go with -o or --istio".into(),
+        );
     }
     if r.config_dir.is_some() && r.out_dir.is_none() {
         return Err("--config-dir goes with --out-dir".into());
@@ -227,7 +231,11 @@ fn render_command(args: &[String]) -> Result<ExitCode, String> {
         }
     };
     let text = String::from_utf8(bytes).map_err(|_| "the configuration is not UTF-8")?;
-    r.opts.source = if input == "-" { "(stdin)".into() } else { input };
+    r.opts.source = if input == "-" {
+        "(stdin)".into()
+    } else {
+        input
+    };
     let provided = render::provided_clusters(&config);
     if !provided.is_empty() {
         eprintln!(

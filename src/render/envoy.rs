@@ -107,7 +107,10 @@ pub fn cluster(spec: &ClusterSpec, opts: &Options) -> Option<Node> {
                     entries(map([
                         (
                             "upstream_http_protocol_options",
-                            map([("auto_sni", true.into()), ("auto_san_validation", true.into())]),
+                            map([
+                                ("auto_sni", true.into()),
+                                ("auto_san_validation", true.into()),
+                            ]),
                         ),
                         (
                             "explicit_http_config",
@@ -157,7 +160,10 @@ pub fn clusters(config: &PluginConfig, opts: &Options) -> Vec<Node> {
 /// removal happens before host selection and would break routing.
 pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
     map([
-        ("cluster_header", config.envoy.cluster_header.as_str().into()),
+        (
+            "cluster_header",
+            config.envoy.cluster_header.as_str().into(),
+        ),
         ("timeout", opts.route_timeout.as_str().into()),
     ])
 }
@@ -184,7 +190,10 @@ pub fn wasm_filter(plugin_config_text: &str, opts: &Options) -> Node {
                                 ("runtime", "envoy.wasm.runtime.v8".into()),
                                 (
                                     "code",
-                                    map([("local", map([("filename", opts.wasm.as_str().into())]))]),
+                                    map([(
+                                        "local",
+                                        map([("filename", opts.wasm.as_str().into())]),
+                                    )]),
                                 ),
                             ]),
                         ),
@@ -273,7 +282,10 @@ pub fn listener(config: &PluginConfig, plugin_config_text: &str, opts: &Options)
             list([map([(
                 "filters",
                 list([map([
-                    ("name", "envoy.filters.network.http_connection_manager".into()),
+                    (
+                        "name",
+                        "envoy.filters.network.http_connection_manager".into(),
+                    ),
                     ("typed_config", hcm),
                 ])]),
             )])]),
@@ -285,7 +297,10 @@ fn node_and_admin(opts: &Options) -> Vec<(String, Node)> {
     entries(map([
         (
             "node",
-            map([("id", opts.node_id.as_str().into()), ("cluster", "origin-pull".into())]),
+            map([
+                ("id", opts.node_id.as_str().into()),
+                ("cluster", "origin-pull".into()),
+            ]),
         ),
         (
             "admin",
@@ -302,7 +317,9 @@ fn header(what: &str, config: &PluginConfig, opts: &Options) -> String {
     );
     let provided = provided_clusters(config);
     if !provided.is_empty() {
-        h.push_str("# Clusters origin-pull routes to that you must define yourself (cluster origins):\n");
+        h.push_str(
+            "# Clusters origin-pull routes to that you must define yourself (cluster origins):\n",
+        );
         for name in provided {
             h.push_str(&format!("#   {name}\n"));
         }
@@ -320,7 +337,10 @@ pub fn static_bootstrap(config: &PluginConfig, plugin_config_text: &str, opts: &
     doc.push((
         "static_resources".into(),
         map([
-            ("listeners", list([listener(config, plugin_config_text, opts)])),
+            (
+                "listeners",
+                list([listener(config, plugin_config_text, opts)]),
+            ),
             ("clusters", Node::List(clusters(config, opts))),
         ]),
     ));

@@ -58,15 +58,29 @@ fn labels(istio: &IstioOptions) -> Node {
 fn object_name(prefix: &str, host: &str) -> String {
     let mut name: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     name = name.trim_matches('-').to_string();
     let full = format!("{prefix}-{name}");
-    full.chars().take(63).collect::<String>().trim_end_matches('-').to_string()
+    full.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
 }
 
 fn port_entry(port: u16, tls: bool) -> Node {
-    let (proto, name) = if tls { ("TLS", "tls") } else { ("HTTP", "http") };
+    let (proto, name) = if tls {
+        ("TLS", "tls")
+    } else {
+        ("HTTP", "http")
+    };
     map([
         ("number", port.into()),
         ("name", format!("{name}-{port}").into()),
@@ -88,7 +102,10 @@ pub fn manifests(
     let mut docs = Vec::new();
 
     let mut spec = vec![
-        ("selector".to_string(), map([("matchLabels", labels(istio))])),
+        (
+            "selector".to_string(),
+            map([("matchLabels", labels(istio))]),
+        ),
         ("url".to_string(), Node::from(&istio.wasm_url)),
     ];
     if let Some(sha) = &istio.sha256 {
@@ -130,7 +147,10 @@ pub fn manifests(
                 ("context", "GATEWAY".into()),
                 (
                     "routeConfiguration",
-                    map([("vhost", map([("route", map([("name", ROUTE_NAME.into())]))]))]),
+                    map([(
+                        "vhost",
+                        map([("route", map([("name", ROUTE_NAME.into())]))]),
+                    )]),
                 ),
             ]),
         ),
@@ -227,8 +247,12 @@ pub fn manifests(
             let tls = route.scheme == Some(Scheme::Https);
             match origin.kind {
                 OriginKind::Ips => {
-                    let Some(dst) = &route.original_dst else { continue };
-                    let Ok(addr) = dst.parse::<std::net::SocketAddr>() else { continue };
+                    let Some(dst) = &route.original_dst else {
+                        continue;
+                    };
+                    let Ok(addr) = dst.parse::<std::net::SocketAddr>() else {
+                        continue;
+                    };
                     push_unique(&mut ip_ports, (addr.port(), tls));
                     push_unique(&mut ip_addrs, addr.ip().to_string());
                 }
@@ -267,7 +291,11 @@ pub fn manifests(
     dns.sort();
     for (host, mut ports) in dns {
         ports.sort();
-        let tls_ports: Vec<u16> = ports.iter().filter(|(_, tls)| *tls).map(|(p, _)| *p).collect();
+        let tls_ports: Vec<u16> = ports
+            .iter()
+            .filter(|(_, tls)| *tls)
+            .map(|(p, _)| *p)
+            .collect();
         ports.dedup_by_key(|(port, _)| *port);
         let name = object_name("origin-pull", &host);
         docs.push(service_entry(&name, ns, &host, &ports, "DNS", Vec::new()));

@@ -102,14 +102,26 @@ mod tests {
         for ok in ["1s", "0.25s", "30s", "0.000000001s"] {
             assert_eq!(check_duration(ok), Ok(()), "{ok}");
         }
-        for bad in ["1", "100ms", "s", ".5s", "1.s", "-1s", "1.0000000001s", "1e3s"] {
+        for bad in [
+            "1",
+            "100ms",
+            "s",
+            ".5s",
+            "1.s",
+            "-1s",
+            "1.0000000001s",
+            "1e3s",
+        ] {
             assert!(check_duration(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn sockets() {
-        assert_eq!(parse_socket("127.0.0.1:10000"), Ok(("127.0.0.1".into(), 10000)));
+        assert_eq!(
+            parse_socket("127.0.0.1:10000"),
+            Ok(("127.0.0.1".into(), 10000))
+        );
         assert_eq!(parse_socket("[::1]:80"), Ok(("::1".into(), 80)));
         assert!(parse_socket("localhost:80").is_err());
         assert!(parse_socket("127.0.0.1").is_err());

@@ -17,7 +17,12 @@ pub enum Node {
 
 /// `map([("k", v.into()), ...])`.
 pub fn map<const N: usize>(entries: [(&str, Node); N]) -> Node {
-    Node::Map(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Node::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 pub fn list(items: impl IntoIterator<Item = Node>) -> Node {
@@ -299,7 +304,10 @@ mod tests {
     #[test]
     fn nested_document_layout() {
         let doc = map([
-            ("admin", map([("address", map([("port_value", 9901u16.into())]))])),
+            (
+                "admin",
+                map([("address", map([("port_value", 9901u16.into())]))]),
+            ),
             (
                 "clusters",
                 list([map([
