@@ -3,6 +3,7 @@
 #   make run     build the filter, start demo origins + Envoy, show a failover (Ctrl-C stops)
 #   make test    unit tests + Envoy config validation + end-to-end tests against a real Envoy
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
+#   make release dist/: the .wasm, its sha256, the native origin-pull (check/render) command
 #   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
 #   make profile the filter's per-request instructions and hostcalls (callgrind, native harness)
 #   make chaos   long chaos scenarios under load; writes RELIABILITY.md (6-8 minutes)
@@ -31,9 +32,11 @@ CHAOS_RATE    ?= 300
 CHAOS_DURATION ?= 20
 CHAOS_RELOADS ?= 50
 
+DIST          ?= dist
+
 export ENVOY
 
-.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz envoy-config release
+.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check
 
 venv: $(VENV_STAMP)
 
@@ -83,7 +86,7 @@ validate: venv build
 e2e: venv build
 	$(VENV_PY) -m pytest tests/e2e -x -v $(PYTEST_ARGS)
 
-test: unit validate bench-smoke e2e
+test: unit validate docs-check bench-smoke e2e
 
 # The wasm cost floor of the benchmark: a one-header filter (bench/floor), same release profile.
 FLOOR_WASM    := target/bench-floor/$(WASM_TARGET)/release/bench_floor.wasm
@@ -126,7 +129,30 @@ run: venv build
 health-figures: venv build
 	$(VENV_PY) tests/e2e/health_figures.py
 
+# The README's request-flow picture, from its graphviz source (Debian package `graphviz`).
+docs: docs/request-flow.png
+
+docs/request-flow.png: docs/request-flow.dot
+	dot -Tpng -Gdpi=110 $< -o $@
+
+# The picture's source must render (the PNG is committed; `make docs` refreshes it).
+docs-check:
+	dot -Tpng docs/request-flow.dot -o /dev/null
+	test -s docs/request-flow.png
+
+# Release artifacts in dist/: the filter, its sha256 (Istio's WasmPlugin `sha256`), the native
+# command, and the version + git revision both were built from (the filter logs it at start).
+release: build
+	rm -rf $(DIST)
+	mkdir -p $(DIST)
+	cp $(WASM) $(DIST)/origin_pull.wasm
+	cp $(CLI) $(DIST)/origin-pull
+	cd $(DIST) && sha256sum origin_pull.wasm > origin_pull.wasm.sha256 && sha256sum origin-pull > origin-pull.sha256
+	$(CLI) --version > $(DIST)/VERSION
+	@cat $(DIST)/VERSION; ls -l $(DIST)
+
 clean:
+	rm -rf $(DIST)
 	cargo clean
 	rm -rf tests/e2e/.tmp .pytest_cache
 	find tests -name __pycache__ -type d -prune -exec rm -rf {} +
