@@ -54,9 +54,10 @@ sigv4-sign  Signs one request per JSON line with the filter's SigV4 code (for co
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
     match args.first().map(String::as_str) {
-        Some("check") if args.len() == 2 => check(&args[1]),
-        Some("render") => match render_command(&args[1..]) {
+        Some("check") if rest.len() == 1 => check(rest.first().map_or("-", String::as_str)),
+        Some("render") => match render_command(rest) {
             Ok(code) => code,
             Err(message) => {
                 eprintln!("origin-pull render: {message} (see `origin-pull --help`)");
