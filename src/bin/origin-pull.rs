@@ -55,7 +55,16 @@ sigv4-sign  Signs one request per JSON line with the filter's SigV4 code (for co
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = args.get(1..).unwrap_or_default();
+    let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
     match args.first().map(String::as_str) {
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some("check" | "render") if wants_help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
         Some("check") if rest.len() == 1 => check(rest.first().map_or("-", String::as_str)),
         Some("render") => match render_command(rest) {
             Ok(code) => code,
@@ -64,13 +73,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some("sigv4-sign") if args.len() == 1 => sigv4_sign(),
-        Some("--version" | "version") if args.len() == 1 => {
+        Some("sigv4-sign") if rest.is_empty() => sigv4_sign(),
+        Some("--version" | "version") if rest.is_empty() => {
             println!("origin-pull {}", origin_pull::BUILD);
-            ExitCode::SUCCESS
-        }
-        Some("--help" | "-h" | "help") => {
-            println!("{USAGE}");
             ExitCode::SUCCESS
         }
         _ => {

@@ -93,6 +93,11 @@ def test_render_options_are_checked(tmp_path):
         assert message in p.stderr, (args, p.stderr[:300])
 
 
+def test_render_help():
+    p = render("--help")
+    assert p.returncode == 0 and "--out-dir DIR" in p.stdout and "--istio" in p.stdout
+
+
 def test_named_clusters_are_left_to_the_user_and_said_so(tmp_path):
     cfg = str(ec.REPO / "envoy" / "examples" / "cluster-origin.json")
     p = render(cfg)
