@@ -336,7 +336,7 @@ pub fn manifests(
     );
     let provided = super::provided_clusters(config);
     if !provided.is_empty() {
-        out.push_str("# Clusters you must provide (cluster origins): ");
+        out.push_str("# Named clusters (cluster origins; Istio makes outbound|PORT||HOST for mesh services): ");
         out.push_str(&provided.join(", "));
         out.push('\n');
     }
