@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make run`: the origin-pull demo with the SHIPPED envoy/envoy.yaml + envoy/lds.yaml.
+"""`make run`: the origin-pull demo with the SHIPPED envoy/envoy.yaml, lds.yaml and cds.yaml
+(`origin-pull render envoy/examples/demo.json --out-dir envoy`; docker-compose.yml runs the same).
 
 Starts demo origins, then Envoy (from the repo root, --concurrency 2), shows with curl which
 origin serves each request and a failover to the slave, then keeps running (access log
