@@ -53,17 +53,19 @@ impl PluginConfig {
                 let spec = match origin.kind {
                     OriginKind::Ips => continue, // the ORIGINAL_DST clusters above
                     // Buckets are reached by their endpoint host like domain origins.
-                    OriginKind::Domain | OriginKind::Bucket => match parse_dns_cluster_name(&route.cluster) {
-                        Some((scheme, host, port)) => ClusterSpec {
-                            name: route.cluster.clone(),
-                            kind: ClusterKind::Dns {
-                                host: host.to_string(),
-                                port,
+                    OriginKind::Domain | OriginKind::Bucket => {
+                        match parse_dns_cluster_name(&route.cluster) {
+                            Some((scheme, host, port)) => ClusterSpec {
+                                name: route.cluster.clone(),
+                                kind: ClusterKind::Dns {
+                                    host: host.to_string(),
+                                    port,
+                                },
+                                tls: scheme == Scheme::Https,
                             },
-                            tls: scheme == Scheme::Https,
-                        },
-                        None => continue, // unreachable: config builds the name
-                    },
+                            None => continue, // unreachable: config builds the name
+                        }
+                    }
                     OriginKind::Clusters => ClusterSpec {
                         name: route.cluster.clone(),
                         kind: ClusterKind::Provided,
@@ -174,6 +176,27 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(provided, ["b", "outbound|80||x.svc"]);
+    }
+
+    #[test]
+    fn buckets_and_mirror_sources_get_dns_clusters() {
+        let s = specs(
+            r#"{"domains":[{"domain":"a.com",
+                "master":{"bucket":{"endpoint":"s3.example.com","bucket":"bkt","region":"r"},"protocol":"https"},
+                "mirror":{"source":{"domain":"old.example.net"},"copy_back":false}}]}"#,
+        );
+        let dns: Vec<_> = s
+            .iter()
+            .filter(|c| matches!(c.kind, ClusterKind::Dns { .. }))
+            .map(|c| (c.name.as_str(), c.tls))
+            .collect();
+        assert_eq!(
+            dns,
+            [
+                ("origin_pull|https|bkt.s3.example.com|443", true),
+                ("origin_pull|http|old.example.net|80", false),
+            ]
+        );
     }
 
     #[test]

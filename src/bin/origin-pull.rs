@@ -229,13 +229,21 @@ fn render_command(args: &[String]) -> Result<ExitCode, String> {
     let mut r = parse_render_args(args)?;
     let input = r.input.clone().ok_or("which plugin configuration?")?;
     let bytes = read_input(&input)?;
-    let config: PluginConfig = match origin_pull::config::parse(&bytes) {
-        Ok(config) => config,
+    let (config, env_keys): (PluginConfig, Vec<String>) = match render::parse(&bytes) {
+        Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::FAILURE);
         }
     };
+    if !env_keys.is_empty() {
+        eprintln!(
+            "origin-pull render: the filter reads {} from Envoy's environment (host_env_keys): set \
+             them where Envoy runs",
+            env_keys.join(", ")
+        );
+    }
+    r.opts.env_keys = env_keys;
     let text = String::from_utf8(bytes).map_err(|_| "the configuration is not UTF-8")?;
     r.opts.source = if input == "-" {
         "(stdin)".into()

@@ -18,9 +18,13 @@ const TLS_TYPE: &str =
 
 /// One line per request: what the client asked, what it got, and which origin served it
 /// (filter state set by origin-pull; `-` when the filter did not route, e.g. unknown host).
+/// `upstream=` is Envoy's own view (the FIRST origin: a failover is a callout Envoy does not
+/// attribute); `details=` names replies made by the filter (`origin_pull_failed_over_to_slave`…).
 pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" \
-%RESPONSE_CODE% %RESPONSE_FLAGS% upstream=%UPSTREAM_HOST% origin=%FILTER_STATE(wasm.origin_pull.origin:PLAIN)% \
-role=%FILTER_STATE(wasm.origin_pull.role:PLAIN)% attempts=%FILTER_STATE(wasm.origin_pull.attempts:PLAIN)% %DURATION%ms\n";
+%RESPONSE_CODE% %RESPONSE_FLAGS% details=%RESPONSE_CODE_DETAILS% upstream=%UPSTREAM_HOST% \
+origin=%FILTER_STATE(wasm.origin_pull.origin:PLAIN)% role=%FILTER_STATE(wasm.origin_pull.role:PLAIN)% \
+attempts=%FILTER_STATE(wasm.origin_pull.attempts:PLAIN)% failed_over=%FILTER_STATE(wasm.origin_pull.failed_over:PLAIN)% \
+%DURATION%ms\n";
 
 /// Room for an edge: Envoy's default of 1024 concurrent requests per cluster would cap every
 /// IP origin together, since they share one ORIGINAL_DST cluster.
@@ -168,6 +172,49 @@ pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
     ])
 }
 
+fn vm_config(opts: &Options) -> Node {
+    let mut vm = entries(map([
+        ("vm_id", "origin_pull".into()),
+        ("runtime", "envoy.wasm.runtime.v8".into()),
+        (
+            "code",
+            map([("local", map([("filename", opts.wasm.as_str().into())]))]),
+        ),
+    ]));
+    if !opts.env_keys.is_empty() {
+        // Credentials named by `*_env` fields: copied from Envoy's own environment, so the
+        // secrets stay out of every configuration file (and out of /config_dump).
+        vm.push((
+            "environment_variables".into(),
+            map([(
+                "host_env_keys",
+                Node::List(opts.env_keys.iter().map(Node::from).collect()),
+            )]),
+        ));
+    }
+    Node::Map(vm)
+}
+
+/// `stats_config`: the filter carries its stats' labels in their names
+/// (`origin_pull_<stat>;domain=D;origin=O;…`); these tags make them Prometheus labels.
+fn stats_config() -> Node {
+    let tags = crate::metrics::TAGS.iter().map(|tag| {
+        let before = match *tag {
+            "domain" => "",
+            "origin" => "(?:;domain=[^;]*)?",
+            _ => "(?:;[a-z]+=[^;]*)*?",
+        };
+        map([
+            ("tag_name", (*tag).into()),
+            (
+                "regex",
+                format!(r"^wasmcustom\.origin_pull_\w+{before}(;{tag}=([^;]*))").into(),
+            ),
+        ])
+    });
+    map([("stats_tags", list(tags))])
+}
+
 /// The wasm HTTP filter carrying the plugin configuration text as written.
 pub fn wasm_filter(plugin_config_text: &str, opts: &Options) -> Node {
     map([
@@ -183,20 +230,7 @@ pub fn wasm_filter(plugin_config_text: &str, opts: &Options) -> Node {
                         ("root_id", "origin_pull".into()),
                         // A broken VM must never let a request through unrouted.
                         ("fail_open", false.into()),
-                        (
-                            "vm_config",
-                            map([
-                                ("vm_id", "origin_pull".into()),
-                                ("runtime", "envoy.wasm.runtime.v8".into()),
-                                (
-                                    "code",
-                                    map([(
-                                        "local",
-                                        map([("filename", opts.wasm.as_str().into())]),
-                                    )]),
-                                ),
-                            ]),
-                        ),
+                        ("vm_config", vm_config(opts)),
                         (
                             "configuration",
                             typed(
@@ -306,6 +340,7 @@ fn node_and_admin(opts: &Options) -> Vec<(String, Node)> {
             "admin",
             map([("address", socket(&opts.admin_ip, opts.admin_port))]),
         ),
+        ("stats_config", stats_config()),
     ]))
 }
 
@@ -345,7 +380,7 @@ pub fn static_bootstrap(config: &PluginConfig, plugin_config_text: &str, opts: &
         ]),
     ));
     let head = header(
-        "Envoy bootstrap for origin-pull (static: restart Envoy after a change).",
+        "Envoy bootstrap for origin-pull (static: restart Envoy after a change). stats_config turns the\n# filter's per-origin stat names into Prometheus labels: keep it in a bootstrap of your own.",
         config,
         opts,
     );
@@ -419,7 +454,7 @@ pub fn dynamic_files(
             format!(
                 "{}{reload}\n{}",
                 header(
-                    &format!("Envoy bootstrap for origin-pull: admin, and the listener/clusters from {LDS_FILE}/{CDS_FILE}."),
+                    &format!("Envoy bootstrap for origin-pull: admin, stats_config (the filter's per-origin stat names as\n# Prometheus labels: keep it in a bootstrap of your own), the listener/clusters from {LDS_FILE}/{CDS_FILE}."),
                     config,
                     opts
                 ),

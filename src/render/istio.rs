@@ -119,6 +119,15 @@ pub fn manifests(
         ("type".to_string(), Node::from("HTTP")),
         ("pluginConfig".to_string(), Node::from_json(plugin_config)),
     ]);
+    if !opts.env_keys.is_empty() {
+        // `*_env` credentials: read from the gateway container's environment (set them from a
+        // Secret in the gateway Deployment); never in the WasmPlugin itself.
+        let env = opts
+            .env_keys
+            .iter()
+            .map(|k| map([("name", k.into()), ("valueFrom", "HOST".into())]));
+        spec.push(("vmConfig".into(), map([("env", list(env))])));
+    }
     docs.push(map([
         ("apiVersion", "extensions.istio.io/v1alpha1".into()),
         ("kind", "WasmPlugin".into()),

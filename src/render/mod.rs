@@ -6,7 +6,9 @@ pub mod envoy;
 pub mod istio;
 pub mod yaml;
 
-use crate::config::PluginConfig;
+use std::cell::RefCell;
+
+use crate::config::{parse_with_env, ConfigError, PluginConfig};
 
 pub const DEFAULT_LISTEN: (&str, u16) = ("127.0.0.1", 10000);
 pub const DEFAULT_ADMIN: (&str, u16) = ("127.0.0.1", 9901);
@@ -34,6 +36,8 @@ pub struct Options {
     pub config_dir: String,
     /// Where the plugin configuration came from, named in the files' header.
     pub source: String,
+    /// Variables of Envoy's environment the VM must see (`*_env` credentials).
+    pub env_keys: Vec<String>,
 }
 
 impl Default for Options {
@@ -50,8 +54,28 @@ impl Default for Options {
             node_id: "origin-pull".into(),
             config_dir: "envoy".into(),
             source: "(stdin)".into(),
+            env_keys: Vec::new(),
         }
     }
+}
+
+/// Stands in for a `*_env` credential while rendering: the real value is read where Envoy runs.
+const ENV_PLACEHOLDER: &str = "set-where-envoy-runs";
+
+/// Parses a plugin configuration for rendering, exactly as the filter does except that `*_env`
+/// credentials are not looked up (render never sees secrets). Returns the configuration and the
+/// names of those variables, which the VM must be given (`host_env_keys`).
+pub fn parse(bytes: &[u8]) -> Result<(PluginConfig, Vec<String>), ConfigError> {
+    let names = RefCell::new(Vec::new());
+    let lookup = |name: &str| {
+        names.borrow_mut().push(name.to_string());
+        Some(ENV_PLACEHOLDER.to_string())
+    };
+    let config = parse_with_env(bytes, &lookup)?;
+    let mut names = names.into_inner();
+    names.sort();
+    names.dedup();
+    Ok((config, names))
 }
 
 /// A protobuf JSON duration as Envoy's YAML accepts it: seconds with up to 9 decimals and `s`.
@@ -114,6 +138,19 @@ mod tests {
         ] {
             assert!(check_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_from_the_environment_are_named_not_read() {
+        let text =
+            br#"{"domains":[{"domain":"a.com","master":{"bucket":{"endpoint":"s3.example.com",
+            "bucket":"bkt","region":"r","credentials":{"access_key_id_env":"KEY_ID",
+            "secret_access_key_env":"SECRET"}}}}]}"#;
+        let (_, names) = parse(text).unwrap();
+        assert_eq!(names, ["KEY_ID", "SECRET"]);
+        let (_, none) =
+            parse(br#"{"domains":[{"domain":"a.com","master":{"ips":["10.0.0.1"]}}]}"#).unwrap();
+        assert!(none.is_empty());
     }
 
     #[test]

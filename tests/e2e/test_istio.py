@@ -115,6 +115,15 @@ def test_envoy_filter_carries_the_native_clusters_and_route(tmp_path):
         {"port": {"number": 443}, "tls": {"mode": "SIMPLE"}}]
 
 
+def test_bucket_credentials_come_from_the_gateways_environment():
+    docs = render_istio(ec.REPO / "envoy" / "examples" / "private-bucket.json")
+    wasm = docs[0]["spec"]
+    assert wasm["vmConfig"] == {"env": [{"name": k, "valueFrom": "HOST"}
+                                        for k in sorted(ec.EXAMPLE_ENV)]}
+    hosts = {d["spec"]["hosts"][0] for d in docs if d["kind"] == "ServiceEntry"}
+    assert "media-origin.s3.us-east-1.amazonaws.com" in hosts
+
+
 def test_ip_origins_are_one_static_service_entry():
     docs = render_istio(ec.REPO / "envoy" / "examples" / "weighted-ips.json")
     se = next(d for d in docs if d["kind"] == "ServiceEntry"

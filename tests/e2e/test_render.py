@@ -93,6 +93,22 @@ def test_render_options_are_checked(tmp_path):
         assert message in p.stderr, (args, p.stderr[:300])
 
 
+def test_bucket_credentials_are_named_for_the_vm_never_read():
+    """render runs where the secrets are not: it names the `*_env` variables as host_env_keys
+    (Envoy copies them from its own environment) and never needs or prints their values."""
+    cfg = str(ec.REPO / "envoy" / "examples" / "private-bucket.json")
+    p = subprocess.run([str(ec.CLI), "render", cfg], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin"})  # none of the variables set
+    assert p.returncode == 0, p.stderr
+    import yaml
+    lst = yaml.safe_load(p.stdout)["static_resources"]["listeners"][0]
+    vm = ec._wasm_config(lst)["vm_config"]
+    assert vm["environment_variables"] == {"host_env_keys": sorted(ec.EXAMPLE_ENV)}
+    assert "set them where Envoy runs" in p.stderr
+    for value in ec.EXAMPLE_ENV.values():
+        assert value not in p.stdout + p.stderr
+
+
 def test_render_help():
     p = render("--help")
     assert p.returncode == 0 and "--out-dir DIR" in p.stdout and "--istio" in p.stdout
