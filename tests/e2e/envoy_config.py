@@ -72,7 +72,8 @@ def render_files(plugin_config, out_dir, *, listen=("127.0.0.1", 10000), admin=(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     src = out_dir / "plugin-config.json"
-    src.write_text(config_text(plugin_config), encoding="utf-8")
+    # surrogateescape: a test's deliberately invalid UTF-8 reaches render as the same bytes.
+    src.write_bytes(config_text(plugin_config).encode("utf-8", "surrogateescape"))
     args = [str(cli or CLI), "render", str(src), "--out-dir", str(out_dir),
             "--listen", f"{listen[0]}:{int(listen[1])}", "--admin", f"{admin[0]}:{int(admin[1])}",
             "--wasm", str(Path(wasm or WASM).resolve())]
