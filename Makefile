@@ -98,7 +98,7 @@ bench-floor:
 # Benchmark (a few minutes on 2 cores; options BENCH_DURATION, BENCH_REPS, BENCH_QUICK=1, ...
 # in bench/run.py). Installs wrk, nginx and gnuplot with apt-get when missing. Writes
 # bench/results/results.md and results.png.
-bench: venv wasm bench-floor
+bench: venv build bench-floor
 	$(VENV_PY) bench/run.py
 
 # Instructions, hostcalls and copies per request of the filter's logic (native harness under
@@ -109,7 +109,7 @@ profile:
 
 # Keeps the benchmark from rotting: generates every system's Envoy and nginx configuration and
 # checks them with `envoy --mode validate` and `nginx -t` (skips nginx when it is not installed).
-bench-smoke: venv wasm bench-floor
+bench-smoke: venv build bench-floor
 	$(VENV_PY) bench/smoke.py --envoy $(ENVOY)
 
 # Re-render envoy/envoy.yaml, lds.yaml and cds.yaml from envoy/examples/demo.json.
