@@ -572,7 +572,7 @@ def chart(o, results):
     script = f"""
 set terminal pngcairo size 1400,600 font ",10" noenhanced
 set output "{out / 'results.png'}"
-set multiplot layout 1,2 title "origin-pull benchmark (Envoy --concurrency 1; median of {o['reps']} runs; shared machine)"
+set multiplot layout 1,2 title "origin-pull benchmark (Envoy --concurrency 1; median of {o['reps']} runs)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
