@@ -49,6 +49,20 @@ pub enum BucketError {
     EmptyKey,
     /// The host's clock said 0: a signature would be dated 1970 and refused.
     NoClock,
+    /// The decoded key is not one a bucket and a web source agree on; refused, never rewritten.
+    UnsafeKey(KeyFault),
+}
+
+/// What makes a decoded object key unsafe. Storage and web servers that resolve these after the
+/// edge checked the key (or its signature) would read another key than the one checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFault {
+    /// A `.` or `..` segment (`/a/../b`, `%2e%2e/`, `..%2f`).
+    DotSegment,
+    /// An empty segment other than a trailing `/` (`a//b`, `//a`): servers merge slashes.
+    EmptySegment,
+    /// A backslash (`\`, `%5C`): some servers treat it as `/`.
+    Backslash,
 }
 
 impl BucketError {
@@ -56,23 +70,55 @@ impl BucketError {
         match self {
             BucketError::EmptyKey => "the request names no object (empty key)",
             BucketError::NoClock => "the clock is unavailable, so the request cannot be signed",
+            BucketError::UnsafeKey(KeyFault::DotSegment) => {
+                "the object key has a '.' or '..' segment once decoded (refused, not normalized)"
+            }
+            BucketError::UnsafeKey(KeyFault::EmptySegment) => {
+                "the object key has an empty segment ('//') once decoded (refused, not normalized)"
+            }
+            BucketError::UnsafeKey(KeyFault::Backslash) => {
+                "the object key has a backslash once decoded (refused, not normalized)"
+            }
         }
     }
 }
 
-impl Bucket {
-    /// The object key for a client `:path`: query and fragment dropped, percent-decoded, the
-    /// leading '/' removed, the key prefix put in front.
-    pub fn object_key(&self, client_path: &str) -> Result<Vec<u8>, BucketError> {
-        let path = client_path.split(['?', '#']).next().unwrap_or("");
-        let decoded = sigv4::percent_decode(path);
-        let key = decoded.strip_prefix(b"/").unwrap_or(&decoded);
-        if key.is_empty() {
-            return Err(BucketError::EmptyKey);
+/// The key a client `:path` names, before any `key_prefix`: query and fragment dropped,
+/// percent-decoded (every `%XX`, once), the leading '/' removed. A key with a `.`/`..` segment,
+/// an empty segment (a trailing '/' aside) or a backslash is refused: the bucket read, the mirror
+/// source's path, the `key_prefixes` check and the copy-back all use this one key, so none of
+/// them may be a different object than the others.
+pub fn client_key(client_path: &str) -> Result<Vec<u8>, BucketError> {
+    let path = client_path.split(['?', '#']).next().unwrap_or("");
+    let mut key = sigv4::percent_decode(path);
+    if key.first() == Some(&b'/') {
+        key.remove(0);
+    }
+    if key.is_empty() {
+        return Err(BucketError::EmptyKey);
+    }
+    if key.contains(&b'\\') {
+        return Err(BucketError::UnsafeKey(KeyFault::Backslash));
+    }
+    let segments = key.split(|b| *b == b'/').count();
+    for (index, segment) in key.split(|b| *b == b'/').enumerate() {
+        if segment == b"." || segment == b".." {
+            return Err(BucketError::UnsafeKey(KeyFault::DotSegment));
         }
+        if segment.is_empty() && index + 1 < segments {
+            return Err(BucketError::UnsafeKey(KeyFault::EmptySegment));
+        }
+    }
+    Ok(key)
+}
+
+impl Bucket {
+    /// The object key for a client `:path`: [`client_key`] behind the key prefix.
+    pub fn object_key(&self, client_path: &str) -> Result<Vec<u8>, BucketError> {
+        let key = client_key(client_path)?;
         let mut full = Vec::with_capacity(self.key_prefix.len() + key.len());
         full.extend_from_slice(self.key_prefix.as_bytes());
-        full.extend_from_slice(key);
+        full.extend_from_slice(&key);
         Ok(full)
     }
 
@@ -236,6 +282,40 @@ mod tests {
         assert_eq!(b.object_key("/dir/").unwrap(), b"media/dir/");
         assert_eq!(b.object_key("/"), Err(BucketError::EmptyKey));
         assert_eq!(b.object_key("/?list-type=2"), Err(BucketError::EmptyKey));
+        assert_eq!(b.object_key("/a%2Fb").unwrap(), b"media/a/b");
+        assert_eq!(b.object_key("/..x/y..").unwrap(), b"media/..x/y..");
+        assert_eq!(b.object_key("/%252e%252e/x").unwrap(), b"media/%2e%2e/x");
+    }
+
+    /// Issue 13: keys that storage or a web source could resolve to another object are refused
+    /// (never signed, never sent), however they are spelled.
+    #[test]
+    fn unsafe_keys_are_refused_not_rewritten() {
+        let b = bucket(Addressing::Path, true);
+        let dot = Err(BucketError::UnsafeKey(KeyFault::DotSegment));
+        for path in [
+            "/../../other-bkt/key.txt",
+            "/images/../private/a.txt",
+            "/images/%2e%2e/private/a.txt",
+            "/images/%2E%2E%2Fprivate/a.txt",
+            "/images/..%2fprivate/a.txt",
+            "/images/.%2E/a.txt",
+            "/images/./a.txt",
+            "/..",
+            "/a/.",
+            "/%2e",
+            "/a/..?x=/b",
+        ] {
+            assert_eq!(b.object_key(path), dot, "{path}");
+        }
+        let empty = Err(BucketError::UnsafeKey(KeyFault::EmptySegment));
+        for path in ["//etc/passwd", "/a//b", "/a/%2F/b", "/a%2F%2Fb"] {
+            assert_eq!(b.object_key(path), empty, "{path}");
+        }
+        let backslash = Err(BucketError::UnsafeKey(KeyFault::Backslash));
+        for path in ["/a\\..\\b", "/images/..%5Cprivate", "/a%5cb"] {
+            assert_eq!(b.object_key(path), backslash, "{path}");
+        }
     }
 
     #[test]

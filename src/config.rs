@@ -17,7 +17,10 @@ use crate::address::{
     validate_host_name, MAX_WEIGHT,
 };
 use crate::bucket::{Addressing, Bucket};
-use crate::mirror::{Mirror, MirrorMode, OnSourceFailure};
+use crate::mirror::{
+    Mirror, MirrorMode, OnSourceFailure, DEFAULT_MAX_COPY_BACKS_PER_MINUTE,
+    MAX_COPY_BACKS_PER_MINUTE,
+};
 use crate::sigv4::{Secret, Signer};
 
 /// Reads a variable of the VM's environment (`vm_config.environment_variables`).
@@ -173,6 +176,7 @@ struct RawMirror {
     key_prefixes: Option<Vec<String>>,
     on_status: Option<Vec<u32>>,
     copy_back: Option<bool>,
+    max_copy_backs_per_minute: Option<u32>,
     max_copy_bytes: Option<u64>,
     on_source_failure: Option<String>,
 }
@@ -1218,6 +1222,16 @@ fn compile_mirror(
     };
     let pass_query_string = raw.pass_query_string.unwrap_or(false);
     let copy_back = raw.copy_back.unwrap_or(true);
+    let max_copy_backs_per_minute = raw
+        .max_copy_backs_per_minute
+        .unwrap_or(DEFAULT_MAX_COPY_BACKS_PER_MINUTE);
+    if !(1..=MAX_COPY_BACKS_PER_MINUTE).contains(&max_copy_backs_per_minute) {
+        return Err(ctx.err(
+            "max_copy_backs_per_minute",
+            Some(max_copy_backs_per_minute.to_string()),
+            format!("must be 1..={MAX_COPY_BACKS_PER_MINUTE} (copy-backs per domain and Envoy worker per minute; `copy_back: false` turns copying off)"),
+        ));
+    }
     let normalized = json!({
         "source": source.normalized,
         "mode": mode.as_str(),
@@ -1225,6 +1239,7 @@ fn compile_mirror(
         "key_prefixes": key_prefixes,
         "on_status": on_status,
         "copy_back": copy_back,
+        "max_copy_backs_per_minute": max_copy_backs_per_minute,
         "max_copy_bytes": max_copy_bytes,
         "on_source_failure": on_source_failure.as_str(),
     });
@@ -1235,6 +1250,7 @@ fn compile_mirror(
         key_prefixes,
         on_status,
         copy_back,
+        max_copy_backs_per_minute,
         max_copy_bytes,
         on_source_failure,
         redirect_base,
@@ -2057,9 +2073,18 @@ mod tests {
         let m = cfg.domains[0].mirror.as_ref().unwrap();
         assert_eq!(m.redirect_base[0], "http://src.example.com:8080");
         assert_eq!(
-            m.redirect_location(Scheme::Http, "/img/a.jpg?x=1"),
-            "http://src.example.com:8080/img/a.jpg?x=1"
+            m.redirect_location(Scheme::Http, "/img/a.jpg?x=1")
+                .as_deref(),
+            Some("http://src.example.com:8080/img/a.jpg?x=1")
         );
+        // Issue 13: the source is asked for the normalized key, re-encoded the S3 way.
+        assert_eq!(
+            m.redirect_location(Scheme::Http, "/img/%61%20b.jpg?")
+                .as_deref(),
+            Some("http://src.example.com:8080/img/a%20b.jpg")
+        );
+        assert_eq!(m.redirect_location(Scheme::Http, "/img/../a.jpg"), None);
+        assert_eq!(m.max_copy_backs_per_minute, 600);
         assert!(m.triggers(404, "GET", "/img/a.jpg"));
         assert!(!m.triggers(404, "GET", "/doc/a.jpg"));
         assert!(!m.triggers(403, "GET", "/img/a.jpg"));

@@ -475,9 +475,16 @@ impl Exchange {
         let Some(route) = source_set.targets.get(target).map(|t| t.route(self.scheme)) else {
             return false;
         };
-        let path = mirror.source_path(&self.path);
+        // The normalized key, re-encoded: the same key the bucket missed and a copy is stored
+        // under (an unsafe key was refused before the bucket was asked).
+        let Some(path) = mirror.source_path(&self.path) else {
+            return false;
+        };
+        let path = path.as_str();
         if mirror.mode == MirrorMode::Redirect {
-            let location = mirror.redirect_location(self.scheme, &self.path);
+            let Some(location) = mirror.redirect_location(self.scheme, &self.path) else {
+                return false;
+            };
             self.stats.count(host, BucketEvent::MirrorRedirect);
             self.record_outcome(host);
             let body = format!("origin-pull: the object is at {location}\n");
@@ -500,7 +507,11 @@ impl Exchange {
                 .bucket
                 .as_ref()
                 .and_then(|b| b.object_key(&self.path).ok());
-            if let (true, Some(key)) = (mirror.copy_back && self.method == "GET", key) {
+            let copy = mirror.copy_back && self.method == "GET";
+            if copy && !mirror.copies_back(&self.path) {
+                self.skip_query_copy(host, &domain.name);
+            }
+            if let (true, Some(key)) = (copy && mirror.copies_back(&self.path), key) {
                 let scheme = route.scheme.unwrap_or(self.scheme).as_str();
                 let authority = source_set.host.as_deref().unwrap_or(&self.client_authority);
                 let mut headers: Vec<(String, String)> = vec![
@@ -588,6 +599,10 @@ impl Exchange {
             if !copy {
                 return;
             }
+            if !mirror.copies_back(&self.path) {
+                self.skip_query_copy(host, &domain.name);
+                return;
+            }
             if body.len() as u64 > mirror.max_copy_bytes {
                 self.stats.count(host, BucketEvent::CopyBackSkipped);
                 host.log(
@@ -655,6 +670,19 @@ impl Exchange {
                 }
             }
         }
+    }
+
+    /// An object fetched with the client's query string is served, never stored under the
+    /// query-less key (issue 13: bucket poisoning).
+    fn skip_query_copy(&self, host: &mut impl Host, domain: &str) {
+        self.stats.count(host, BucketEvent::CopyBackSkipped);
+        host.log(
+            LogLevel::Debug,
+            &format!(
+                "origin-pull: {domain}: not copying {} back: it was fetched with the client's query string",
+                printable(&self.path)
+            ),
+        );
     }
 
     /// The bucket's miss, told by the filter (the bucket's own body is gone by now).
@@ -1170,6 +1198,9 @@ impl BucketRefusal {
             ),
             BucketRefusal::Bucket(BucketError::EmptyKey) => {
                 (404, "bucket-no-key", "origin_pull_bucket_no_key", None)
+            }
+            BucketRefusal::Bucket(BucketError::UnsafeKey(_)) => {
+                (400, "bucket-bad-key", "origin_pull_bucket_bad_key", None)
             }
             BucketRefusal::Bucket(BucketError::NoClock) => {
                 stats.count(host, BucketEvent::SignFailure);

@@ -14,13 +14,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::bucket::{BucketEvent, BucketStats};
+use crate::bucket::{self, BucketEvent, BucketStats};
 use crate::config::{OriginSet, PluginConfig, Scheme};
 use crate::host::{Host, LogLevel};
 use crate::sigv4;
 
 /// Memory held by copy-backs of one VM (queued and in flight); past it new copies are skipped.
 pub const MAX_COPY_BACK_BYTES: u64 = 64 << 20;
+/// Default of `mirror.max_copy_backs_per_minute` (per domain and worker).
+pub const DEFAULT_MAX_COPY_BACKS_PER_MINUTE: u32 = 600;
+pub const MAX_COPY_BACKS_PER_MINUTE: u32 = 1_000_000;
+const COPY_BACK_WINDOW_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MirrorMode {
@@ -68,6 +72,9 @@ pub struct Mirror {
     /// Bucket statuses that count as a miss.
     pub on_status: Vec<u32>,
     pub copy_back: bool,
+    /// Copy-backs accepted per domain and worker in one minute; past it objects are served but
+    /// not stored, so clients cannot grow the bucket faster than this.
+    pub max_copy_backs_per_minute: u32,
     pub max_copy_bytes: u64,
     pub on_source_failure: OnSourceFailure,
     /// `scheme://host[:port]` of the source for redirects, by client scheme.
@@ -83,32 +90,53 @@ impl Mirror {
             && self.key_matches(client_path)
     }
 
+    /// The prefixes are compared with the normalized key ([`bucket::client_key`]), the key the
+    /// source is asked for and the copy is stored under; an unsafe key never matches.
     fn key_matches(&self, client_path: &str) -> bool {
-        if self.key_prefixes.is_empty() {
-            return true;
-        }
-        let path = client_path.split(['?', '#']).next().unwrap_or("");
-        let key = sigv4::percent_decode(path.strip_prefix('/').unwrap_or(path));
-        self.key_prefixes
-            .iter()
-            .any(|p| key.starts_with(p.as_bytes()))
+        let Ok(key) = bucket::client_key(client_path) else {
+            return false;
+        };
+        self.key_prefixes.is_empty()
+            || self
+                .key_prefixes
+                .iter()
+                .any(|p| key.starts_with(p.as_bytes()))
     }
 
-    /// The path (and query string, when passed) asked of the source.
-    pub fn source_path<'a>(&self, client_path: &'a str) -> &'a str {
-        if self.pass_query_string {
-            client_path
-        } else {
-            client_path.split('?').next().unwrap_or(client_path)
-        }
+    /// The client's query string when it is passed to the source (`None` when empty).
+    fn passed_query<'a>(&self, client_path: &'a str) -> Option<&'a str> {
+        let path = client_path.split('#').next().unwrap_or("");
+        let (_, query) = path.split_once('?')?;
+        (self.pass_query_string && !query.is_empty()).then_some(query)
     }
 
-    pub fn redirect_location(&self, scheme: Scheme, client_path: &str) -> String {
+    /// The path asked of the source: the normalized key, re-encoded, then the query string when
+    /// passed. `None` for a key that is refused ([`bucket::client_key`]).
+    pub fn source_path(&self, client_path: &str) -> Option<String> {
+        let key = bucket::client_key(client_path).ok()?;
+        let mut path = String::with_capacity(key.len() + 16);
+        path.push('/');
+        path.push_str(&sigv4::encode_path(&key));
+        if let Some(query) = self.passed_query(client_path) {
+            path.push('?');
+            path.push_str(query);
+        }
+        Some(path)
+    }
+
+    pub fn redirect_location(&self, scheme: Scheme, client_path: &str) -> Option<String> {
         let base = match scheme {
             Scheme::Http => &self.redirect_base[0],
             Scheme::Https => &self.redirect_base[1],
         };
-        format!("{base}{}", self.source_path(client_path))
+        Some(format!("{base}{}", self.source_path(client_path)?))
+    }
+
+    /// Whether an object the source serves for this client path may be stored in the bucket.
+    /// Never when it was fetched with the client's query string: it would be stored under the
+    /// query-less key and served to every later client (bucket poisoning).
+    pub fn copies_back(&self, client_path: &str) -> bool {
+        self.copy_back && self.passed_query(client_path).is_none()
     }
 }
 
@@ -147,6 +175,16 @@ pub struct CopyBack {
     queue: VecDeque<CopyJob>,
     in_flight: Vec<InFlight>,
     bytes: u64,
+    /// Copy-backs accepted per domain in the current minute.
+    windows: Vec<RateWindow>,
+}
+
+struct RateWindow {
+    domain: String,
+    start_ms: u64,
+    accepted: u32,
+    /// One log line per window when the limit is hit, not one per refused copy.
+    logged: bool,
 }
 
 impl CopyBack {
@@ -163,6 +201,10 @@ impl CopyBack {
         } else {
             None
         };
+        if reason.is_none() && !self.within_rate(host, &job) {
+            stats.count(host, BucketEvent::CopyBackSkipped);
+            return false;
+        }
         if let Some(reason) = reason {
             stats.count(host, BucketEvent::CopyBackSkipped);
             host.log(
@@ -177,6 +219,56 @@ impl CopyBack {
         self.bytes += size;
         self.queue.push_back(job);
         true
+    }
+
+    /// Takes one copy-back of the job's domain from this minute's allowance
+    /// (`mirror.max_copy_backs_per_minute`); logs once per minute when it is spent.
+    fn within_rate(&mut self, host: &mut impl Host, job: &CopyJob) -> bool {
+        let Some(domain) = job.config.domains.get(job.domain) else {
+            return false;
+        };
+        let limit = domain
+            .mirror
+            .as_ref()
+            .map_or(DEFAULT_MAX_COPY_BACKS_PER_MINUTE, |m| {
+                m.max_copy_backs_per_minute
+            });
+        let now = host.now_ms();
+        let index = match self.windows.iter().position(|w| w.domain == domain.name) {
+            Some(index) => index,
+            None => {
+                self.windows.push(RateWindow {
+                    domain: domain.name.clone(),
+                    start_ms: now,
+                    accepted: 0,
+                    logged: false,
+                });
+                self.windows.len() - 1
+            }
+        };
+        let Some(window) = self.windows.get_mut(index) else {
+            return false;
+        };
+        if now.saturating_sub(window.start_ms) >= COPY_BACK_WINDOW_MS || now < window.start_ms {
+            window.start_ms = now;
+            window.accepted = 0;
+            window.logged = false;
+        }
+        if window.accepted < limit {
+            window.accepted += 1;
+            return true;
+        }
+        if !window.logged {
+            window.logged = true;
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "origin-pull: {}: {limit} objects were copied back in the last minute (mirror.max_copy_backs_per_minute); further objects are served but not copied back until the minute is over",
+                    domain.name
+                ),
+            );
+        }
+        false
     }
 
     /// Signs and dispatches every queued PUT, or first the source GET (root context).

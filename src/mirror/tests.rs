@@ -7,7 +7,7 @@ use std::rc::Rc;
 use super::*;
 use crate::bucket::BucketStats;
 use crate::config::parse_with_env;
-use crate::exchange::{Exchange, RequestInfo, ResponseStep, MIRROR_HEADER};
+use crate::exchange::{Exchange, RequestInfo, ResponseStep, ERROR_HEADER, MIRROR_HEADER};
 use crate::health::BlockTable;
 use crate::host::fake::FakeHost;
 
@@ -479,3 +479,143 @@ fn without_mirror_a_bucket_miss_fails_over_to_the_slave() {
 }
 
 const ORIGINAL_DST: &str = crate::exchange::ORIGINAL_DST_HEADER;
+
+/// Issue 13, item 1: a path whose decoded key escapes `key_prefixes` (or has any dot segment)
+/// is refused with 400 before the bucket, the source or a copy-back see it; the source is asked
+/// for the same normalized key the bucket missed and the copy is stored under.
+#[test]
+fn mirror_keys_are_normalized_and_escapes_refused() {
+    let mirror = r#","mirror":{"source":{"domain":"src.test:8080"},"key_prefixes":["images/"]}"#;
+    let mut w = world(mirror, "");
+    for path in [
+        "/images/../private/admin1.txt",
+        "/images/%2e%2e/private/admin1.txt",
+        "/images/..%2fprivate/admin1.txt",
+        "/images/%2E%2E%2Fprivate/admin1.txt",
+        "/images/..%5Cprivate/admin1.txt",
+        "/images//private/admin1.txt",
+    ] {
+        let replies = w.host.replies.len();
+        assert!(w.start("GET", path).is_none(), "{path} routed");
+        let reply = w.host.replies.last().unwrap().clone();
+        assert_eq!(w.host.replies.len(), replies + 1);
+        assert_eq!(reply.status, 400, "{path}");
+        assert_eq!(reply.header(ERROR_HEADER), Some("bucket-bad-key"), "{path}");
+    }
+    assert!(w.host.callouts.is_empty(), "nothing sent anywhere");
+    // Percent-encoded unreserved characters name the same key everywhere.
+    let mut ex = w.start("GET", "/images/%61%2Db.jpg").unwrap();
+    assert_eq!(
+        ex.bucket_request().unwrap().1.path,
+        "/bkt/cdn/images/a-b.jpg"
+    );
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    let c = w.host.callouts[0].clone();
+    assert_eq!(c.header(":path"), Some("/images/a-b.jpg"));
+    w.host
+        .respond(200, &[("x-envoy-upstream-service-time", "1")], b"IMG");
+    ex.on_callout_response(&mut w.host, &mut w.blocks, c.token, 2, 3);
+    assert_eq!(ex.take_copy_job().unwrap().key, b"cdn/images/a-b.jpg");
+    // An encoded '/' is a '/' of the key: the prefix check sees `images/x`.
+    let ex = w.start("GET", "/images%2Fx.jpg").unwrap();
+    assert_eq!(ex.bucket_request().unwrap().1.path, "/bkt/cdn/images/x.jpg");
+}
+
+/// Issue 13, item 2: an answer fetched with the client's query string is served but never
+/// stored under the query-less key; without `pass_query_string` the query is dropped and the
+/// object is copied back as before.
+#[test]
+fn answers_fetched_with_a_query_are_never_copied_back() {
+    let mut w = world(
+        r#","mirror":{"source":{"domain":"src.test"},"pass_query_string":true}"#,
+        "",
+    );
+    let mut ex = w
+        .start("GET", "/images/poison.jpg?payload=ATTACKER")
+        .unwrap();
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    let c = w.host.callouts[0].clone();
+    assert_eq!(
+        c.header(":path"),
+        Some("/images/poison.jpg?payload=ATTACKER")
+    );
+    w.host
+        .respond(200, &[("x-envoy-upstream-service-time", "1")], b"EVIL");
+    ex.on_callout_response(&mut w.host, &mut w.blocks, c.token, 2, 4);
+    assert_eq!(w.host.replies[0].body, b"EVIL", "served to this client");
+    assert!(ex.take_copy_job().is_none(), "never stored");
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_skipped_total"),
+        Some(1)
+    );
+    // The same key without a query string (or with an empty one) is copied back.
+    for path in ["/images/ok.jpg", "/images/ok2.jpg?"] {
+        let mut ex = w.start("GET", path).unwrap();
+        ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+        let c = w.host.callouts.last().unwrap().clone();
+        w.host
+            .respond(200, &[("x-envoy-upstream-service-time", "1")], b"OK");
+        ex.on_callout_response(&mut w.host, &mut w.blocks, c.token, 2, 2);
+        assert!(ex.take_copy_job().is_some(), "{path}");
+    }
+    // Redirect mode: the client goes to the source with its query; no copy is made.
+    let mut w = world(
+        r#","mirror":{"source":{"domain":"src.test"},"mode":"redirect","pass_query_string":true}"#,
+        "",
+    );
+    let mut ex = w
+        .start("GET", "/images/poison.jpg?payload=ATTACKER")
+        .unwrap();
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    assert_eq!(w.host.replies[0].status, 302);
+    assert!(ex.take_copy_job().is_none());
+    // Without pass_query_string the query never reaches the source, so the copy is safe.
+    let mut w = world(r#","mirror":{"source":{"domain":"src.test"}}"#, "");
+    let mut ex = w.start("GET", "/images/q.jpg?payload=x").unwrap();
+    ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
+    let c = w.host.callouts[0].clone();
+    assert_eq!(c.header(":path"), Some("/images/q.jpg"));
+    w.host
+        .respond(200, &[("x-envoy-upstream-service-time", "1")], b"Q");
+    ex.on_callout_response(&mut w.host, &mut w.blocks, c.token, 2, 1);
+    assert_eq!(ex.take_copy_job().unwrap().key, b"cdn/images/q.jpg");
+}
+
+/// Issue 13, item 2: clients cannot grow the bucket faster than
+/// `mirror.max_copy_backs_per_minute` (per domain and worker); the next minute copies again.
+#[test]
+fn copy_backs_are_limited_per_minute() {
+    let mut w = world(
+        r#","mirror":{"source":{"domain":"src.test"},"max_copy_backs_per_minute":2}"#,
+        "",
+    );
+    let job = |key: &str, cfg: &Rc<PluginConfig>| CopyJob {
+        config: cfg.clone(),
+        domain: 0,
+        scheme: Scheme::Http,
+        key: key.as_bytes().to_vec(),
+        content_type: None,
+        body: b"x".to_vec(),
+        fetch: None,
+    };
+    let mut copy = CopyBack::default();
+    assert!(copy.submit(&mut w.host, &w.stats, job("cdn/1", &w.cfg)));
+    assert!(copy.submit(&mut w.host, &w.stats, job("cdn/2", &w.cfg)));
+    w.host.now_ms += 59_000;
+    assert!(!copy.submit(&mut w.host, &w.stats, job("cdn/3", &w.cfg)));
+    assert!(!copy.submit(&mut w.host, &w.stats, job("cdn/4", &w.cfg)));
+    assert_eq!(
+        w.host.metric("origin_pull_mirror_copy_back_skipped_total"),
+        Some(2)
+    );
+    let warnings = w
+        .host
+        .logs
+        .borrow()
+        .iter()
+        .filter(|(_, l)| l.contains("max_copy_backs_per_minute"))
+        .count();
+    assert_eq!(warnings, 1, "one line per minute, not one per object");
+    w.host.now_ms += 1_000;
+    assert!(copy.submit(&mut w.host, &w.stats, job("cdn/5", &w.cfg)));
+}

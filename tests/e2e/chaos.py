@@ -632,6 +632,36 @@ def table(results):
     return "\n".join(lines)
 
 
+# Hostile requests: what a client tries, what it gets, and the regression test that shows it.
+# Written into RELIABILITY.md with the figures (add a line with each new hostile-request rule).
+HOSTILE_REQUESTS = [
+    ("`GET /images/../private/a.txt` (or `%2e%2e/`, `..%2f`, `%2E%2E%2F`, `..%5C`, `//`) on a "
+     "mirrored bucket with `key_prefixes: [\"images/\"]`",
+     "`400 bucket-bad-key`; neither the source nor the bucket is asked, nothing is copied back",
+     "test_bucket.py::test_mirror_key_escapes_are_refused, "
+     "mirror::tests::mirror_keys_are_normalized_and_escapes_refused"),
+    ("`GET /images/poison.jpg?payload=…` with `pass_query_string: true`",
+     "served from the source to that client only; never copied back under `images/poison.jpg`",
+     "test_bucket.py::test_query_string_answers_are_never_copied_back, "
+     "mirror::tests::answers_fetched_with_a_query_are_never_copied_back"),
+    ("many new keys the mirror source answers 200 for (growing the bucket)",
+     "at most `mirror.max_copy_backs_per_minute` (600) copies per domain and worker per minute; "
+     "the rest are served, not stored",
+     "mirror::tests::copy_backs_are_limited_per_minute"),
+    ("`GET /../../other-bkt/key.txt` (or `%2e%2e`, `..%2f`, `/./`) on a bucket origin",
+     "`400 bucket-bad-key`; never signed, never sent to the bucket",
+     "test_bucket.py::test_dot_segments_never_reach_the_bucket, "
+     "bucket::tests::unsafe_keys_are_refused_not_rewritten"),
+]
+
+
+def hostile_section():
+    rows = "\n".join(f"| {what} | {outcome} | {test} |" for what, outcome, test in HOSTILE_REQUESTS)
+    return ("## Hostile requests\n\n"
+            "Rules checked by regression tests (`make test`), not by the load above.\n\n"
+            "| the client tries | it gets | test |\n|---|---|---|\n" + rows + "\n")
+
+
 def report(results, rate, duration, seconds):
     notes = "\n".join(f"- **{r.name}**: {r.notes}."
                       + (f" Errors: {r.error_kinds}." if r.errors else "")
@@ -665,7 +695,8 @@ edit by hand: re-run `make chaos`.
 ## Scenario notes
 
 {notes}
-"""
+
+{hostile_section()}"""
 
 
 def main(argv=None):
