@@ -472,8 +472,10 @@ pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, Conf
         // serde quotes offending values; a misplaced secret must not reach the log. Both may
         // quote a key of the input (an unknown field): keep the message one line.
         let mut reason = e.into_inner().to_string();
+        let mut field = field;
         for secret in secrets_in(&tree) {
             reason = reason.replace(&secret, REDACTED);
+            field = field.replace(&secret, REDACTED);
         }
         ConfigError {
             domain,
@@ -485,17 +487,33 @@ pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, Conf
     compile(raw, env)
 }
 
-/// Every string under a `credentials` key except the names of environment variables and the
-/// (public) access key id.
+/// Every value under a `credentials` key (strings and numbers, the names of environment
+/// variables and the access key id included: a secret pasted into the wrong field is the likely
+/// mistake), and every key there that is not a credential field and not spelled like one
+/// (lower case, digits, '_': a misspelled field name stays readable).
 fn secrets_in(tree: &Value) -> Vec<String> {
+    const FIELDS: [&str; 4] = [
+        "access_key_id",
+        "access_key_id_env",
+        "secret_access_key",
+        "secret_access_key_env",
+    ];
     fn strings(value: &Value, out: &mut Vec<String>) {
         match value {
             Value::String(s) if !s.is_empty() => out.push(s.clone()),
+            Value::Number(n) => out.push(n.to_string()),
             Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
-            Value::Object(map) => map
-                .iter()
-                .filter(|(k, _)| !k.ends_with("_env") && k.as_str() != "access_key_id")
-                .for_each(|(_, v)| strings(v, out)),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let field_like = k
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                    if !k.is_empty() && !field_like && !FIELDS.contains(&k.as_str()) {
+                        out.push(k.clone());
+                    }
+                    strings(v, out);
+                }
+            }
             _ => {}
         }
     }
@@ -1067,18 +1085,20 @@ fn credential(
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            // The value is redacted even here: a secret pasted into the `_env` field is the
+            // likely mistake, and an alphanumeric secret (OSS) is also a valid variable name.
             if !valid_name {
                 return Err(ctx.err(
                     &env_field,
-                    Some(name),
-                    "must be an environment variable name (A-Z, a-z, 0-9, '_')",
+                    Some(REDACTED.to_string()),
+                    "must be an environment variable name (A-Z, a-z, 0-9, '_'); is a credential in the `_env` field instead of a variable's name?",
                 ));
             }
             let Some(value) = env(&name) else {
                 return Err(ctx.err(
                     &env_field,
-                    Some(name),
-                    "is not set in the VM's environment; pass it with vm_config.environment_variables (host_env_keys or key_values)",
+                    Some(REDACTED.to_string()),
+                    "the variable it names is not set in the VM's environment; pass it with vm_config.environment_variables (host_env_keys or key_values)",
                 ));
             };
             (value, (env_field.clone(), json!(name)))
@@ -1086,7 +1106,7 @@ fn credential(
         (Some(_), Some(_)) => {
             return Err(ctx.err(
                 field,
-                secret.then(|| REDACTED.to_string()),
+                Some(REDACTED.to_string()),
                 format!("set either `{field}` or `{env_field}`, not both"),
             ))
         }
@@ -1103,14 +1123,10 @@ fn credential(
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || (!secret && (c == '/' || c == ',')));
     if bad {
-        let shown_value = if secret {
-            REDACTED.to_string()
-        } else {
-            value.clone()
-        };
+        // Never the value: an access key id with '/' is likely the secret in the wrong field.
         return Err(ctx.err(
             &shown.0,
-            Some(shown_value),
+            Some(REDACTED.to_string()),
             "is empty or contains characters a credential cannot hold (white space, control characters)",
         ));
     }
@@ -2125,7 +2141,7 @@ mod tests {
             (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key":"SECRET-VALUE","secret_access_key_env":"S3_SECRET"}}"#),
              "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key value \"(redacted)\": set either `secret_access_key` or `secret_access_key_env`, not both"),
             (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key_env":"NOT_SET_ANYWHERE"}}"#),
-             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key_env value \"NOT_SET_ANYWHERE\": is not set in the VM's environment; pass it with vm_config.environment_variables (host_env_keys or key_values)"),
+             "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key_env value \"(redacted)\": the variable it names is not set in the VM's environment; pass it with vm_config.environment_variables (host_env_keys or key_values)"),
             (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key_env":"S3_EMPTY"}}"#),
              "invalid origin-pull configuration: domain \"www.test.com\": field master.bucket.credentials.secret_access_key_env value \"(redacted)\": is empty or contains characters a credential cannot hold (white space, control characters)"),
             (b(r#"{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{"access_key_id":"AKID","secret_access_key":"SECRET-VALUE with space"}}"#),
@@ -2164,6 +2180,8 @@ mod tests {
              "invalid origin-pull configuration: domain \"www.test.com\": field mirror.source.domain value \"www.test.com\": is the accelerated domain"),
             (m(r#"{"source":{"domain":"s.example.com"}}"#, ""),
              "invalid origin-pull configuration: domain \"www.test.com\": field mirror.copy_back value \"true\": copying objects back writes to the bucket and needs `credentials` on the master bucket; add them or set copy_back to false"),
+            (m(r#"{"source":{"domain":"s.example.com"},"max_copy_backs_per_minute":0}"#, ""),
+             "invalid origin-pull configuration: domain \"www.test.com\": field mirror.max_copy_backs_per_minute value \"0\": must be 1..=1000000"),
             (m(r#"{"source":{"domain":"s.example.com"},"copy":true}"#, ""),
              "invalid origin-pull configuration: domain \"www.test.com\": field mirror.copy: unknown field `copy`"),
         ];
@@ -2173,6 +2191,88 @@ mod tests {
             assert!(
                 err.starts_with(want),
                 "config {text}\n got: {err}\nwant: {want}"
+            );
+        }
+    }
+
+    /// Issue 13, item 5: a credential in the wrong field (or a malformed one) is never printed,
+    /// whatever the field; `check` and the filter's log line both use this text.
+    #[test]
+    fn credential_errors_never_show_the_value() {
+        const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY";
+        const ALNUM: &str = "Wq7Lq0ZbXyAlnumOnlySecret9Kx3Pm";
+        let creds = |body: &str| {
+            format!(
+                r#"{{"domains":[{{"domain":"www.test.com","master":{{"bucket":{{"endpoint":"s3.example.com","bucket":"bkt","region":"r","credentials":{{{body}}}}}}}}}]}}"#
+            )
+        };
+        let cases = [
+            (
+                format!(r#""access_key_id":"AKID","secret_access_key_env":"{SECRET}""#),
+                SECRET,
+                "secret_access_key_env",
+            ),
+            (
+                format!(r#""access_key_id_env":"{SECRET}","secret_access_key":"x""#),
+                SECRET,
+                "access_key_id_env",
+            ),
+            (
+                format!(r#""access_key_id":"{SECRET}","secret_access_key":"x""#),
+                SECRET,
+                "access_key_id",
+            ),
+            (
+                r#""access_key_id":"AKID/x+y","secret_access_key":"x""#.to_string(),
+                "AKID/x+y",
+                "access_key_id",
+            ),
+            (
+                format!(r#""access_key_id":"AKID","secret_access_key_env":"{ALNUM}""#),
+                ALNUM,
+                "secret_access_key_env",
+            ),
+            (
+                format!(r#""access_key_id_env":"{ALNUM}","secret_access_key":"x""#),
+                ALNUM,
+                "access_key_id_env",
+            ),
+            (
+                format!(
+                    r#""access_key_id":"{ALNUM}","access_key_id_env":"S3_KEY_ID","secret_access_key":"x""#
+                ),
+                ALNUM,
+                "access_key_id",
+            ),
+            (
+                format!(r#""access_key_id":"AKID","secret_access_key":"{SECRET}","{SECRET}":1"#),
+                SECRET,
+                "credentials",
+            ),
+            (
+                format!(r#""access_key_id":"AKID","secret_access_key_env":["{SECRET}"]"#),
+                SECRET,
+                "secret_access_key_env",
+            ),
+            (
+                r#""access_key_id":"AKID","secret_access_key":735120966431"#.to_string(),
+                "735120966431",
+                "secret_access_key",
+            ),
+        ];
+        for (body, secret, field) in &cases {
+            let text = creds(body);
+            let err = with_env(&text).map(|_| ()).unwrap_err();
+            let shown = err.to_string();
+            assert!(!shown.contains(secret), "value shown: {shown}");
+            assert!(shown.contains(field), "field not named: {shown}");
+            assert!(
+                err.value.is_none() || err.value.as_deref() == Some(REDACTED),
+                "{shown}"
+            );
+            assert!(
+                shown.contains("domain \"www.test.com\""),
+                "domain not named: {shown}"
             );
         }
     }

@@ -652,6 +652,12 @@ HOSTILE_REQUESTS = [
      "`400 bucket-bad-key`; never signed, never sent to the bucket",
      "test_bucket.py::test_dot_segments_never_reach_the_bucket, "
      "bucket::tests::unsafe_keys_are_refused_not_rewritten"),
+    ("a configuration with the secret in `secret_access_key_env`, `access_key_id_env` or "
+     "`access_key_id` (e.g. pushed by a careless or hostile operator)",
+     "rejected; `check` and Envoy's log name the domain and field, the value prints as "
+     "`(redacted)`",
+     "test_config_rejection.py::test_a_misplaced_secret_is_never_printed, "
+     "config::tests::credential_errors_never_show_the_value"),
 ]
 
 

@@ -58,6 +58,36 @@ def test_envoy_refuses_it_at_bootstrap(tmp_path, envoy_bin, name):
     assert c.expected in out, out[-3000:]
 
 
+# Issue 13 item 5: a secret pasted into the wrong credential field.
+MISPLACED_SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY"
+MISPLACED_SECRET_CASES = ["bucket-secret-in-secret-env", "bucket-secret-in-key-id-env",
+                          "bucket-secret-in-key-id"]
+
+
+@pytest.mark.parametrize("name", MISPLACED_SECRET_CASES)
+def test_a_misplaced_secret_is_never_printed(tmp_path, envoy_bin, name):
+    """Neither `check` nor Envoy (which logs the filter's configuration error once before
+    exiting) prints the value of a credential field; both still name the domain and field."""
+    c = case(name)
+    assert MISPLACED_SECRET in c.text
+    p = subprocess.run([str(CLI), "check", str(CORPUS / f"{name}.json")],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and c.expected in p.stderr, p.stderr
+    boot = ec.bootstrap(free_port(), tmp_path / "lds" / "lds.json")
+    path = tmp_path / "bootstrap.json"
+    ec.write_json(path, ec.static_bootstrap(boot, [ec.listener(free_port(), c.text)]))
+    e = subprocess.run([envoy_bin, "--mode", "validate", "-c", str(path), "-l", "info",
+                        "--disable-hot-restart"],
+                       cwd=ec.REPO, capture_output=True, text=True, timeout=120)
+    out = e.stdout + e.stderr
+    assert e.returncode != 0 and c.expected in out, out[-3000:]
+    # (At debug level Envoy itself prints the listener's configuration, plugin JSON included:
+    # that is Envoy's config dump, the reason the README prefers `*_env` credentials.)
+    for where, text in [("check", p.stdout + p.stderr), ("envoy log", out)]:
+        assert MISPLACED_SECRET not in text, f"the secret appears in the {where}"
+        assert MISPLACED_SECRET[:12] not in text, f"part of the secret appears in the {where}"
+
+
 def test_lds_reload_keeps_the_previous_configuration_for_every_case(env):
     good = env.start_origin("good", ip="127.0.6.40")
     env.start({"domains": [{"domain": D, "master": {"ips": [good.addr]}}]})
