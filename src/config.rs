@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 mod probe;
+mod strict_json;
 pub use probe::Probe;
 use probe::{compile_probe, RawProbe};
 
@@ -452,11 +453,16 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
 }
 
 pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigError> {
-    let tree: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError {
-        domain: None,
-        field: "(document)".into(),
-        value: None,
-        reason: format!("not valid JSON: {e}"),
+    let tree: Value = strict_json::from_slice(bytes).map_err(|e| match e {
+        strict_json::StrictJsonError::Syntax(e) => ConfigError {
+            domain: None,
+            field: "(document)".into(),
+            value: None,
+            reason: format!("not valid JSON: {e}"),
+        },
+        strict_json::StrictJsonError::DuplicateKey { path, key } => {
+            duplicate_key(bytes, &path, &key)
+        }
     })?;
     if !tree.is_object() {
         return Err(ConfigError {
@@ -485,6 +491,27 @@ pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, Conf
         }
     })?;
     compile(raw, env)
+}
+
+/// An object of the document names `key` twice. Only now is the document read again (the
+/// lenient way, last key wins) to name the domain the object belongs to.
+fn duplicate_key(bytes: &[u8], path: &str, key: &str) -> ConfigError {
+    let tree: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let full = if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    };
+    let (domain, mut field) = split_domain_path(&tree, &full);
+    for secret in secrets_in(&tree) {
+        field = field.replace(&secret, REDACTED);
+    }
+    ConfigError {
+        domain,
+        field: one_line(&field),
+        value: None,
+        reason: "is given twice in the same object (duplicate key); JSON parsers would silently keep only one of them, so the configuration is refused".into(),
+    }
 }
 
 /// Every value under a `credentials` key (strings and numbers, the names of environment
@@ -2273,6 +2300,29 @@ mod tests {
             assert!(
                 shown.contains("domain \"www.test.com\""),
                 "domain not named: {shown}"
+            );
+        }
+    }
+
+    /// Issue 13, item 9: a key given twice is refused, naming the domain and the key, instead of
+    /// the last one silently winning.
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let cases = [
+            (r#"{"domains":[{"domain":"www.test.com","master":{"ips":["1.1.1.1"]},"slave":{"ips":["2.2.2.2"]},"master_slave_switch":true,"master_slave_switch":false}]}"#,
+             "invalid origin-pull configuration: domain \"www.test.com\": field master_slave_switch: is given twice in the same object (duplicate key); JSON parsers would silently keep only one of them, so the configuration is refused"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]}},{"domain":"www.test.com","master":{"ips":["1.1.1.1"]},"failover":{"on":["5xx"],"timeout_ms":100,"timeout_ms":200}}]}"#,
+             "invalid origin-pull configuration: domain \"www.test.com\": field failover.timeout_ms: is given twice"),
+            (r#"{"debug_headers":true,"domains":[],"debug_headers":false}"#,
+             "invalid origin-pull configuration: field debug_headers: is given twice"),
+            (r#"{"domains":[{"domain":"www.test.com","master":{"ips":["1.1.1.1","2.2.2.2"]},"master":{"ips":["3.3.3.3"]}}]}"#,
+             "invalid origin-pull configuration: domain \"www.test.com\": field master: is given twice"),
+        ];
+        for (text, want) in cases {
+            let err = parse_str(text).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                err.starts_with(want),
+                "config {text}\n got: {err}\nwant: {want}"
             );
         }
     }

@@ -658,6 +658,12 @@ HOSTILE_REQUESTS = [
      "`(redacted)`",
      "test_config_rejection.py::test_a_misplaced_secret_is_never_printed, "
      "config::tests::credential_errors_never_show_the_value"),
+    ("a configuration giving a key twice (`\"master_slave_switch\": true, …, "
+     "\"master_slave_switch\": false`)",
+     "rejected with the domain and the key named (`is given twice`), never the last one "
+     "silently kept",
+     "test_config_rejection.py (corpus `duplicate-key-*`), "
+     "config::tests::duplicate_keys_are_refused"),
 ]
 
 
