@@ -289,6 +289,9 @@ def test_mirror_key_escapes_are_refused(make_env, s3):
         r = env.request(HOST, path)
         assert r.status == 400 and r.headers.get("x-origin-pull-error") == "bucket-bad-key", \
             (path, r)
+    # A raw backslash: refused too (by Envoy's codec or by the filter), never forwarded.
+    r = env.request(HOST, "/images/..\\private/admin1.txt")
+    assert r.status == 400 and r.headers.get("x-origin-pull-error") == "bucket-bad-key", r
     assert source.count() == 0, source.requests()
     assert [p for _, p in s3.requests()[s3_before:] if "private" in p] == []
     # What main did: the escaped key was stored; later plain GETs would be served it.
