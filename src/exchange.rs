@@ -739,7 +739,7 @@ impl Exchange {
         if blocks_origin(answer, &detection) {
             if let BlockOutcome::Blocked = blocks.block(host, &label, detection.block_ms) {
                 if let Some(m) = self.origin_metrics(current) {
-                    m.blocked(host, BlockSource::Passive);
+                    m.blocked(host, BlockSource::Passive, blocks.blocked_until(&label));
                 }
                 host.log(
                     LogLevel::Warn,

@@ -20,6 +20,8 @@ pub mod probe;
 pub mod render;
 pub mod select;
 pub mod sigv4;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod status;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -29,6 +29,8 @@ pub struct OriginMetrics {
     probe_success: Option<u32>,
     probe_failure: Option<u32>,
     blocked: Option<u32>,
+    /// Unix time (s) the block ends, 0 when not blocked: `origin-pull status` shows it.
+    blocked_until: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -140,6 +142,12 @@ impl OriginMetrics {
                 &with(("result", "failure")),
             ),
             blocked: define(host, Gauge, "origin_pull_origin_blocked", &tags),
+            blocked_until: define(
+                host,
+                Gauge,
+                "origin_pull_origin_blocked_until_seconds",
+                &tags,
+            ),
         }
     }
 
@@ -153,8 +161,9 @@ impl OriginMetrics {
         }
     }
 
-    /// A block was written (the gauge follows at once; the tick clears it when it expires).
-    pub fn blocked(&self, host: &mut impl Host, source: BlockSource) {
+    /// A block was written until `until_ms` (the gauges follow at once; the tick clears them
+    /// when it expires).
+    pub fn blocked(&self, host: &mut impl Host, source: BlockSource, until_ms: Option<u64>) {
         bump(
             host,
             match source {
@@ -162,12 +171,12 @@ impl OriginMetrics {
                 BlockSource::Probe => self.blocks_probe,
             },
         );
-        self.set_blocked(host, true);
+        self.set_blocked(host, Some(until_ms.unwrap_or(1)));
     }
 
     pub fn unblocked(&self, host: &mut impl Host) {
         bump(host, self.unblocks);
-        self.set_blocked(host, false);
+        self.set_blocked(host, None);
     }
 
     pub fn probe(&self, host: &mut impl Host, healthy: bool) {
@@ -181,9 +190,14 @@ impl OriginMetrics {
         );
     }
 
-    pub fn set_blocked(&self, host: &mut impl Host, blocked: bool) {
+    /// `Some(until_ms)` while blocked (an unknown end may be given as any non-zero value).
+    pub fn set_blocked(&self, host: &mut impl Host, until_ms: Option<u64>) {
         if let Some(id) = self.blocked {
-            host.record_metric(id, u64::from(blocked));
+            host.record_metric(id, u64::from(until_ms.is_some()));
+        }
+        if let Some(id) = self.blocked_until {
+            // Rounded up: the origin is blocked up to and including that second.
+            host.record_metric(id, until_ms.map_or(0, |ms| ms.div_ceil(1000)));
         }
     }
 }
@@ -321,10 +335,13 @@ mod tests {
         ));
         assert!(names.contains(&"origin_pull_failovers_total;domain=www.test.com;outcome=served"));
         assert!(names.iter().all(|n| n.starts_with("origin_pull_")));
-        assert!(names.iter().filter(|n| !n.contains("_blocked;")).all(|n| n
-            .split(';')
-            .next()
-            .is_some_and(|base| base.ends_with("_total"))));
+        assert!(names
+            .iter()
+            .filter(|n| !n.contains("_blocked;") && !n.contains("_blocked_until_seconds;"))
+            .all(|n| n
+                .split(';')
+                .next()
+                .is_some_and(|base| base.ends_with("_total"))));
         // Master 10.0.0.1 and slave 10.0.0.1 over http share one set of stats.
         let a = metrics.origin(0, Role::Master, 0, Scheme::Http).unwrap();
         let b = metrics.origin(0, Role::Slave, 0, Scheme::Http).unwrap();
@@ -338,9 +355,9 @@ mod tests {
         );
         assert!(metrics.origin(0, Role::Master, 2, Scheme::Http).is_none());
         assert!(metrics.origin(1, Role::Master, 0, Scheme::Http).is_none());
-        // 4 labels (10.0.0.1:80, 10.0.0.1:443, 10.0.0.2:80, 10.0.0.2:443) × 12 stats + 2.
+        // 4 labels (10.0.0.1:80, 10.0.0.1:443, 10.0.0.2:80, 10.0.0.2:443) × 13 stats + 2.
         assert_eq!(metrics.origins(0).len(), 4);
-        assert_eq!(host.metrics.len(), 4 * 12 + 2);
+        assert_eq!(host.metrics.len(), 4 * 13 + 2);
     }
 
     #[test]
@@ -355,7 +372,7 @@ mod tests {
         m.failure(&mut host, Answer::Status(503));
         m.failure(&mut host, Answer::Status(200)); // not a failure
         m.failure(&mut host, Answer::ConnectError);
-        m.blocked(&mut host, BlockSource::Passive);
+        m.blocked(&mut host, BlockSource::Passive, Some(1_700_000_060_001));
         metrics.failover(&mut host, 0, true);
         let base = ";domain=www.test.com;origin=10.0.0.2:80";
         let get = |name: &str| host.metric(name).unwrap();
@@ -382,12 +399,20 @@ mod tests {
         );
         assert_eq!(get(&format!("origin_pull_origin_blocked{base}")), 1);
         assert_eq!(
+            get(&format!("origin_pull_origin_blocked_until_seconds{base}")),
+            1_700_000_061
+        );
+        assert_eq!(
             get("origin_pull_failovers_total;domain=www.test.com;outcome=served"),
             1
         );
         m.unblocked(&mut host);
         let get = |name: &str| host.metric(name).unwrap();
         assert_eq!(get(&format!("origin_pull_origin_blocked{base}")), 0);
+        assert_eq!(
+            get(&format!("origin_pull_origin_blocked_until_seconds{base}")),
+            0
+        );
         assert_eq!(get(&format!("origin_pull_origin_unblocks_total{base}")), 1);
         let total: i64 = host.metrics.iter().map(|(_, _, v)| v).sum();
         assert_eq!(total, 6); // request, 5xx, connect, block, failover, unblock; gauge back to 0

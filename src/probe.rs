@@ -210,7 +210,11 @@ impl Prober {
             blocks.refresh(host);
             for d in 0..metrics.domain_count() {
                 for origin in metrics.origins(d) {
-                    origin.set_blocked(host, blocks.is_blocked(&origin.label, now));
+                    let until = blocks
+                        .is_blocked(&origin.label, now)
+                        .then(|| blocks.blocked_until(&origin.label))
+                        .flatten();
+                    origin.set_blocked(host, until);
                 }
             }
         }
@@ -380,7 +384,11 @@ fn judge(
                 ),
             );
             if let Some(m) = origin {
-                m.blocked(host, BlockSource::Probe);
+                m.blocked(
+                    host,
+                    BlockSource::Probe,
+                    blocks.blocked_until(&target.label),
+                );
             }
         }
         target.saw_blocked = true;

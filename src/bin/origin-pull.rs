@@ -1,7 +1,8 @@
 //! Native companion of the filter:
 //! - `origin-pull check <config.json>` validates a plugin configuration with exactly the filter's
 //!   code and prints the normalized configuration or the filter's error;
-//! - `origin-pull render <config.json> …` writes the Envoy (or Istio) configuration it needs.
+//! - `origin-pull render <config.json> …` writes the Envoy (or Istio) configuration it needs;
+//! - `origin-pull status --admin IP:PORT` shows a running Envoy's origins, blocked or not.
 
 use std::io::Read;
 use std::path::Path;
@@ -13,6 +14,7 @@ use origin_pull::render::{self, envoy, istio, Options};
 const USAGE: &str = "\
 usage: origin-pull check  <plugin-config.json | ->
        origin-pull render <plugin-config.json | -> [options]
+       origin-pull status [--admin IP:PORT] [--json]
        origin-pull sigv4-sign < requests.jsonl
        origin-pull --version
 
@@ -47,6 +49,13 @@ render  Writes the Envoy configuration the plugin configuration needs: the clust
   --node-id ID         Envoy node id (default origin-pull)
 Exit status: 0 written, 1 invalid plugin configuration, 2 usage or I/O error.
 
+status  Reads a running Envoy's admin interface (--admin, default 127.0.0.1:9901): the plugin
+        configuration from /config_dump and the filter's stats from /stats. Prints per domain
+        its failovers and per origin: role, state (BLOCKED until when), requests (`-` when not
+        counted per origin), failures by kind (connect, timeout, 4xx, 5xx, other) and blocks.
+  --json               one JSON document instead of the table
+Exit status: 0 shown, 2 usage error or admin interface unreachable, 3 no origin-pull filter there.
+
 sigv4-sign  Signs one request per JSON line with the filter's SigV4 code (for comparing with
         other signers): {\"method\",\"path\" (client form),\"query\",\"headers\":[[name,value],..],
         \"payload_sha256\",\"amz_date\",\"access_key_id\",\"secret\",\"region\",\"service\"}.
@@ -73,6 +82,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("status") if wants_help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some("status") => status_command(rest),
         Some("sigv4-sign") if rest.is_empty() => sigv4_sign(),
         Some("--version" | "version") if rest.is_empty() => {
             println!("origin-pull {}", origin_pull::BUILD);
@@ -279,6 +293,57 @@ fn render_command(args: &[String]) -> Result<ExitCode, String> {
         None => print!("{out}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn status_command(args: &[String]) -> ExitCode {
+    use origin_pull::status::{self, StatusError};
+    let mut admin = format!("{}:{}", render::DEFAULT_ADMIN.0, render::DEFAULT_ADMIN.1);
+    let mut as_json = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--json" => as_json = true,
+            "--admin" => match it.next() {
+                Some(v) => admin = v.clone(),
+                None => {
+                    eprintln!("origin-pull status: --admin needs IP:PORT");
+                    return ExitCode::from(2);
+                }
+            },
+            other => {
+                eprintln!("origin-pull status: unexpected {other} (see `origin-pull --help`)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let addr: std::net::SocketAddr = match admin.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!("origin-pull status: --admin {admin}: expected IP:PORT, e.g. 127.0.0.1:9901");
+            return ExitCode::from(2);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match status::fetch(&addr, now) {
+        Ok(domains) => {
+            if as_json {
+                println!("{}", status::to_json(&addr, &domains, now));
+            } else {
+                print!("{}", status::table(&domains, now));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ StatusError::Unreachable(_)) => {
+            eprintln!("origin-pull status: {e}");
+            ExitCode::from(2)
+        }
+        Err(e @ StatusError::NotLoaded(_)) => {
+            eprintln!("origin-pull status: {e}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 fn sigv4_sign() -> ExitCode {
