@@ -741,6 +741,10 @@ impl Exchange {
                 if let Some(m) = self.origin_metrics(current) {
                     m.blocked(host, BlockSource::Passive, blocks.blocked_until(&label));
                 }
+                if let Some(metrics) = &self.metrics {
+                    let now = host.now_ms();
+                    metrics.set_masters_available(host, self.domain, |l| blocks.is_blocked(l, now));
+                }
                 host.log(
                     LogLevel::Warn,
                     &format!(

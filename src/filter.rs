@@ -359,6 +359,17 @@ impl RootContext for OriginPullRoot {
                 );
                 // Stats and the probe plan are built here, never per request.
                 let metrics = Metrics::define(&parsed, &mut EnvoyHost);
+                {
+                    // The availability gauges are right from the start, not after the first tick.
+                    let mut blocks = self.state.blocks.borrow_mut();
+                    blocks.refresh(&EnvoyHost);
+                    let now = EnvoyHost.now_ms();
+                    for d in 0..metrics.domain_count() {
+                        metrics.set_masters_available(&mut EnvoyHost, d, |l| {
+                            blocks.is_blocked(l, now)
+                        });
+                    }
+                }
                 if let Some(old) = self.prober.as_mut() {
                     old.release(&mut EnvoyHost);
                 }

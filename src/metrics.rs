@@ -40,6 +40,8 @@ struct DomainMetrics {
     slots: [Vec<[usize; 2]>; 2],
     failover_served: Option<u32>,
     failover_failed: Option<u32>,
+    /// Master addresses (labels) not blocked: 0 = every master blocked (refreshed each second).
+    masters_available: Option<u32>,
 }
 
 /// Every stat id of one configuration in one VM.
@@ -227,6 +229,12 @@ impl Metrics {
                     "origin_pull_failovers_total",
                     &[("domain", &domain.name), ("outcome", "failed")],
                 ),
+                masters_available: define(
+                    host,
+                    MetricKind::Gauge,
+                    "origin_pull_masters_available",
+                    &[("domain", &domain.name)],
+                ),
                 ..DomainMetrics::default()
             };
             for (role, set) in [(0, Some(&domain.master)), (1, domain.slave.as_ref())] {
@@ -286,6 +294,34 @@ impl Metrics {
             .map_or(&[], |d| d.origins.as_slice())
     }
 
+    /// Sets a domain's count of master addresses that `is_blocked` says are not blocked.
+    pub fn set_masters_available(
+        &self,
+        host: &mut impl Host,
+        domain: usize,
+        is_blocked: impl Fn(&str) -> bool,
+    ) {
+        let Some(d) = self.domains.get(domain) else {
+            return;
+        };
+        let Some(id) = d.masters_available else {
+            return;
+        };
+        let mut masters: Vec<usize> = d
+            .slots
+            .first()
+            .map(|s| s.iter().flatten().copied().collect())
+            .unwrap_or_default();
+        masters.sort_unstable();
+        masters.dedup();
+        let available = masters
+            .iter()
+            .filter_map(|&i| d.origins.get(i))
+            .filter(|o| !is_blocked(&o.label))
+            .count();
+        host.record_metric(id, available as u64);
+    }
+
     pub fn domain_count(&self) -> usize {
         self.domains.len()
     }
@@ -335,13 +371,20 @@ mod tests {
         ));
         assert!(names.contains(&"origin_pull_failovers_total;domain=www.test.com;outcome=served"));
         assert!(names.iter().all(|n| n.starts_with("origin_pull_")));
-        assert!(names
-            .iter()
-            .filter(|n| !n.contains("_blocked;") && !n.contains("_blocked_until_seconds;"))
-            .all(|n| n
-                .split(';')
-                .next()
-                .is_some_and(|base| base.ends_with("_total"))));
+        // Counters end in `_total`; the gauges are exactly these.
+        let gauges = [
+            "origin_pull_origin_blocked",
+            "origin_pull_origin_blocked_until_seconds",
+            "origin_pull_masters_available",
+        ];
+        for (kind, name) in host.metrics.iter().map(|(k, n, _)| (k, n)) {
+            let base = name.split(';').next().unwrap();
+            assert_eq!(*kind == MetricKind::Gauge, gauges.contains(&base), "{name}");
+            assert!(
+                *kind == MetricKind::Gauge || base.ends_with("_total"),
+                "{name}"
+            );
+        }
         // Master 10.0.0.1 and slave 10.0.0.1 over http share one set of stats.
         let a = metrics.origin(0, Role::Master, 0, Scheme::Http).unwrap();
         let b = metrics.origin(0, Role::Slave, 0, Scheme::Http).unwrap();
@@ -355,9 +398,9 @@ mod tests {
         );
         assert!(metrics.origin(0, Role::Master, 2, Scheme::Http).is_none());
         assert!(metrics.origin(1, Role::Master, 0, Scheme::Http).is_none());
-        // 4 labels (10.0.0.1:80, 10.0.0.1:443, 10.0.0.2:80, 10.0.0.2:443) × 13 stats + 2.
+        // 4 labels (10.0.0.1:80, 10.0.0.1:443, 10.0.0.2:80, 10.0.0.2:443) × 13 stats + 3.
         assert_eq!(metrics.origins(0).len(), 4);
-        assert_eq!(host.metrics.len(), 4 * 13 + 2);
+        assert_eq!(host.metrics.len(), 4 * 13 + 3);
     }
 
     #[test]
@@ -416,6 +459,22 @@ mod tests {
         assert_eq!(get(&format!("origin_pull_origin_unblocks_total{base}")), 1);
         let total: i64 = host.metrics.iter().map(|(_, _, v)| v).sum();
         assert_eq!(total, 6); // request, 5xx, connect, block, failover, unblock; gauge back to 0
+    }
+
+    #[test]
+    fn masters_available_counts_unblocked_master_addresses_only() {
+        let mut host = FakeHost::new(1);
+        let metrics = Metrics::define(&config(), &mut host);
+        let name = "origin_pull_masters_available;domain=www.test.com";
+        // Masters: 10.0.0.1 and 10.0.0.2 on :80 and :443 (follow); the slave 10.0.0.1:80 is
+        // also a master address here.
+        metrics.set_masters_available(&mut host, 0, |_| false);
+        assert_eq!(host.metric(name), Some(4));
+        metrics.set_masters_available(&mut host, 0, |l| l.starts_with("10.0.0.1:"));
+        assert_eq!(host.metric(name), Some(2));
+        metrics.set_masters_available(&mut host, 0, |_| true);
+        assert_eq!(host.metric(name), Some(0));
+        metrics.set_masters_available(&mut host, 7, |_| true); // no such domain: no-op
     }
 
     #[test]

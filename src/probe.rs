@@ -216,6 +216,7 @@ impl Prober {
                         .flatten();
                     origin.set_blocked(host, until);
                 }
+                metrics.set_masters_available(host, d, |label| blocks.is_blocked(label, now));
             }
         }
         for target in &mut self.targets {

@@ -184,6 +184,8 @@ pub struct DomainStatus {
     pub switched: bool,
     pub failovers_served: u64,
     pub failovers_failed: u64,
+    /// Master addresses not blocked (`None` before the filter reported it).
+    pub masters_available: Option<u64>,
     pub origins: Vec<OriginStatus>,
 }
 
@@ -246,6 +248,10 @@ pub fn build(configs: &[PluginConfig], stats: &[Stat], now_s: u64) -> Vec<Domain
             continue;
         };
         let tag = |k: &str| stat.tags.get(k).map(String::as_str);
+        if stat.name == "origin_pull_masters_available" {
+            domain.masters_available = Some(stat.value);
+            continue;
+        }
         if stat.name == "origin_pull_failovers_total" {
             match tag("outcome") {
                 Some("served") => domain.failovers_served += stat.value,
@@ -368,13 +374,14 @@ pub fn table(domains: &[DomainStatus], now_s: u64) -> String {
     let mut out = String::new();
     for d in domains {
         out.push_str(&format!(
-            "{}{}  failovers: {} served, {} failed\n",
+            "{}{}  masters available: {}  failovers: {} served, {} failed\n",
             d.name,
             if d.switched {
                 " (master/slave switched)"
             } else {
                 ""
             },
+            d.masters_available.map_or("-".into(), |n| n.to_string()),
             d.failovers_served,
             d.failovers_failed
         ));
@@ -450,6 +457,7 @@ pub fn to_json(addr: &SocketAddr, domains: &[DomainStatus], now_s: u64) -> Value
         "domains": domains.iter().map(|d| json!({
             "domain": d.name,
             "switched": d.switched,
+            "masters_available": d.masters_available,
             "failovers": {"served": d.failovers_served, "failed": d.failovers_failed},
             "origins": origins(d),
         })).collect::<Vec<_>>(),
@@ -462,6 +470,7 @@ mod tests {
 
     const STATS: &str = "\
 wasmcustom.origin_pull_failovers_total;domain=www.test.com;outcome=failed: 0
+wasmcustom.origin_pull_masters_available;domain=www.test.com: 1
 wasmcustom.origin_pull_failovers_total;domain=www.test.com;outcome=served: 3
 wasmcustom.origin_pull_origin_blocked;domain=www.test.com;origin=127.0.0.4:8081: 1
 wasmcustom.origin_pull_origin_blocked_until_seconds;domain=www.test.com;origin=127.0.0.4:8081: 1700000060
@@ -482,11 +491,11 @@ wasmcustom.origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.
     #[test]
     fn stats_lines_become_names_and_tags() {
         let stats = parse_stats(STATS);
-        assert_eq!(stats.len(), 8);
-        assert_eq!(stats[4].name, "origin_pull_origin_failures_total");
-        assert_eq!(stats[4].tags["kind"], "connect");
-        assert_eq!(stats[4].tags["origin"], "127.0.0.4:8081");
-        assert_eq!(stats[4].value, 2);
+        assert_eq!(stats.len(), 9);
+        assert_eq!(stats[5].name, "origin_pull_origin_failures_total");
+        assert_eq!(stats[5].tags["kind"], "connect");
+        assert_eq!(stats[5].tags["origin"], "127.0.0.4:8081");
+        assert_eq!(stats[5].value, 2);
         assert!(parse_stats("cluster.x.upstream_rq: 3\nwasmcustom.bad: x\n").is_empty());
     }
 
@@ -497,6 +506,7 @@ wasmcustom.origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.
         assert_eq!(domains.len(), 1);
         let d = &domains[0];
         assert_eq!((d.failovers_served, d.failovers_failed), (3, 0));
+        assert_eq!(d.masters_available, Some(1));
         let labels: Vec<&str> = d.origins.iter().map(|o| o.label.as_str()).collect();
         assert_eq!(
             labels,
@@ -523,7 +533,7 @@ wasmcustom.origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.
             "{text}"
         );
         assert!(
-            text.starts_with("www.test.com  failovers: 3 served, 0 failed\n"),
+            text.starts_with("www.test.com  masters available: 1  failovers: 3 served, 0 failed\n"),
             "{text}"
         );
         // A block whose end has passed is shown as over, even before the gauge is refreshed.

@@ -40,3 +40,5 @@ def test_promql_answers_equal_the_traffic_sent(env, tmp_path):
         until = prom.query(f"origin_pull_origin_blocked_until_seconds{{{d}}} > 0")
         assert [m["origin"] for m, _ in until] == [env.dead]
         assert time.time() + 100 < until[0][1] <= time.time() + 121
+        # One of the two masters (m1) is not blocked.
+        assert prom.query(f"origin_pull_masters_available{{{d}}}")[0][1] == 1

@@ -24,6 +24,7 @@ def test_status_shows_the_blocked_origin_roles_and_counts(env):
     assert [d["domain"] for d in doc["domains"]] == [DOMAIN]
     d = doc["domains"][0]
     assert d["switched"] is False
+    assert d["masters_available"] == 1  # of m1 and the dead one
     assert d["failovers"] == {"served": expected["failovers_served"], "failed": 0}
     origins = {o["origin"]: o for o in d["origins"]}
     assert list(origins) == [m1, dead, s1]  # configuration order
@@ -42,7 +43,8 @@ def test_status_shows_the_blocked_origin_roles_and_counts(env):
     assert p.returncode == 0, p.stderr
     print(p.stdout)
     lines = p.stdout.splitlines()
-    assert lines[0] == f"{DOMAIN}  failovers: {expected['failovers_served']} served, 0 failed"
+    assert lines[0] == (f"{DOMAIN}  masters available: 1  "
+                        f"failovers: {expected['failovers_served']} served, 0 failed")
     assert lines[1].split() == ["ORIGIN", "ROLE", "STATE", "REQUESTS", "CONNECT", "TIMEOUT",
                                 "4XX", "5XX", "OTHER", "BLOCKS"]
     row = {l.split()[0]: l.split() for l in lines[2:] if l.strip()}
