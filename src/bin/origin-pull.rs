@@ -32,10 +32,16 @@ render  Writes the Envoy configuration the plugin configuration needs: the clust
   --out-dir DIR        DIR/envoy.yaml (bootstrap) + DIR/lds.yaml + DIR/cds.yaml, file-watched:
                        re-render elsewhere and `mv` cds.yaml then lds.yaml over them to reload
   --config-dir PATH    the directory of lds.yaml/cds.yaml as Envoy sees it (default: DIR as given)
+  --wasm-url URL       Envoy downloads the module from http(s)://HOST[:PORT]/PATH (a `remote`
+                       code source through the cluster origin_pull_wasm_fetch, retried with
+                       backoff) instead of reading --wasm; needs --sha256
+  --sha256 HEX         the module's sha256 (dist/origin_pull.wasm.sha256): Envoy refuses a
+                       download with another one
+  --wasm-fetch-retries N  download retries, backoff 1 s..10 s (default 5); Envoy is not ready
+                       before the module is loaded or the retries are spent
   --istio              Istio objects instead (WasmPlugin, EnvoyFilter, Gateway, VirtualService,
-                       ServiceEntry, DestinationRule) on stdout (or -o FILE); needs --wasm-url
-    --wasm-url URL     oci://REGISTRY/origin-pull:TAG or https://HOST/origin_pull.wasm
-    --sha256 HEX       the module's sha256 (dist/origin_pull.wasm.sha256)
+                       ServiceEntry, DestinationRule) on stdout (or -o FILE); needs --wasm-url:
+                       oci://REGISTRY/origin-pull:TAG or https://HOST/origin_pull.wasm
     --namespace NS     default istio-system
     --selector K=V     gateway workload label, default istio=ingressgateway
   -o FILE              write to FILE instead of stdout
@@ -159,6 +165,8 @@ struct RenderArgs {
 
 fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
     let mut r = RenderArgs::default();
+    let mut wasm_given = false;
+    let mut fetch_retries: Option<u32> = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
@@ -187,7 +195,10 @@ fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
                 }
                 (r.opts.admin_ip, r.opts.admin_port) = (ip, port);
             }
-            "--wasm" => r.opts.wasm = value(arg)?,
+            "--wasm" => {
+                r.opts.wasm = value(arg)?;
+                wasm_given = true;
+            }
             "--ca-file" => r.opts.ca_file = value(arg)?,
             "--connect-timeout" => {
                 r.opts.connect_timeout = value(arg)?;
@@ -205,6 +216,15 @@ fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
                     return Err(format!("--sha256 {sha}: expected 64 hex digits"));
                 }
                 r.istio_opts.sha256 = Some(sha.to_ascii_lowercase());
+            }
+            "--wasm-fetch-retries" => {
+                let v = value(arg)?;
+                fetch_retries = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= 100)
+                        .ok_or_else(|| format!("--wasm-fetch-retries {v}: expected 0..=100"))?,
+                );
             }
             "--namespace" => r.istio_opts.namespace = value(arg)?,
             "--selector" => {
@@ -231,6 +251,21 @@ fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
     }
     if r.config_dir.is_some() && r.out_dir.is_none() {
         return Err("--config-dir goes with --out-dir".into());
+    }
+    if !r.istio && !r.istio_opts.wasm_url.is_empty() {
+        if wasm_given {
+            return Err("give the module as --wasm PATH or --wasm-url URL, not both".into());
+        }
+        let mut remote =
+            render::RemoteWasm::parse(&r.istio_opts.wasm_url, r.istio_opts.sha256.as_deref())?;
+        if let Some(n) = fetch_retries {
+            remote.retries = n;
+        }
+        r.opts.remote_wasm = Some(remote);
+    } else if fetch_retries.is_some() {
+        return Err("--wasm-fetch-retries goes with --wasm-url (plain Envoy)".into());
+    } else if !r.istio && r.istio_opts.sha256.is_some() {
+        return Err("--sha256 goes with --wasm-url (a local --wasm file is not checked)".into());
     }
     Ok(r)
 }

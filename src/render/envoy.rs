@@ -3,7 +3,7 @@
 //! and the bootstrap around them — either fully static or watching `lds.yaml`/`cds.yaml`.
 
 use super::yaml::{list, map, to_yaml, Node};
-use super::{provided_clusters, Options};
+use super::{provided_clusters, Options, RemoteWasm, WASM_FETCH_CLUSTER};
 use crate::clusters::{ClusterKind, ClusterSpec};
 use crate::config::PluginConfig;
 
@@ -172,14 +172,136 @@ pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
     ])
 }
 
+/// `vm_config.code`: the local file, or the URL Envoy downloads (through
+/// [`WASM_FETCH_CLUSTER`]) and checks against the sha256 before loading it.
+fn code_source(opts: &Options) -> Node {
+    match &opts.remote_wasm {
+        None => map([("local", map([("filename", opts.wasm.as_str().into())]))]),
+        Some(remote) => map([(
+            "remote",
+            map([
+                (
+                    "http_uri",
+                    map([
+                        ("uri", remote.url.as_str().into()),
+                        ("cluster", WASM_FETCH_CLUSTER.into()),
+                        ("timeout", "30s".into()),
+                    ]),
+                ),
+                ("sha256", remote.sha256.as_str().into()),
+                // A registry or file server restarting must not leave the listener without
+                // its filter: Envoy retries the download with backoff.
+                (
+                    "retry_policy",
+                    map([
+                        (
+                            "retry_back_off",
+                            map([
+                                ("base_interval", "1s".into()),
+                                ("max_interval", "10s".into()),
+                            ]),
+                        ),
+                        ("num_retries", remote.retries.into()),
+                    ]),
+                ),
+            ]),
+        )]),
+    }
+}
+
+/// The cluster the module is downloaded through (DNS for a name, also fine for an IP; TLS with
+/// SNI and certificate name = the URL's host, checked against `--ca-file`).
+fn wasm_fetch_cluster(remote: &RemoteWasm, opts: &Options) -> Node {
+    let mut c = entries(map([
+        ("name", WASM_FETCH_CLUSTER.into()),
+        ("type", "STRICT_DNS".into()),
+        ("connect_timeout", opts.connect_timeout.as_str().into()),
+        ("dns_lookup_family", "V4_PREFERRED".into()),
+        (
+            "load_assignment",
+            map([
+                ("cluster_name", WASM_FETCH_CLUSTER.into()),
+                (
+                    "endpoints",
+                    list([map([(
+                        "lb_endpoints",
+                        list([map([(
+                            "endpoint",
+                            map([("address", socket(&remote.host, remote.port))]),
+                        )])]),
+                    )])]),
+                ),
+            ]),
+        ),
+    ]));
+    if remote.tls {
+        c.push((
+            "transport_socket".into(),
+            map([
+                ("name", "envoy.transport_sockets.tls".into()),
+                (
+                    "typed_config",
+                    typed(
+                        TLS_TYPE,
+                        entries(map([
+                            ("sni", remote.host.as_str().into()),
+                            (
+                                "common_tls_context",
+                                map([(
+                                    "validation_context",
+                                    map([
+                                        (
+                                            "trusted_ca",
+                                            map([("filename", opts.ca_file.as_str().into())]),
+                                        ),
+                                        (
+                                            "match_typed_subject_alt_names",
+                                            list([map([
+                                                (
+                                                    "san_type",
+                                                    if remote
+                                                        .host
+                                                        .parse::<std::net::IpAddr>()
+                                                        .is_ok()
+                                                    {
+                                                        "IP_ADDRESS"
+                                                    } else {
+                                                        "DNS"
+                                                    }
+                                                    .into(),
+                                                ),
+                                                (
+                                                    "matcher",
+                                                    map([("exact", remote.host.as_str().into())]),
+                                                ),
+                                            ])]),
+                                        ),
+                                    ]),
+                                )]),
+                            ),
+                        ])),
+                    ),
+                ),
+            ]),
+        ));
+    }
+    Node::Map(c)
+}
+
+/// The clusters of the Envoy configuration: the filter's, plus the module's download cluster.
+fn envoy_clusters(config: &PluginConfig, opts: &Options) -> Vec<Node> {
+    let mut all = clusters(config, opts);
+    if let Some(remote) = &opts.remote_wasm {
+        all.push(wasm_fetch_cluster(remote, opts));
+    }
+    all
+}
+
 fn vm_config(opts: &Options) -> Node {
     let mut vm = entries(map([
         ("vm_id", "origin_pull".into()),
         ("runtime", "envoy.wasm.runtime.v8".into()),
-        (
-            "code",
-            map([("local", map([("filename", opts.wasm.as_str().into())]))]),
-        ),
+        ("code", code_source(opts)),
     ]));
     if !opts.env_keys.is_empty() {
         // Credentials named by `*_env` fields: copied from Envoy's own environment, so the
@@ -376,7 +498,7 @@ pub fn static_bootstrap(config: &PluginConfig, plugin_config_text: &str, opts: &
                 "listeners",
                 list([listener(config, plugin_config_text, opts)]),
             ),
-            ("clusters", Node::List(clusters(config, opts))),
+            ("clusters", Node::List(envoy_clusters(config, opts))),
         ]),
     ));
     let head = header(
@@ -442,7 +564,7 @@ pub fn dynamic_files(
     let cds = map([(
         "resources",
         Node::List(
-            clusters(config, opts)
+            envoy_clusters(config, opts)
                 .into_iter()
                 .map(|c| with_type(CLUSTER_TYPE, c))
                 .collect(),

@@ -38,6 +38,82 @@ pub struct Options {
     pub source: String,
     /// Variables of Envoy's environment the VM must see (`*_env` credentials).
     pub env_keys: Vec<String>,
+    /// Envoy fetches the module over HTTP(S) instead of reading `wasm` (`render --wasm-url`).
+    pub remote_wasm: Option<RemoteWasm>,
+}
+
+/// The cluster Envoy fetches a remote module through.
+pub const WASM_FETCH_CLUSTER: &str = "origin_pull_wasm_fetch";
+
+/// A module Envoy downloads itself (`vm_config.code.remote`), checked against its sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteWasm {
+    pub url: String,
+    pub tls: bool,
+    /// Host of the URL (an IP or a DNS name; IPv6 without brackets) and its port.
+    pub host: String,
+    pub port: u16,
+    pub sha256: String,
+    /// Download attempts after the first (`--wasm-fetch-retries`); Envoy is not ready until
+    /// the module is loaded or the retries are spent (then the filter fails closed: 503).
+    pub retries: u32,
+}
+
+pub const DEFAULT_WASM_FETCH_RETRIES: u32 = 5;
+
+impl RemoteWasm {
+    /// `http://HOST[:PORT]/PATH` or `https://…`; the sha256 is required (Envoy refuses a
+    /// remote source without one, and a module is never loaded unchecked).
+    pub fn parse(url: &str, sha256: Option<&str>) -> Result<RemoteWasm, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "--wasm-url {url}: plain Envoy fetches http:// or https:// URLs (oci:// is for --istio)"
+            ));
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!(
+                "--wasm-url {url}: expected http(s)://HOST[:PORT]/PATH"
+            ));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (ip, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("--wasm-url {url}: unclosed [ in the host"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse::<u16>().ok(),
+                None if after.is_empty() => Some(default_port),
+                None => None,
+            };
+            (ip.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse::<u16>().ok()),
+                None => (authority.to_string(), Some(default_port)),
+            }
+        };
+        let port = port
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("--wasm-url {url}: bad port"))?;
+        let sha256 = sha256.ok_or_else(|| {
+            format!(
+                "--wasm-url {url} needs --sha256 (cut -d' ' -f1 dist/origin_pull.wasm.sha256): Envoy checks the download against it"
+            )
+        })?;
+        Ok(RemoteWasm {
+            url: url.to_string(),
+            tls,
+            host,
+            port,
+            sha256: sha256.to_string(),
+            retries: DEFAULT_WASM_FETCH_RETRIES,
+        })
+    }
 }
 
 impl Default for Options {
@@ -55,6 +131,7 @@ impl Default for Options {
             config_dir: "envoy".into(),
             source: "(stdin)".into(),
             env_keys: Vec::new(),
+            remote_wasm: None,
         }
     }
 }
@@ -151,6 +228,41 @@ mod tests {
         let (_, none) =
             parse(br#"{"domains":[{"domain":"a.com","master":{"ips":["10.0.0.1"]}}]}"#).unwrap();
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn remote_wasm_urls() {
+        let sha = "ab".repeat(32);
+        let r =
+            RemoteWasm::parse("https://files.example.com/op/origin_pull.wasm", Some(&sha)).unwrap();
+        assert_eq!(
+            (r.tls, r.host.as_str(), r.port),
+            (true, "files.example.com", 443)
+        );
+        let r = RemoteWasm::parse("http://127.0.0.7:8080/origin_pull.wasm", Some(&sha)).unwrap();
+        assert_eq!((r.tls, r.host.as_str(), r.port), (false, "127.0.0.7", 8080));
+        let r = RemoteWasm::parse("http://[::1]/m.wasm", Some(&sha)).unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("::1", 80));
+        for (url, sha, error) in [
+            (
+                "oci://r/origin-pull:1",
+                Some(sha.as_str()),
+                "oci:// is for --istio",
+            ),
+            ("ftp://h/m.wasm", Some(&sha), "http:// or https://"),
+            (
+                "http:///m.wasm",
+                Some(&sha),
+                "expected http(s)://HOST[:PORT]/PATH",
+            ),
+            ("http://h:0/m.wasm", Some(&sha), "bad port"),
+            ("http://h:x/m.wasm", Some(&sha), "bad port"),
+            ("http://u:p@h/m.wasm", Some(&sha), "expected http(s)://HOST"),
+            ("http://h/m.wasm", None, "needs --sha256"),
+        ] {
+            let e = RemoteWasm::parse(url, sha).unwrap_err();
+            assert!(e.contains(error), "{url}: {e}");
+        }
     }
 
     #[test]
