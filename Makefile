@@ -3,7 +3,7 @@
 #   make run     build the filter, start demo origins + Envoy, show a failover (Ctrl-C stops)
 #   make test    unit tests + Envoy config validation + end-to-end tests against a real Envoy
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
-#   make release dist/: the .wasm, its sha256, the native origin-pull (check/render) command
+#   make release dist/: the .wasm, its sha256, the native origin-pull command, the .wasm as an OCI image
 #   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
 #   make profile the filter's per-request instructions and hostcalls (callgrind, native harness)
 #   make chaos   long chaos scenarios under load; writes RELIABILITY.md (6-8 minutes)
@@ -141,7 +141,9 @@ docs-check:
 	test -s docs/request-flow.png
 
 # Release artifacts in dist/: the filter, its sha256 (Istio's WasmPlugin `sha256`), the native
-# command, and the version + git revision both were built from (the filter logs it at start).
+# command, the version + git revision both were built from (the filter logs it at start), and
+# dist/oci: the filter as a Wasm OCI image (compat variant, what Istio's oci:// pulls) in an OCI
+# layout directory, `skopeo copy oci:dist/oci:VERSION docker://REGISTRY/...` pushes it.
 release: build
 	rm -rf $(DIST)
 	mkdir -p $(DIST)
@@ -149,6 +151,8 @@ release: build
 	cp $(CLI) $(DIST)/origin-pull
 	cd $(DIST) && sha256sum origin_pull.wasm > origin_pull.wasm.sha256 && sha256sum origin-pull > origin-pull.sha256
 	$(CLI) --version > $(DIST)/VERSION
+	$(PYTHON) tools/wasm_oci.py --wasm $(DIST)/origin_pull.wasm --out $(DIST)/oci \
+		--tag "$$(cut -d' ' -f2 $(DIST)/VERSION)" --version "$$(cut -d' ' -f2- $(DIST)/VERSION)"
 	@cat $(DIST)/VERSION; ls -l $(DIST)
 
 clean:

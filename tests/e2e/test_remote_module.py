@@ -12,18 +12,8 @@ import envoy_config as ec
 import toolbox
 from harness import _spawn, _stop_proc, free_port, port_open, wait_for
 
-DIST = ec.REPO / "dist"
+DIST = toolbox.DIST
 FILE_SERVER_IP = "127.0.0.81"
-
-
-def release_module():
-    """dist/origin_pull.wasm of `make release` (made here if missing or not the current build)."""
-    wasm = DIST / "origin_pull.wasm"
-    if not wasm.exists() or wasm.read_bytes() != ec.WASM.read_bytes():
-        p = subprocess.run(["make", "-s", "release"], cwd=ec.REPO, capture_output=True,
-                           text=True, timeout=900)
-        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    return wasm
 
 
 class FileServer:
@@ -87,7 +77,7 @@ def request(port, host="www.test.com"):
 
 
 def test_envoy_loads_the_release_module_from_a_url_and_refuses_a_wrong_sha256(env, tmp_path):
-    wasm = release_module()
+    wasm = toolbox.release() / "origin_pull.wasm"
     www = tmp_path / "www"
     www.mkdir()
     shutil.copy(wasm, www / "origin_pull.wasm")

@@ -64,6 +64,21 @@ def drive(env, missing=5, after=7):
     }
 
 
+DIST = REPO / "dist"
+
+
+def release():
+    """dist/ of `make release`, made here if missing or not from the current build."""
+    import envoy_config as ec
+    wasm = DIST / "origin_pull.wasm"
+    if (not wasm.exists() or not (DIST / "oci" / "index.json").exists()
+            or wasm.read_bytes() != ec.WASM.read_bytes()):
+        p = subprocess.run(["make", "-s", "release"], cwd=REPO, capture_output=True,
+                           text=True, timeout=900)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return DIST
+
+
 def run_cli(*args, timeout=30):
     if not CLI.exists():
         raise RuntimeError(f"{CLI} is missing: run `make cli`")
