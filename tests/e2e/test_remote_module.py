@@ -8,6 +8,8 @@ import subprocess
 import sys
 import urllib.request
 
+import yaml
+
 import envoy_config as ec
 import toolbox
 from harness import _spawn, _stop_proc, free_port, port_open, wait_for
@@ -51,8 +53,14 @@ def start_envoy(tmp_path, name, plugin_config, url, sha256, *extra):
                         "--admin", f"127.0.0.1:{admin}", "--wasm-url", url, "--sha256", sha256,
                         *extra)
     assert p.returncode == 0, p.stderr
-    text = boot.read_text()
-    assert "remote:" in text and f'sha256: "{sha256}"' in text and "local:" not in text
+    doc = yaml.safe_load(boot.read_text())
+    [listener] = doc["static_resources"]["listeners"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    code = hcm["http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]
+    assert code["remote"]["http_uri"] == {"uri": url, "cluster": "origin_pull_wasm_fetch",
+                                          "timeout": "30s"}
+    assert code["remote"]["sha256"] == sha256 and "local" not in code
+    assert "origin_pull_wasm_fetch" in [c["name"] for c in doc["static_resources"]["clusters"]]
     log = tmp_path / f"{name}.log"
     proc = _spawn([ec_envoy(), "-c", str(boot), "--disable-hot-restart", "--concurrency", "1",
                    "-l", "info", "--component-log-level", "wasm:info,config:debug",
