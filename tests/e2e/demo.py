@@ -186,7 +186,8 @@ def main():
 
         say(f"{BOLD}Still running. Try:{RESET}\n"
             f"  curl -si -H 'Host: www.test.com' http://127.0.0.1:{LISTENER[1]}/1.jpg\n"
-            f"  curl -s http://127.0.0.1:{ADMIN[1]}/stats/prometheus | grep -i origin\n"
+            f"  target/release/origin-pull status --admin 127.0.0.1:{ADMIN[1]}\n"
+            f"  curl -s http://127.0.0.1:{ADMIN[1]}/stats/prometheus | grep '^origin_pull_'\n"
             f"  switch master/slave live (www.test.com is then served by s1 directly):\n"
             f"    sed 's/^\\( *\\)\"domain\": \"www.test.com\",/&\\n\\1\"master_slave_switch\": true,/' "
             f"envoy/lds.yaml > envoy/.lds.new && mv envoy/.lds.new envoy/lds.yaml\n"

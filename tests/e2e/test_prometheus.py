@@ -2,9 +2,11 @@
 traffic with a failover and a blocked origin goes through; PromQL answers must equal what was
 sent (the labels come from the stats_tags render writes into the bootstrap)."""
 
+import re
 import time
 
 import toolbox
+from test_monitoring import defined_metrics
 from toolbox import DOMAIN, Prometheus
 
 
@@ -42,3 +44,19 @@ def test_promql_answers_equal_the_traffic_sent(env, tmp_path):
         assert time.time() + 100 < until[0][1] <= time.time() + 121
         # One of the two masters (m1) is not blocked.
         assert prom.query(f"origin_pull_masters_available{{{d}}}")[0][1] == 1
+
+
+def test_the_readme_grep_returns_only_the_filters_own_series(env):
+    # README/demo: `curl -s …/stats/prometheus | grep '^origin_pull_'`. Envoy's own stats of the
+    # origin_pull_* clusters also contain "origin_pull" (as a label value) but never match.
+    toolbox.start_origins(env)
+    env.start(toolbox.config(env))
+    toolbox.drive(env, missing=1, after=1)
+    status, text = env.admin("/stats/prometheus")
+    assert status == 200
+    names, _ = defined_metrics()
+    ours = [l for l in text.splitlines() if re.match(r"^origin_pull_", l)]
+    assert ours and all(re.match(r"^(origin_pull_\w+)[{ ]", l).group(1) in names for l in ours)
+    mentions = [l for l in text.splitlines() if "origin_pull" in l and not l.startswith("#")]
+    assert len(mentions) > 5 * len(ours)  # the loose grep of before: mostly Envoy's own series
+    assert {l.split("{")[0].split("_")[0] for l in mentions if l not in ours} == {"envoy"}
