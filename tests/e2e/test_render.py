@@ -87,6 +87,14 @@ def test_render_options_are_checked(tmp_path):
         (["--istio"], "--wasm-url is required"),
         (["--out-dir", str(tmp_path), "--istio"], "does not go with"),
         (["--bogus"], "unknown option --bogus"),
+        (["--wasm-url", "http://127.0.0.7/origin_pull.wasm"], "needs --sha256"),
+        (["--wasm-url", "oci://r.example/op:1", "--sha256", "a" * 64], "oci:// is for --istio"),
+        (["--wasm", "x.wasm", "--wasm-url", "http://127.0.0.7/m.wasm", "--sha256", "a" * 64],
+         "not both"),
+        (["--sha256", "a" * 64], "--sha256 goes with --wasm-url"),
+        (["--wasm-fetch-retries", "2"], "goes with --wasm-url"),
+        (["--wasm-url", "http://127.0.0.7/m.wasm", "--sha256", "a" * 64,
+          "--wasm-fetch-retries", "x"], "expected 0..=100"),
     ]:
         p = render(cfg, *args)
         assert p.returncode == 2, (args, p.stdout[-300:])
