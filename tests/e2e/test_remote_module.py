@@ -135,3 +135,38 @@ def test_envoy_loads_the_release_module_from_a_url_and_refuses_a_wrong_sha256(en
             assert m1.count() == 1
         finally:
             _stop_proc(proc)
+
+
+def test_file_watched_set_fetches_the_module_through_its_cds_cluster(env, tmp_path):
+    # --out-dir: the download cluster is in cds.yaml, which Envoy loads before the listener.
+    wasm = toolbox.release() / "origin_pull.wasm"
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copy(wasm, www / "origin_pull.wasm")
+    sha = hashlib.sha256(wasm.read_bytes()).hexdigest()
+    m1 = env.start_origin("m1", ip="127.0.0.83")
+    cfg = tmp_path / "plugin.json"
+    cfg.write_text(ec.config_text({"debug_headers": True, "domains": [
+        {"domain": "www.test.com", "master": {"ips": [m1.addr]}}]}))
+    listen, admin = free_port(), free_port()
+    out = tmp_path / "envoy"
+    with FileServer(www, tmp_path / "files.log") as files:
+        p = toolbox.run_cli("render", str(cfg), "--out-dir", str(out), "--listen",
+                            f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}",
+                            "--wasm-url", files.url("origin_pull.wasm"), "--sha256", sha)
+        assert p.returncode == 0, p.stderr
+        cds = yaml.safe_load((out / "cds.yaml").read_text())["resources"]
+        assert "origin_pull_wasm_fetch" in [c["name"] for c in cds]
+        log = tmp_path / "dyn.log"
+        proc = _spawn([ec_envoy(), "-c", str(out / "envoy.yaml"), "--disable-hot-restart",
+                       "--concurrency", "1", "--log-path", str(log)],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                      stdin=subprocess.DEVNULL, cwd=tmp_path)
+        try:
+            wait_for(lambda: port_open("127.0.0.1", listen) and request(listen)[0] == 200, 30,
+                     what="the listener serving with the downloaded module")
+            status, headers = request(listen)
+            assert (status, headers.get("x-served-by")) == (200, "m1")
+            assert files.gets("origin_pull.wasm") >= 1
+        finally:
+            _stop_proc(proc)
