@@ -62,8 +62,10 @@ def test_probes_block_a_dead_ip_that_no_client_request_ever_reaches(env):
     assert paths == {"/healthz"}, paths
     assert all(r["host"] == DOMAIN for r in sick.requests())
     assert len(workers) == 2, f"requests did not reach both workers: {workers}"
-    assert any("probe of master origin " + sick.addr + " failed 2 time(s) in a row (status 503)"
-               in l for l in env.wasm_log_lines())
+    # Envoy flushes its log file every 100 ms (harness): wait for the line, do not race it.
+    wait_for(lambda: any("probe of master origin " + sick.addr
+                         + " failed 2 time(s) in a row (status 503)" in l
+                         for l in env.wasm_log_lines()), 5, what="the probe's block log line")
     values = prometheus(env)
     assert metric(values, "origin_pull_origin_blocks_total", domain=DOMAIN, origin=sick.addr,
                   source="probe") == 1
