@@ -32,6 +32,11 @@ pub const REDACTED: &str = "(redacted)";
 
 pub const DEFAULT_BLOCK_SECONDS: u64 = 60;
 pub const MAX_BLOCK_SECONDS: u64 = 86_400;
+/// Timeouts, resets after connect (and 5xx with `block_on_5xx`) from this many distinct
+/// requests within the window block an origin (see `verdict`).
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+pub const DEFAULT_FAILURE_WINDOW_SECONDS: u64 = 10;
+pub const MAX_FAILURE_WINDOW_SECONDS: u64 = 3_600;
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
 pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 8 << 20;
 /// Envoy's default async-client buffer limit (`http.async_response_buffer_limit`): a larger
@@ -246,6 +251,8 @@ struct RawFailover {
 struct RawDetection {
     block_seconds: Option<u64>,
     block_on_5xx: Option<bool>,
+    failure_threshold: Option<u32>,
+    failure_window_seconds: Option<u64>,
     #[serde(default)]
     probe: Option<RawProbe>,
 }
@@ -397,6 +404,32 @@ pub struct Detection {
     /// 0 disables blocking.
     pub block_ms: u64,
     pub block_on_5xx: bool,
+    /// Strikes (timeouts, resets after connect, 5xx with `block_on_5xx`) from distinct
+    /// requests within `failure_window_ms` that block; connect failures block at once.
+    pub failure_threshold: u32,
+    pub failure_window_ms: u64,
+}
+
+impl Default for Detection {
+    fn default() -> Detection {
+        Detection {
+            block_ms: DEFAULT_BLOCK_SECONDS * 1000,
+            block_on_5xx: false,
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            failure_window_ms: DEFAULT_FAILURE_WINDOW_SECONDS * 1000,
+        }
+    }
+}
+
+impl Detection {
+    /// The blocking rule in the form `verdict` judges by.
+    pub fn rule(&self) -> crate::verdict::Rule {
+        crate::verdict::Rule {
+            block_ms: self.block_ms,
+            threshold: self.failure_threshold,
+            window_ms: self.failure_window_ms,
+        }
+    }
 }
 
 impl Domain {
@@ -1660,9 +1693,34 @@ fn compile_detection(raw: Option<RawDetection>, ctx: &Ctx) -> Result<Detection, 
             format!("must be 0..={MAX_BLOCK_SECONDS} (0 disables blocking)"),
         ));
     }
+    let threshold = raw
+        .as_ref()
+        .and_then(|d| d.failure_threshold)
+        .unwrap_or(DEFAULT_FAILURE_THRESHOLD);
+    let max_threshold = crate::verdict::MAX_THRESHOLD;
+    if !(1..=max_threshold).contains(&threshold) {
+        return Err(ctx.err(
+            "failure_threshold",
+            Some(threshold.to_string()),
+            format!("must be 1..={max_threshold} (1 blocks on the first timeout or reset)"),
+        ));
+    }
+    let window = raw
+        .as_ref()
+        .and_then(|d| d.failure_window_seconds)
+        .unwrap_or(DEFAULT_FAILURE_WINDOW_SECONDS);
+    if !(1..=MAX_FAILURE_WINDOW_SECONDS).contains(&window) {
+        return Err(ctx.err(
+            "failure_window_seconds",
+            Some(window.to_string()),
+            format!("must be 1..={MAX_FAILURE_WINDOW_SECONDS}"),
+        ));
+    }
     Ok(Detection {
         block_ms: seconds * 1000,
         block_on_5xx: raw.and_then(|d| d.block_on_5xx).unwrap_or(false),
+        failure_threshold: threshold,
+        failure_window_ms: window * 1000,
     })
 }
 
@@ -1740,6 +1798,8 @@ impl PluginConfig {
                 let mut detection = json!({
                     "block_seconds": d.detection.block_ms / 1000,
                     "block_on_5xx": d.detection.block_on_5xx,
+                    "failure_threshold": d.detection.failure_threshold,
+                    "failure_window_seconds": d.detection.failure_window_ms / 1000,
                 });
                 if let Some(probe) = d.domain_probe() {
                     if let Some(map) = detection.as_object_mut() {
@@ -1810,6 +1870,8 @@ mod tests {
         assert_eq!(d.failover.methods, vec!["GET", "HEAD"]);
         assert_eq!(d.detection.block_ms, 60_000);
         assert!(!d.detection.block_on_5xx);
+        assert_eq!(d.detection.failure_threshold, 3);
+        assert_eq!(d.detection.failure_window_ms, 10_000);
         let route = d.master.targets[0].route(Scheme::Http);
         assert_eq!(route.cluster, "origin_pull_ip_http");
         assert_eq!(route.original_dst.as_deref(), Some("1.1.1.1:80"));
@@ -1997,6 +2059,10 @@ mod tests {
             (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"failover":{"methods":["GET","PO ST"]}}]}"#.into(), "field failover.methods[1] value \"PO ST\": is not an HTTP method name"),
             (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"detection":{"block_seconds":86401}}]}"#.into(), "field detection.block_seconds value \"86401\": must be 0..=86400"),
             (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"detection":{"block_seconds":-1}}]}"#.into(), "field detection.block_seconds: invalid value: integer `-1`"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"detection":{"failure_threshold":0}}]}"#.into(), "domain \"a.com\": field detection.failure_threshold value \"0\": must be 1..=100"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"detection":{"failure_threshold":101}}]}"#.into(), "field detection.failure_threshold value \"101\": must be 1..=100"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"detection":{"failure_window_seconds":0}}]}"#.into(), "field detection.failure_window_seconds value \"0\": must be 1..=3600"),
+            (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"detection":{"failure_window_seconds":3601}}]}"#.into(), "field detection.failure_window_seconds value \"3601\": must be 1..=3600"),
             (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]}}],"unknown_host_status":200}"#.into(), "field unknown_host_status value \"200\": must be an error status"),
             (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]}}],"envoy":{"cluster_header":"X-Bad Header"}}"#.into(), "field envoy.cluster_header value \"X-Bad Header\""),
             (r#"{"domains":[{"domain":"a.com","master":{"ips":["1.1.1.1"]},"slave":{"ips":["1.1.1.1:0"]}}]}"#.into(), "domain \"a.com\": field slave.ips[0] value \"1.1.1.1:0\": port 0"),

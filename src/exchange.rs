@@ -9,13 +9,14 @@ use crate::bucket::{
     is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
 };
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
-use crate::failover::{blocks_origin, classify_routed, is_hop_by_hop, read_callout, Answer};
+use crate::failover::{classify_routed, failure_kind, is_hop_by_hop, read_callout, Answer};
 use crate::health::{BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
 use crate::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::mirror::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch};
 use crate::select;
 use crate::sigv4::EMPTY_PAYLOAD_SHA256;
+use crate::verdict::{Failure, Verdict};
 
 pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 pub const DEBUG_ORIGIN_HEADER: &str = "x-origin-pull-origin";
@@ -43,6 +44,8 @@ impl Role {
 struct Attempt {
     role: Role,
     target: usize,
+    /// When it was sent (ms): a strike is excused by an answer to a later request.
+    sent_ms: u64,
 }
 
 pub struct RequestInfo<'a> {
@@ -113,6 +116,8 @@ pub struct Exchange {
     mirror: MirrorState,
     copy_job: Option<CopyJob>,
     metrics: Option<Rc<Metrics>>,
+    /// Random id, drawn at the first failure: strikes count distinct requests.
+    request_id: Option<u64>,
 }
 
 impl Exchange {
@@ -161,6 +166,7 @@ impl Exchange {
             mirror: MirrorState::Idle,
             copy_job: None,
             metrics: request.metrics.cloned(),
+            request_id: None,
         };
         let Some(first) = exchange.first_attempt(blocks, host) else {
             // Unreachable with a validated configuration (some weight is non-zero); never route blind.
@@ -244,16 +250,18 @@ impl Exchange {
 
     fn first_attempt(&self, blocks: &mut BlockTable, host: &mut impl Host) -> Option<Attempt> {
         let domain = self.domain()?;
-        // Block state only changes the outcome when there is an alternative to go to.
-        let health_matters = domain.master.targets.len() > 1 || domain.slave.is_some();
         let now = host.now_ms();
-        if health_matters {
-            blocks.refresh(host);
-        }
+        // Block state only changes the outcome when there is an alternative to go to, and a
+        // domain with `block_seconds: 0` never skips an origin. One 8-byte read tells whether
+        // any origin of the domain is blocked; only then are origins' own keys read.
+        let health_matters = (domain.master.targets.len() > 1 || domain.slave.is_some())
+            && domain.detection.block_ms > 0
+            && blocks.domain_has_blocks(host, &domain.name, now);
         if let Some(target) = self.choose(Role::Master, blocks, host, health_matters, now) {
             return Some(Attempt {
                 role: Role::Master,
                 target,
+                sent_ms: now,
             });
         }
         // Every master is blocked: straight to the slave when there is one; otherwise a
@@ -272,6 +280,7 @@ impl Exchange {
                 return Some(Attempt {
                     role: Role::Slave,
                     target,
+                    sent_ms: now,
                 });
             }
         }
@@ -288,11 +297,14 @@ impl Exchange {
             .map(|target| Attempt {
                 role: Role::Master,
                 target,
+                sent_ms: now,
             })
     }
 
     /// Weighted pick in `role`'s set, skipping origins already tried for this request and,
     /// when `respect_blocks`, blocked ones.
+    /// Only the origins the pick draws have their block read (one shared-data read each,
+    /// remembered for this pick), so the cost does not grow with the number blocked.
     fn choose(
         &self,
         role: Role,
@@ -302,27 +314,72 @@ impl Exchange {
         now: u64,
     ) -> Option<usize> {
         let set = self.set(role)?;
+        let domain = self.domain()?;
         let scheme = self.scheme;
         let tried = &self.tried;
-        let respect_blocks = respect_blocks && !blocks.is_empty();
-        let excluded = |i: usize| {
-            tried.iter().any(|a| a.role == role && a.target == i)
-                || (respect_blocks
-                    && set
-                        .targets
-                        .get(i)
-                        .is_some_and(|t| blocks.is_blocked(&t.route(scheme).label, now)))
-        };
+        let respect_blocks = respect_blocks && domain.detection.block_ms > 0;
         let any_excluded = respect_blocks || tried.iter().any(|a| a.role == role);
-        let mut random = || host.random_u64();
-        select::pick(set, &mut random, any_excluded, &excluded)
+        // One draw from the host; further draws (only when something is excluded) from a
+        // generator seeded by it, so the block reads below can borrow the host.
+        let mut state = host.random_u64();
+        let mut draws = 0u32;
+        let mut random = || {
+            draws += 1;
+            if draws > 1 {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+            }
+            state.wrapping_mul(if draws > 1 { 0x2545_F491_4F6C_DD1D } else { 1 })
+        };
+        if !any_excluded {
+            return select::pick(set, &mut random, false, &|_| false);
+        }
+        let host = &*host;
+        // 0 = not read yet, 1 = not blocked, 2 = blocked.
+        let seen = std::cell::RefCell::new(if respect_blocks {
+            vec![0u8; set.targets.len()]
+        } else {
+            Vec::new()
+        });
+        let excluded = |i: usize| {
+            if tried.iter().any(|a| a.role == role && a.target == i) {
+                return true;
+            }
+            if !respect_blocks {
+                return false;
+            }
+            let mut seen = seen.borrow_mut();
+            match seen.get(i).copied() {
+                Some(1) | None => false,
+                Some(2) => true,
+                Some(_) => {
+                    let blocked = set.targets.get(i).is_some_and(|t| {
+                        blocks.is_blocked(host, &domain.name, &t.route(scheme).label, now)
+                    });
+                    if let Some(slot) = seen.get_mut(i) {
+                        *slot = if blocked { 2 } else { 1 };
+                    }
+                    blocked
+                }
+            }
+        };
+        select::pick(set, &mut random, true, &excluded)
     }
 
     fn current(&self) -> Attempt {
         self.tried.last().copied().unwrap_or(Attempt {
             role: Role::Master,
             target: 0,
+            sent_ms: 0,
         })
+    }
+
+    /// This origin's number within the configuration (worker-local evidence is kept by it).
+    fn slot(&self, attempt: Attempt) -> u64 {
+        let role = u64::from(attempt.role == Role::Slave);
+        let scheme = u64::from(self.scheme == Scheme::Https);
+        ((self.domain as u64) << 32) | ((attempt.target as u64) << 2) | (role << 1) | scheme
     }
 
     fn route_of(&self, attempt: Attempt) -> Option<&Route> {
@@ -719,9 +776,20 @@ impl Exchange {
         let policy = &domain.failover;
         let detection = domain.detection;
         let triggers = policy.triggers(answer);
-        let unreachable_end = answer.is_unreachable() && (from_callout || self.tried.len() > 1);
+        // No origin answered and nothing else will be tried: the documented 502, also when the
+        // only origin was asked by the routed request (Envoy's own 503/504 never reaches the
+        // client). A missing cluster stays Envoy's answer: a deployment error, logged below.
+        let unreachable_end = answer.is_unreachable()
+            && (from_callout || self.tried.len() > 1 || answer != Answer::NoCluster);
+        let failure = failure_kind(answer, &detection);
+        let current = self.current();
+        if failure.is_none() && detection.block_ms > 0 && matches!(answer, Answer::Status(_)) {
+            // The origin answered: evidence (for this worker) that it is serving.
+            let config = Rc::as_ptr(&self.config) as usize;
+            blocks.note_answer(config, self.slot(current), current.sent_ms);
+        }
         // The common case (a 2xx, or any answer nobody acts on) allocates nothing.
-        if !triggers && !blocks_origin(answer, &detection) && answer != Answer::NoCluster {
+        if !triggers && failure.is_none() && answer != Answer::NoCluster {
             return if unreachable_end {
                 Next::Unreachable
             } else {
@@ -730,28 +798,83 @@ impl Exchange {
         }
         let domain_name = domain.name.clone();
         let retries = policy.master_retries;
-        let current = self.current();
         let label = self
             .route_of(current)
             .map(|r| r.label.clone())
             .unwrap_or_default();
 
-        if blocks_origin(answer, &detection) {
-            if let BlockOutcome::Blocked = blocks.block(host, &label, detection.block_ms) {
+        if let Some(kind) = failure {
+            let now = host.now_ms();
+            let request = match self.request_id {
+                Some(id) => id,
+                None => *self.request_id.insert(host.random_u64()),
+            };
+            let config = Rc::as_ptr(&self.config) as usize;
+            let failure = Failure {
+                kind,
+                at_ms: now,
+                started_ms: current.sent_ms,
+                request,
+                last_answer_ms: blocks.last_answer(config, self.slot(current)),
+            };
+            let rule = detection.rule();
+            let (verdict, outcome) =
+                blocks.record_failure(host, &domain_name, &label, &rule, &failure);
+            if outcome == BlockOutcome::Blocked {
+                let until = blocks.blocked_until(host, &domain_name, &label);
                 if let Some(m) = self.origin_metrics(current) {
-                    m.blocked(host, BlockSource::Passive, blocks.blocked_until(&label));
+                    m.blocked(host, BlockSource::Passive, until);
                 }
                 if let Some(metrics) = &self.metrics {
+                    // Blocks are per domain: the masters of this domain that are blocked now.
                     let now = host.now_ms();
-                    metrics.set_masters_available(host, self.domain, |l| blocks.is_blocked(l, now));
+                    let blocked: Vec<&str> = self
+                        .set(Role::Master)
+                        .map(|set| {
+                            set.targets
+                                .iter()
+                                .flat_map(|t| t.routes.iter())
+                                .map(|r| r.label.as_str())
+                                .filter(|l| blocks.is_blocked(host, &domain_name, l, now))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    metrics.set_masters_available(host, self.domain, |l| blocked.contains(&l));
                 }
+                let why = if kind.blocks_at_once() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} failed requests within {} s",
+                        rule.threshold,
+                        rule.window_ms / 1000
+                    )
+                };
                 host.log(
                     LogLevel::Warn,
                     &format!(
-                        "origin-pull: {domain_name}: {} origin {label} failed ({}); blocked for {} s",
+                        "origin-pull: {domain_name}: {} origin {label} failed ({}{why}); blocked for {} s",
                         current.role.as_str(),
                         answer.kind(),
                         detection.block_ms / 1000
+                    ),
+                );
+            } else if host.log_enabled(LogLevel::Debug) {
+                let what = match verdict {
+                    Verdict::Excused => {
+                        "not counted: it answered other requests meanwhile".to_string()
+                    }
+                    Verdict::Strike { count } => {
+                        format!("failure {count} of {} needed to block it", rule.threshold)
+                    }
+                    Verdict::Disabled | Verdict::Block => "not blocked".to_string(),
+                };
+                host.log(
+                    LogLevel::Debug,
+                    &format!(
+                        "origin-pull: {domain_name}: {} origin {label} failed ({}); {what}",
+                        current.role.as_str(),
+                        answer.kind()
                     ),
                 );
             }
@@ -800,6 +923,7 @@ impl Exchange {
                     Attempt {
                         role: current.role,
                         target,
+                        sent_ms: now,
                     },
                 ) {
                     self.attempts_in_role += 1;
@@ -818,6 +942,7 @@ impl Exchange {
                     Attempt {
                         role: Role::Slave,
                         target,
+                        sent_ms: now,
                     },
                 ) {
                     self.attempts_in_role = 1;
@@ -836,6 +961,7 @@ impl Exchange {
                 let attempt = Attempt {
                     role: Role::Master,
                     target,
+                    sent_ms: now,
                 };
                 if self.dispatch(host, attempt) {
                     return Next::Dispatched;

@@ -1,8 +1,10 @@
 //! What an origin's answer means: a status to judge by the failover rules, or a failure to
-//! reach the origin at all (which also blocks it).
+//! reach the origin at all; and which failures count against the origin's health
+//! ([`failure_kind`], judged by [`crate::verdict`]).
 
 use crate::config::{Detection, FailoverPolicy};
 use crate::host::Host;
+use crate::verdict::FailureKind;
 
 /// Bits of Envoy's `response.flags` property (`StreamInfo::CoreResponseFlag`).
 pub mod flags {
@@ -22,8 +24,12 @@ pub mod flags {
 pub enum Answer {
     /// The origin answered with this status.
     Status(u32),
-    /// TCP connect error or connect timeout, reset before any response, DNS failure.
+    /// TCP connect error or connect timeout, DNS failure, no healthy upstream: the address
+    /// cannot be reached.
     ConnectError,
+    /// Connected, then reset, closed or broke the protocol before the response headers: may be
+    /// the URL's doing (failed over like a connect error, but blocks only on repeated evidence).
+    Reset,
     /// The origin accepted the request but did not answer in time.
     Timeout,
     /// Envoy has no cluster of the name the filter routed to: a deployment error.
@@ -44,6 +50,7 @@ impl Answer {
             Answer::Status(s) if (500..600).contains(&s) => "5xx",
             Answer::Status(_) => "status",
             Answer::ConnectError => "connect_error",
+            Answer::Reset => "reset",
             Answer::Timeout => "timeout",
             Answer::NoCluster => "no_cluster",
             Answer::NoResponse => "no_response",
@@ -54,25 +61,30 @@ impl Answer {
 /// Judges a routed response from its status and Envoy's response flags.
 pub fn classify_routed(status: u32, response_flags: u64) -> Answer {
     use flags::*;
-    if !(100..=599).contains(&status) {
-        // Envoy's codec lets e.g. "HTTP/1.1 2000" through: a broken origin, never relayed.
-        Answer::ConnectError
-    } else if response_flags & NO_CLUSTER_FOUND != 0 {
+    if response_flags & NO_CLUSTER_FOUND != 0 {
         Answer::NoCluster
     } else if response_flags & UPSTREAM_REQUEST_TIMEOUT != 0 {
         Answer::Timeout
     } else if response_flags
         & (NO_HEALTHY_UPSTREAM
-            | UPSTREAM_REMOTE_RESET
             | UPSTREAM_CONNECTION_FAILURE
-            | UPSTREAM_CONNECTION_TERMINATION
-            | UPSTREAM_OVERFLOW
             | UPSTREAM_RETRY_LIMIT_EXCEEDED
-            | UPSTREAM_PROTOCOL_ERROR
             | DNS_RESOLUTION_FAILURE)
         != 0
     {
+        // UF covers refused connections and connect timeouts.
         Answer::ConnectError
+    } else if response_flags
+        & (UPSTREAM_REMOTE_RESET
+            | UPSTREAM_CONNECTION_TERMINATION
+            | UPSTREAM_OVERFLOW
+            | UPSTREAM_PROTOCOL_ERROR)
+        != 0
+        || !(100..=599).contains(&status)
+    {
+        // Envoy's codec lets e.g. "HTTP/1.1 2000" through: a broken answer, never relayed
+        // (it came over a working connection, so it is judged like a reset).
+        Answer::Reset
     } else {
         Answer::Status(status)
     }
@@ -122,34 +134,59 @@ pub fn classify_callout(status: u32, headers: &[(String, String)], body_start: &
     let starts = |prefix: &[u8]| body_start.starts_with(prefix);
     match status {
         504 if starts(b"upstream request timeout") => Answer::Timeout,
-        503 | 502 if starts(b"upstream connect error") || starts(b"no healthy upstream") => {
-            Answer::ConnectError
-        }
-        503 | 502 if starts(b"upstream reset") || starts(b"upstream connection") => {
-            Answer::ConnectError
+        503 | 502 if starts(b"no healthy upstream") => Answer::ConnectError,
+        503 | 502
+            if starts(b"upstream connect error")
+                || starts(b"upstream reset")
+                || starts(b"upstream connection") =>
+        {
+            // "upstream connect error or disconnect/reset before headers. reset reason:
+            // connection failure|connection timeout|remote reset|connection termination|...":
+            // only the first two are connect-level.
+            if contains(body_start, b"reset reason: connection failure")
+                || contains(body_start, b"reset reason: connection timeout")
+                || contains(body_start, b"reset reason: remote connection failure")
+                || contains(body_start, b"reset reason: local connection failure")
+            {
+                Answer::ConnectError
+            } else {
+                Answer::Reset
+            }
         }
         _ => Answer::Status(status),
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 impl FailoverPolicy {
     pub fn triggers(&self, answer: Answer) -> bool {
         match answer {
             Answer::Status(status) => self.status_triggers(status),
-            Answer::ConnectError | Answer::NoCluster | Answer::NoResponse => self.on_connect_error,
+            Answer::ConnectError | Answer::Reset | Answer::NoCluster | Answer::NoResponse => {
+                self.on_connect_error
+            }
             Answer::Timeout => self.on_timeout,
         }
     }
 }
 
-/// Whether this answer blocks the origin that gave it.
-pub fn blocks_origin(answer: Answer, detection: &Detection) -> bool {
+/// Whether this answer counts against the origin's health, and how ([`crate::verdict`]
+/// decides whether it blocks).
+pub fn failure_kind(answer: Answer, detection: &Detection) -> Option<FailureKind> {
     match answer {
-        Answer::ConnectError | Answer::Timeout => true,
-        Answer::Status(status) => detection.block_on_5xx && (500..600).contains(&status),
+        Answer::ConnectError => Some(FailureKind::Connect),
+        Answer::Reset => Some(FailureKind::Reset),
+        Answer::Timeout => Some(FailureKind::Timeout),
+        Answer::Status(status) if detection.block_on_5xx && (500..600).contains(&status) => {
+            Some(FailureKind::ServerError)
+        }
+        Answer::Status(_) => None,
         // A missing cluster is a deployment error that blocking cannot fix; a missing
         // response may be the object's size, not the origin's health.
-        Answer::NoCluster | Answer::NoResponse => false,
+        Answer::NoCluster | Answer::NoResponse => None,
     }
 }
 
@@ -182,8 +219,8 @@ mod tests {
         assert_eq!(classify_routed(503, 1 << 24), Answer::NoCluster);
         assert_eq!(classify_routed(503, 0), Answer::Status(503));
         // An origin's broken status line ("HTTP/1.1 2000") is a failure, never relayed.
-        assert_eq!(classify_routed(2000, 0), Answer::ConnectError);
-        assert_eq!(classify_routed(99, 0), Answer::ConnectError);
+        assert_eq!(classify_routed(2000, 0), Answer::Reset);
+        assert_eq!(classify_routed(99, 0), Answer::Reset);
     }
 
     #[test]
@@ -201,7 +238,7 @@ mod tests {
             classify_callout(
                 503,
                 &local,
-                b"upstream connect error or disconnect/reset before headers"
+                b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
             ),
             Answer::ConnectError
         );
@@ -213,21 +250,57 @@ mod tests {
     }
 
     #[test]
-    fn blocking_rules() {
+    fn failure_kinds() {
         let d = Detection {
-            block_ms: 1,
             block_on_5xx: false,
+            ..Detection::default()
         };
-        assert!(blocks_origin(Answer::ConnectError, &d));
-        assert!(blocks_origin(Answer::Timeout, &d));
-        assert!(!blocks_origin(Answer::Status(503), &d));
-        assert!(!blocks_origin(Answer::NoCluster, &d));
-        assert!(!blocks_origin(Answer::NoResponse, &d));
+        assert_eq!(
+            failure_kind(Answer::ConnectError, &d),
+            Some(FailureKind::Connect)
+        );
+        assert_eq!(failure_kind(Answer::Reset, &d), Some(FailureKind::Reset));
+        assert_eq!(
+            failure_kind(Answer::Timeout, &d),
+            Some(FailureKind::Timeout)
+        );
+        assert_eq!(failure_kind(Answer::Status(503), &d), None);
+        assert_eq!(failure_kind(Answer::NoCluster, &d), None);
+        assert_eq!(failure_kind(Answer::NoResponse, &d), None);
         let d = Detection {
-            block_ms: 1,
             block_on_5xx: true,
+            ..Detection::default()
         };
-        assert!(blocks_origin(Answer::Status(503), &d));
-        assert!(!blocks_origin(Answer::Status(404), &d));
+        assert_eq!(
+            failure_kind(Answer::Status(503), &d),
+            Some(FailureKind::ServerError)
+        );
+        assert_eq!(failure_kind(Answer::Status(404), &d), None);
+    }
+
+    #[test]
+    fn resets_after_connect_are_told_from_connect_failures() {
+        assert_eq!(
+            classify_routed(503, flags::UPSTREAM_REMOTE_RESET),
+            Answer::Reset
+        );
+        assert_eq!(
+            classify_routed(503, flags::UPSTREAM_CONNECTION_TERMINATION),
+            Answer::Reset
+        );
+        assert_eq!(
+            classify_routed(503, flags::UPSTREAM_CONNECTION_FAILURE),
+            Answer::ConnectError
+        );
+        let local = vec![(":status".to_string(), "503".to_string())];
+        for (body, answer) in [
+            (&b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused"[..], Answer::ConnectError),
+            (b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout", Answer::ConnectError),
+            (b"upstream connect error or disconnect/reset before headers. reset reason: connection termination", Answer::Reset),
+            (b"upstream connect error or disconnect/reset before headers. reset reason: remote reset", Answer::Reset),
+            (b"no healthy upstream", Answer::ConnectError),
+        ] {
+            assert_eq!(classify_callout(503, &local, body), answer, "{}", String::from_utf8_lossy(body));
+        }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::config::{parse, PluginConfig, Scheme};
 use crate::exchange::{Exchange, RequestInfo, ORIGINAL_DST_HEADER};
 use crate::failover::flags;
-use crate::health::{decode, encode, BlockEntry, BlockOutcome, BlockTable, BLOCKS_KEY};
+use crate::health::{block_key, domain_key, BlockOutcome, BlockTable};
 use crate::host::fake::FakeHost;
 use crate::host::Host;
 use crate::metrics::Metrics;
@@ -478,12 +478,27 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
                 && !k.eq_ignore_ascii_case("transfer-encoding")));
         }
     }
-    // Shared data stays readable by a third worker, whatever the CAS conflicts.
+    // A domain with `block_seconds: 0` never blocked anything, whatever its failures; every
+    // block of another domain is announced by its domain key (what the request path reads).
     let reader = hosts[0].sibling(3);
-    if reader.shared_get(BLOCKS_KEY).0.is_some() {
-        let mut table = BlockTable::default();
-        table.refresh(&reader);
-        prop_assert!(!reader.logged("unreadable"));
+    let table = BlockTable::default();
+    for domain in &config.domains {
+        for set in [Some(&domain.master), domain.slave.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            for target in &set.targets {
+                for route in &target.routes {
+                    let blocked =
+                        table.is_blocked(&reader, &domain.name, &route.label, reader.now_ms);
+                    if domain.detection.block_ms == 0 {
+                        prop_assert!(!blocked, "{} blocked with block_seconds 0", route.label);
+                    } else if blocked {
+                        prop_assert!(table.domain_has_blocks(&reader, &domain.name, reader.now_ms));
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -520,6 +535,8 @@ fn label(n: u8) -> String {
     format!("10.0.0.{n}:80")
 }
 
+const DOMAIN: &str = "www.test.com";
+
 fn no_block_is_lost(steps: &[BlockStep]) -> Result<(), TestCaseError> {
     let first = FakeHost::new(3);
     let mut hosts = [first.sibling(5), first.sibling(9)];
@@ -527,33 +544,38 @@ fn no_block_is_lost(steps: &[BlockStep]) -> Result<(), TestCaseError> {
     let mut expected: HashSet<String> = HashSet::new();
     for step in steps {
         let host = &mut hosts[step.worker];
+        let mut theirs = None;
         if let Some(other) = step.race {
-            let (current, _) = host.shared_get(BLOCKS_KEY);
-            let mut entries: Vec<BlockEntry> =
-                current.as_deref().and_then(decode).unwrap_or_default();
-            entries.retain(|e| e.label != label(other));
-            entries.push(BlockEntry {
-                label: label(other),
-                until_ms: host.now_ms + 60_000,
-            });
-            host.shared.borrow_mut().interleaved_write =
-                Some((BLOCKS_KEY.to_string(), encode(&entries)));
+            // The other worker's block: it raises the domain key (the write both workers
+            // race on) between this worker's read and write, then writes its origin's key.
+            let until = (host.now_ms + 60_000).to_le_bytes().to_vec();
+            let raced = if other == step.label {
+                block_key(DOMAIN, &label(other))
+            } else {
+                theirs = Some((block_key(DOMAIN, &label(other)), until.clone()));
+                domain_key(DOMAIN)
+            };
+            host.shared.borrow_mut().interleaved_write = Some((raced, until));
             expected.insert(label(other));
         }
         host.shared.borrow_mut().inject_cas_mismatches = step.mismatches;
-        let outcome = tables[step.worker].block(host, &label(step.label), 60_000);
+        let outcome = tables[step.worker].block(host, DOMAIN, &label(step.label), 60_000);
         prop_assert_ne!(outcome, BlockOutcome::Failed);
         expected.insert(label(step.label));
         // This worker did not write (already blocked): the other worker's write lands anyway.
         let pending = host.shared.borrow_mut().interleaved_write.take();
-        if let Some((key, value)) = pending {
+        for (key, value) in pending.into_iter().chain(theirs) {
             let _ = host.shared_set(&key, &value, None);
         }
     }
-    for (host, table) in hosts.iter().zip(tables.iter_mut()) {
-        table.refresh(host);
+    for (host, table) in hosts.iter().zip(tables.iter()) {
+        prop_assert!(table.domain_has_blocks(host, DOMAIN, host.now_ms));
         for l in &expected {
-            prop_assert!(table.is_blocked(l, host.now_ms), "block of {} lost", l);
+            prop_assert!(
+                table.is_blocked(host, DOMAIN, l, host.now_ms),
+                "block of {} lost",
+                l
+            );
         }
     }
     Ok(())

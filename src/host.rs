@@ -131,6 +131,8 @@ pub mod fake {
         /// Another worker's write (key, value) that lands between this worker's read and its
         /// next write: the real race, creation of the key included.
         pub interleaved_write: Option<(String, Vec<u8>)>,
+        /// Number of `shared_get` calls (what a request costs in shared-data reads).
+        pub reads: std::cell::Cell<u64>,
     }
 
     pub struct FakeHost {
@@ -213,7 +215,9 @@ pub mod fake {
             x.wrapping_mul(0x2545_F491_4F6C_DD1D)
         }
         fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.shared.borrow().entries.get(key) {
+            let store = self.shared.borrow();
+            store.reads.set(store.reads.get() + 1);
+            match store.entries.get(key) {
                 Some((value, cas)) => (Some(value.clone()), Some(*cas)),
                 None => (None, None),
             }

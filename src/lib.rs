@@ -22,6 +22,7 @@ pub mod select;
 pub mod sigv4;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod status;
+pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

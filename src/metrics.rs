@@ -61,7 +61,8 @@ const FAILURE_KINDS: [&str; 5] = ["connect", "timeout", "4xx", "5xx", "other"];
 
 fn failure_index(answer: Answer) -> Option<usize> {
     match answer {
-        Answer::ConnectError => Some(0),
+        // A reset after connect is counted with connect failures (same series as before).
+        Answer::ConnectError | Answer::Reset => Some(0),
         Answer::Timeout => Some(1),
         Answer::Status(s) if (400..500).contains(&s) => Some(2),
         Answer::Status(s) if (500..600).contains(&s) => Some(3),

@@ -120,6 +120,8 @@ impl Target {
 pub struct Prober {
     holder: u64,
     targets: Vec<Target>,
+    /// Domain names by index (blocks belong to a domain), for the gauges.
+    domain_names: Vec<String>,
     tick_ms: u64,
     lease_ms: u64,
     holding: bool,
@@ -167,6 +169,7 @@ impl Prober {
         Prober {
             holder,
             targets,
+            domain_names: config.domains.iter().map(|d| d.name.clone()).collect(),
             tick_ms,
             lease_ms: (tick_ms * LEASE_TICKS).max(MIN_LEASE_MS),
             holding: false,
@@ -207,16 +210,27 @@ impl Prober {
         }
         if now >= self.next_gauge_ms {
             self.next_gauge_ms = now + GAUGE_REFRESH_MS;
-            blocks.refresh(host);
             for d in 0..metrics.domain_count() {
+                let Some(domain) = self.domain_names.get(d) else {
+                    continue;
+                };
+                // One read per domain; origins' keys only for a domain with a block.
+                let any = blocks.domain_has_blocks(host, domain, now);
+                let mut blocked: Vec<&str> = Vec::new();
                 for origin in metrics.origins(d) {
-                    let until = blocks
-                        .is_blocked(&origin.label, now)
-                        .then(|| blocks.blocked_until(&origin.label))
-                        .flatten();
+                    let until = if any {
+                        blocks
+                            .blocked_until(host, domain, &origin.label)
+                            .filter(|&until| until > now)
+                    } else {
+                        None
+                    };
+                    if until.is_some() {
+                        blocked.push(origin.label.as_str());
+                    }
                     origin.set_blocked(host, until);
                 }
-                metrics.set_masters_available(host, d, |label| blocks.is_blocked(label, now));
+                metrics.set_masters_available(host, d, |label| blocked.contains(&label));
             }
         }
         for target in &mut self.targets {
@@ -344,8 +358,7 @@ fn judge(
     healthy: bool,
 ) {
     let now = host.now_ms();
-    blocks.refresh(host);
-    let blocked = blocks.is_blocked(&target.label, now);
+    let blocked = blocks.is_blocked(host, &target.domain_name, &target.label, now);
     if blocked && !target.saw_blocked {
         // Blocked since the last verdict (passively, or by us): recovery counts from here.
         target.successes = 0;
@@ -368,13 +381,14 @@ fn judge(
         // While it stays dead the block is renewed once half of it has run out (a renewal
         // within a second of the last write would be ignored as a duplicate).
         let remaining = blocks
-            .blocked_until(&target.label)
+            .blocked_until(host, &target.domain_name, &target.label)
             .map_or(0, |until| until.saturating_sub(now));
         if blocked && remaining >= target.block_ms / 2 {
             target.saw_blocked = true;
             return;
         }
-        if blocks.block(host, &target.label, target.block_ms) == BlockOutcome::Blocked && !blocked {
+        let outcome = blocks.block(host, &target.domain_name, &target.label, target.block_ms);
+        if outcome == BlockOutcome::Blocked && !blocked {
             host.log(
                 LogLevel::Warn,
                 &format!(
@@ -385,16 +399,13 @@ fn judge(
                 ),
             );
             if let Some(m) = origin {
-                m.blocked(
-                    host,
-                    BlockSource::Probe,
-                    blocks.blocked_until(&target.label),
-                );
+                let until = blocks.blocked_until(host, &target.domain_name, &target.label);
+                m.blocked(host, BlockSource::Probe, until);
             }
         }
         target.saw_blocked = true;
     } else if healthy && blocked && target.successes >= target.probe.healthy_threshold {
-        if blocks.unblock(host, &target.label) == UnblockOutcome::Unblocked {
+        if blocks.unblock(host, &target.domain_name, &target.label) == UnblockOutcome::Unblocked {
             host.log(
                 LogLevel::Info,
                 &format!(

@@ -22,6 +22,7 @@ struct Vm {
     prober: Prober,
     blocks: BlockTable,
     metrics: Metrics,
+    domain: String,
 }
 
 impl Vm {
@@ -33,6 +34,7 @@ impl Vm {
             prober: Prober::new(cfg, holder),
             blocks: BlockTable::default(),
             metrics,
+            domain: cfg.domains[0].name.clone(),
         }
     }
     fn tick(&mut self) {
@@ -54,7 +56,7 @@ impl Vm {
                     .respond(s, &[("x-envoy-upstream-service-time", "1")], b"ok"),
                 None => self
                     .host
-                    .respond(503, &[], b"upstream connect error or disconnect"),
+                    .respond(503, &[], b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
             }
             let body = self.host.response_body.len();
             let headers = self.host.response_headers.len();
@@ -72,8 +74,9 @@ impl Vm {
         self.host.now_ms += ms;
     }
     fn blocked(&mut self, label: &str) -> bool {
-        self.blocks.refresh(&self.host);
-        self.blocks.is_blocked(label, self.host.now_ms)
+        let domain = self.domain.clone();
+        self.blocks
+            .is_blocked(&self.host, &domain, label, self.host.now_ms)
     }
 }
 
@@ -219,9 +222,9 @@ fn dead_origin_is_blocked_after_the_unhealthy_threshold_for_every_worker() {
     assert!(vm.blocked("10.0.0.2:8080"));
     assert!(vm.blocked("10.0.0.9:80"));
     assert!(!vm.blocked("10.0.0.1:8080"));
-    let mut other = BlockTable::default();
-    other.refresh(&worker);
-    assert!(other.is_blocked("10.0.0.2:8080", worker.now_ms));
+    let other = BlockTable::default();
+    assert!(other.domain_has_blocks(&worker, "www.test.com", worker.now_ms));
+    assert!(other.is_blocked(&worker, "www.test.com", "10.0.0.2:8080", worker.now_ms));
     assert!(vm.host.logged("probe of master origin 10.0.0.2:8080 failed 2 time(s) in a row (connect_error); blocked for 60 s"));
     let tags = ";domain=www.test.com;origin=10.0.0.2:8080";
     assert_eq!(
@@ -265,7 +268,8 @@ fn recovered_origin_is_unblocked_after_the_healthy_threshold() {
     let cfg = config(PROBE);
     let mut vm = Vm::new(&cfg, FakeHost::new(1), 1);
     // A client request blocked it passively (the prober never saw it fail).
-    vm.blocks.block(&mut vm.host, "10.0.0.1:8080", 60_000);
+    vm.blocks
+        .block(&mut vm.host, "www.test.com", "10.0.0.1:8080", 60_000);
     vm.tick();
     vm.answer_all(Some(200), None);
     assert!(
@@ -403,7 +407,8 @@ fn late_ticks_do_not_stretch_the_interval() {
 fn holder_refreshes_the_blocked_gauges_when_blocks_expire() {
     let cfg = config("");
     let mut vm = Vm::new(&cfg, FakeHost::new(1), 1);
-    vm.blocks.block(&mut vm.host, "10.0.0.2:8080", 2_000);
+    vm.blocks
+        .block(&mut vm.host, "www.test.com", "10.0.0.2:8080", 2_000);
     vm.tick();
     let gauge = "origin_pull_origin_blocked;domain=www.test.com;origin=10.0.0.2:8080";
     assert_eq!(vm.host.metric(gauge), Some(1));
