@@ -118,6 +118,8 @@ pub struct Exchange {
     metrics: Option<Rc<Metrics>>,
     /// Random id, drawn at the first failure: strikes count distinct requests.
     request_id: Option<u64>,
+    /// This request already timed out, was reset or got a counted 5xx on some origin.
+    failed_softly: bool,
 }
 
 impl Exchange {
@@ -167,6 +169,7 @@ impl Exchange {
             copy_job: None,
             metrics: request.metrics.cloned(),
             request_id: None,
+            failed_softly: false,
         };
         let Some(first) = exchange.first_attempt(blocks, host) else {
             // Unreachable with a validated configuration (some weight is non-zero); never route blind.
@@ -816,7 +819,9 @@ impl Exchange {
                 started_ms: current.sent_ms,
                 request,
                 last_answer_ms: blocks.last_answer(config, self.slot(current)),
+                failed_elsewhere: self.failed_softly,
             };
+            self.failed_softly |= !kind.blocks_at_once();
             let rule = detection.rule();
             let (verdict, outcome) =
                 blocks.record_failure(host, &domain_name, &label, &rule, &failure);
@@ -841,11 +846,12 @@ impl Exchange {
                         .unwrap_or_default();
                     metrics.set_masters_available(host, self.domain, |l| blocked.contains(&l));
                 }
+                // "failed (KIND); blocked for N s" is what operators and chaos.py grep for.
                 let why = if kind.blocks_at_once() {
                     String::new()
                 } else {
                     format!(
-                        ", {} failed requests within {} s",
+                        " ({} failed requests within {} s)",
                         rule.threshold,
                         rule.window_ms / 1000
                     )
@@ -853,7 +859,7 @@ impl Exchange {
                 host.log(
                     LogLevel::Warn,
                     &format!(
-                        "origin-pull: {domain_name}: {} origin {label} failed ({}{why}); blocked for {} s",
+                        "origin-pull: {domain_name}: {} origin {label} failed ({}); blocked for {} s{why}",
                         current.role.as_str(),
                         answer.kind(),
                         detection.block_ms / 1000
@@ -861,6 +867,9 @@ impl Exchange {
                 );
             } else if host.log_enabled(LogLevel::Debug) {
                 let what = match verdict {
+                    Verdict::Excused if failure.failed_elsewhere => {
+                        "not counted: this request failed on another origin too".to_string()
+                    }
                     Verdict::Excused => {
                         "not counted: it answered other requests meanwhile".to_string()
                     }

@@ -435,6 +435,7 @@ mod tests {
             started_ms: a.now_ms,
             request: 1,
             last_answer_ms: None,
+            failed_elsewhere: false,
         };
         let rule = Rule {
             block_ms: 1_000,
@@ -493,6 +494,7 @@ mod tests {
             started_ms: host.now_ms - 1_000,
             request,
             last_answer_ms: None,
+            failed_elsewhere: false,
         }
     }
 

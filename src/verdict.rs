@@ -12,7 +12,10 @@
 //!   (shared by every worker, so the count is per origin, not per worker);
 //! - a strike is excused (not counted) when this worker saw the same origin answer a request
 //!   that started after the failing attempt did, or less than [`EVIDENCE_MS`] before the
-//!   failure: the origin is demonstrably serving, only this request failed.
+//!   failure: the origin is demonstrably serving, only this request failed;
+//! - and when the same request already failed that way (timeout, reset, 5xx) on another
+//!   origin: a URL that breaks every origin it is sent to accuses the URL. Only its first such
+//!   failure counts, so a failover (another master, the slave) never adds strikes.
 
 /// A success this recent (ms before the failure, or after the failed attempt started) shows the
 /// origin is serving: the failure is the URL's, not the origin's.
@@ -68,6 +71,8 @@ pub struct Failure {
     pub request: u64,
     /// When the latest request that this worker saw the origin answer was sent, if any.
     pub last_answer_ms: Option<u64>,
+    /// The same request already timed out, was reset or got a counted 5xx on another origin.
+    pub failed_elsewhere: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,9 @@ pub enum Verdict {
 pub fn excused(failure: &Failure) -> bool {
     if failure.kind.blocks_at_once() {
         return false;
+    }
+    if failure.failed_elsewhere {
+        return true;
     }
     let since = failure
         .started_ms
@@ -175,6 +183,7 @@ mod tests {
             started_ms: at_ms.saturating_sub(5),
             request,
             last_answer_ms: None,
+            failed_elsewhere: false,
         }
     }
 
@@ -261,6 +270,7 @@ mod tests {
             started_ms: 100_000,
             request: 1,
             last_answer_ms: Some(100_400),
+            failed_elsewhere: false,
         };
         assert_eq!(judge(&RULE, &mut strikes, &slow), Verdict::Excused);
         // A resetting URL: fails in 2 ms; the origin answered a request sent 300 ms earlier.
@@ -270,6 +280,7 @@ mod tests {
             started_ms: 100_000,
             request: 2,
             last_answer_ms: Some(99_700),
+            failed_elsewhere: false,
         };
         assert_eq!(judge(&RULE, &mut strikes, &reset), Verdict::Excused);
         assert!(strikes.is_empty());
@@ -282,6 +293,29 @@ mod tests {
             judge(&RULE, &mut strikes, &hung),
             Verdict::Strike { count: 1 }
         );
+    }
+
+    #[test]
+    fn only_a_requests_first_failure_counts() {
+        // The hostile URL failed on the first master; the other master and the slave fail it
+        // too: the URL is to blame, not them.
+        let mut strikes = vec![];
+        let retry = Failure {
+            failed_elsewhere: true,
+            ..failure(FailureKind::Reset, 100_000, 1)
+        };
+        assert_eq!(judge(&RULE, &mut strikes, &retry), Verdict::Excused);
+        let timeout = Failure {
+            kind: FailureKind::Timeout,
+            ..retry
+        };
+        assert_eq!(judge(&RULE, &mut strikes, &timeout), Verdict::Excused);
+        // A refused connection still blocks: it is about the address.
+        let refused = Failure {
+            kind: FailureKind::Connect,
+            ..retry
+        };
+        assert_eq!(judge(&RULE, &mut strikes, &refused), Verdict::Block);
     }
 
     #[test]

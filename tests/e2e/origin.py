@@ -12,6 +12,7 @@ Every method gets an answer (HTTP/1.1, keep-alive, content-length):
 Special paths (for tests):
   /__sleep/<ms>/...    wait <ms> milliseconds before answering (response timeouts)
   /__size/<bytes>/...  answer with a body of exactly <bytes> bytes of "x" (large failovers)
+  /__reset/...         read the request, answer nothing and reset the connection (TCP RST)
 With --hostile only:
   /__hop/...           also send hop-by-hop headers (Connection: x-hop, Keep-Alive, Upgrade, ...)
   /__malformed/<kind>  a broken response (kinds: nocolon, spacecolon, twocl, status, nul), then close
@@ -28,6 +29,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -106,6 +108,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(min(int(parts[2]), 120_000) / 1000.0)
         if len(parts) > 2 and parts[1] == "__size":
             body = b"x" * int(parts[2])
+        if len(parts) > 1 and parts[1] == "__reset":
+            # SO_LINGER 0: closing sends RST instead of FIN (a crashing handler, a hostile URL).
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
 
         hostile = srv.hostile and len(parts) > 2
         if hostile and parts[1] == "__malformed":

@@ -79,7 +79,10 @@ def test_response_timeout_blocks_the_master_and_fails_over(make_env):
     env = make_env(route_timeout="1s")
     master = env.start_origin("master", ip="127.0.0.2")
     slave = env.start_origin("slave", ip="127.0.0.3")
-    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}))
+    # failure_threshold 1: the first timeout blocks (the default needs 3 distinct requests,
+    # see test_block_verdicts.py).
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]},
+                     detection={"failure_threshold": 1}))
     r = env.request("www.test.com", "/__sleep/3000/slow")
     assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
     r = env.request("www.test.com", "/fast")

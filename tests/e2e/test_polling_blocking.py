@@ -103,7 +103,8 @@ def test_block_on_5xx_when_configured(env):
     env.start({"debug_headers": True, "domains": [{"domain": "www.test.com",
                "master": {"ips": [bad.addr, good.addr]},
                "failover": {"on": ["connect_error", "timeout"]},
-               "detection": {"block_on_5xx": True}}]})
+               # The first 5xx blocks (the default counts 3 from distinct requests).
+               "detection": {"block_on_5xx": True, "failure_threshold": 1}}]})
     statuses = []
     for i in range(40):
         r = env.request("www.test.com", f"/b{i}")
