@@ -1,8 +1,11 @@
 //! Per-request cost of the filter's logic, natively, for `make profile` (callgrind counts its
 //! instructions; wall time on a shared machine is too noisy to compare small changes).
 //!
-//!     hot_path <happy|miss10|dead> <master IPs> <requests>
+//!     hot_path <happy|miss10|dead> <master IPs> <requests> [other domains] [unblocked]
 //!
+//! `other domains`: that many more domains, each with one origin that a connect failure has
+//! blocked before the measured requests (a region outage); default 0. With `unblocked` they
+//! are configured but nothing is blocked (what the configuration's size alone costs).
 //! Drives [`Exchange`] exactly as the glue (src/filter.rs) does for each request: the request
 //! headers arrive as one copied map (one `get_map` hostcall), the exchange picks the origin,
 //! the response is judged, a failover is dispatched and its answer relayed. The host mimics
@@ -173,11 +176,13 @@ fn main() {
     let scenario = args.get(1).map_or("happy", String::as_str).to_string();
     let ips: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let requests: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let blocked: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let block_them = args.get(5).map(String::as_str) != Some("unblocked");
 
     let weighted = ips > 1;
     let master: Vec<String> = (0..ips)
         .map(|i| {
-            let ip = format!("10.0.{}.{}", i / 250, i % 250 + 1);
+            let ip = format!("127.2.{}.{}", i / 250, i % 250 + 1);
             if weighted {
                 format!("\"{ip}:80:{}\"", 1 + i % 3)
             } else {
@@ -185,8 +190,17 @@ fn main() {
             }
         })
         .collect();
+    let others: String = (0..blocked)
+        .map(|i| {
+            format!(
+                r#",{{"domain":"d{i}.example","master":{{"ips":["127.3.{}.{}"]}}}}"#,
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
     let text = format!(
-        r#"{{"domains":[{{"domain":"www.test.com","master":{{"ips":[{}]}},"slave":{{"ips":["10.255.0.1:80"]}}}}]}}"#,
+        r#"{{"domains":[{{"domain":"www.test.com","master":{{"ips":[{}]}},"slave":{{"ips":["127.255.0.1:80"]}}}}{others}]}}"#,
         master.join(",")
     );
     let Ok(config) = parse(text.as_bytes()) else {
@@ -204,6 +218,11 @@ fn main() {
         ("content-type".into(), "application/octet-stream".into()),
         ("content-length".into(), "1024".into()),
     ];
+    // Envoy's shared data is never empty while the filter runs (the probe lease is taken within
+    // a second of start): keep the fake's map non-empty too, or an empty map's lookups would
+    // skip hashing the key and make the first block look like a cost of the filter.
+    host.shared
+        .insert("origin_pull.probe_lease".into(), (vec![0; 16], 1));
     let mut blocks = BlockTable::default();
     // Per-origin stats, defined once per configuration as the glue does in on_configure.
     let metrics = Rc::new(Metrics::define(&config, &mut host));
@@ -219,6 +238,28 @@ fn main() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    // The outage: each other domain's origin refuses a connection once and is blocked.
+    for i in (0..blocked).filter(|_| block_them) {
+        let authority = format!("d{i}.example");
+        let request = RequestInfo {
+            authority: &authority,
+            scheme: "http",
+            method: "GET",
+            path: "",
+            has_body: false,
+            worker: "w1",
+            stats: BucketStats::default(),
+            metrics: Some(&metrics),
+        };
+        if let Some(mut exchange) = Exchange::start(&config, &mut blocks, &mut host, &request) {
+            exchange.on_response_headers(
+                &mut host,
+                &mut blocks,
+                503,
+                flags::UPSTREAM_CONNECTION_FAILURE,
+            );
+        }
+    }
     let (mut calls0, mut copied0, mut allocs0) = (0, 0, 0);
     for i in 0..requests {
         // 5 requests per millisecond (5k rps on this worker).
@@ -267,7 +308,7 @@ fn main() {
             "dead"
                 if exchange
                     .current_origin()
-                    .is_some_and(|(_, l)| l == "10.0.0.1:80") =>
+                    .is_some_and(|(_, l)| l == "127.2.0.1:80") =>
             {
                 (503, flags::UPSTREAM_CONNECTION_FAILURE)
             }
@@ -289,7 +330,7 @@ fn main() {
     let allocations = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - allocs0;
     let n = requests.max(1) as f64;
     println!(
-        "scenario={scenario} ips={ips} requests={requests} hostcalls/request={:.2} copied_bytes/request={:.1} allocations/request={:.2}",
+        "scenario={scenario} ips={ips} other_domains={blocked} blocked={block_them} requests={requests} hostcalls/request={:.2} copied_bytes/request={:.1} allocations/request={:.2}",
         calls as f64 / n,
         copied as f64 / n,
         allocations as f64 / n

@@ -343,6 +343,7 @@ class Result(NamedTuple):
     vm_failures: list     # see vm_failures()
     crash: str = ""       # the exception that stopped the scenario, if any
     tail_errors: int = 0  # errors among the last 20% of requests (after the breakage settled)
+    healthy_blocks: int = -1  # blocks of origins that were healthy all along (-1: not measured)
 
     def problems(self):
         """Why this run misses the goal ([] when it meets it)."""
@@ -356,6 +357,8 @@ class Result(NamedTuple):
             out.append(f"Envoy routed {self.routed_to_blocked} requests to a blocked origin")
         if self.vm_failures:
             out.append(f"wasm VM failures: {self.vm_failures}")
+        if self.healthy_blocks > 0:
+            out.append(f"{self.healthy_blocks} blocks of healthy origins")
         first, peak, last = self.rss
         if last > first * 1.5 + 30:
             out.append(f"Envoy RSS grew from {first:.0f} to {last:.0f} MiB")
@@ -594,6 +597,94 @@ def scenario_contention(c):
     return result._replace(notes=c.notes, blocked_hits=result.blocked_hits + len(missing))
 
 
+class HostileClient:
+    """Requests chosen to get healthy origins blocked, next to the normal load: URLs every origin
+    answers after `slow_ms` (past the route timeout) and URLs every origin resets, alternating,
+    `rate` per second for `duration` s, each on its own connection and thread (started on time
+    however long the slow ones take). Bounded: rate × duration requests."""
+
+    def __init__(self, env, rate, duration, slow_ms=2500, host=D):
+        self.env, self.rate, self.duration = env, rate, duration
+        self.slow_ms, self.host = slow_ms, host
+        self.outcomes = []  # (kind, status or "error", x-origin-pull-error)
+        self._lock = threading.Lock()
+        self._threads = []
+        self._scheduler = threading.Thread(target=self._schedule, daemon=True)
+
+    def start(self):
+        self._scheduler.start()
+        return self
+
+    def _schedule(self):
+        t0 = time.time()
+        for i in range(int(self.rate * self.duration)):
+            delay = t0 + i / self.rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            th = threading.Thread(target=self._one, args=(i,), daemon=True)
+            th.start()
+            with self._lock:
+                self._threads.append(th)
+
+    def _one(self, i):
+        kind = "slow" if i % 2 else "reset"
+        path = f"/__sleep/{self.slow_ms}/hostile{i}" if kind == "slow" else f"/__reset/hostile{i}"
+        conn = http.client.HTTPConnection(self.env.listener_ip, self.env.listener_port, timeout=30)
+        try:
+            conn.request("GET", path, headers={"Host": self.host})
+            r = conn.getresponse()
+            r.read()
+            outcome = (kind, r.status, r.getheader("x-origin-pull-error") or "")
+        except Exception as e:  # noqa: BLE001 - recorded, not fatal
+            outcome = (kind, "error", repr(e)[:60])
+        finally:
+            conn.close()
+        with self._lock:
+            self.outcomes.append(outcome)
+
+    def join(self, timeout):
+        deadline = time.monotonic() + timeout
+        self._scheduler.join(timeout=max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            threads = list(self._threads)
+        for th in threads:
+            th.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    def summary(self):
+        counts = {}
+        for kind, status, detail in self.outcomes:
+            key = f"{kind} {status} {detail}".strip()
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def scenario_hostile_client(c, hostile_rate=4):
+    """Issue 13 item 4 under load: a client sends slow and resetting URLs all along while
+    the normal load runs; every origin is healthy, so any block is a healthy-origin block."""
+    m1, m2, s = c.trio(140)
+    hostile = {}
+    # The attack stops early enough for its slowest request (1 s route timeout + 2.5 s from the
+    # other master) to end while the normal load still runs: on an idle domain, failures of
+    # `failure_threshold` distinct requests within the window do block (README).
+    attack_s = max(1.0, c.duration - 4.5)
+
+    def attack():
+        hostile["client"] = HostileClient(c.env, hostile_rate, attack_s).start()
+
+    result = c.run([(0.0, attack)])
+    client = hostile.get("client")
+    if client is not None:
+        client.join(timeout=40)
+    summary = client.summary() if client else {}
+    sent = sum(summary.values())
+    blocks = sum(len(v) for v in block_windows(c.env).values())
+    c.notes = (f"all origins healthy; a hostile client sends {sent} requests alongside the load "
+               f"({hostile_rate}/s for the first {attack_s:.1f} s, alternating a URL every origin answers after 2.5 s — past the "
+               f"1 s route timeout — and a URL every origin resets): {summary}; "
+               f"healthy-origin blocks: {blocks}")
+    return result._replace(notes=c.notes, healthy_blocks=blocks)
+
+
 SCENARIOS = [
     ("master killed (kill -9)", scenario_kill9),
     ("black-hole master", scenario_blackhole),
@@ -607,6 +698,7 @@ SCENARIOS = [
     ("config reload every 2 s (switch)", scenario_reload),
     ("Envoy restarted", scenario_envoy_restart),
     ("block contention, 2 workers", scenario_contention),
+    ("hostile client tries to get healthy origins blocked", scenario_hostile_client),
 ]
 
 

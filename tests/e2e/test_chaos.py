@@ -3,7 +3,7 @@ writes RELIABILITY.md): a bounded keep-alive load through the real Envoy (--conc
 an origin dies, hangs, drops SYNs, flaps, fails, slows down, or the configuration reloads or
 Envoy restarts. Asserts zero client errors while a healthy path exists, no request reaching an
 origin inside its block window (from the origin's own timed log), and a flat Envoy RSS.
-Origins use 127.0.6.10-127.0.6.131.
+Origins use 127.0.6.10-127.0.6.142.
 
 CHAOS_RATE / CHAOS_DURATION override the load (defaults: 120 req/s for 5 s per scenario).
 """
@@ -83,6 +83,20 @@ def test_block_contention_on_two_workers_loses_no_block(tmp_path, envoy_bin):
     r = run(tmp_path, envoy_bin, "scenario_contention")
     assert r.problems() == [], r
     assert "0 block(s) lost" in r.notes, r.notes
+
+
+def test_hostile_client_blocks_no_healthy_origin(tmp_path, envoy_bin):
+    """Issue 13 item 4 under load: slow and resetting URLs all along, every origin healthy."""
+    # At least 10 s: the attack needs 4.5 s of normal load after it (see the scenario).
+    r = run(tmp_path, envoy_bin, "scenario_hostile_client", duration=max(DURATION, 10))
+    # The attack really ran and really failed requests (502 for the resets)...
+    assert "reset 502 origin-unreachable" in r.notes, r.notes
+    assert "'slow " in r.notes, r.notes
+    # ...and blocked no origin, while the normal load saw no error.
+    assert r.healthy_blocks == 0, r.notes
+    assert r.problems() == [], r
+    # The measure can fail: one healthy-origin block misses the goal.
+    assert r._replace(healthy_blocks=1).problems() == ["1 blocks of healthy origins"]
 
 
 def test_the_measures_can_fail(tmp_path):
