@@ -756,6 +756,28 @@ HOSTILE_REQUESTS = [
      "silently kept",
      "test_config_rejection.py (corpus `duplicate-key-*`), "
      "config::tests::duplicate_keys_are_refused"),
+    ("a URL the origins answer slower than the route timeout, or reset, requested once or "
+     "again and again (issue 13 item 4)",
+     "no origin is blocked while it answers other requests, and a failover never adds strikes "
+     "(the same request failed elsewhere); connect failures (refused, connect timeout) still "
+     "block at once; otherwise `detection.failure_threshold` (3) timeouts/resets from distinct "
+     "requests within `detection.failure_window_seconds` (10 s) block; the scenario *hostile "
+     "client tries to get healthy origins blocked* above: healthy-origin blocks 0",
+     "test_block_verdicts.py (slow, resetting, mixed with traffic, dead, SYN-dropping), "
+     "test_chaos.py::test_hostile_client_blocks_no_healthy_origin, verdict::tests, "
+     "exchange::tests::a_hostile_request_blocks_nothing_a_dead_origin_is_blocked_at_once"),
+    ("any request to a domain whose only master is dead, or whose masters are all dead, "
+     "without a slave (issue 13 item 7)",
+     "`502` with `x-origin-pull-error: origin-unreachable` on the first and every later request, "
+     "blocked or not; never Envoy's raw `503` body",
+     "test_block_verdicts.py::test_dead_masters_without_slave_get_the_documented_502, "
+     "exchange::tests::dead_masters_without_slave_get_the_documented_502_every_time"),
+    ("getting an address blocked through one domain to steer another domain that lists it, "
+     "or a domain with `block_seconds: 0` (issue 13 item 10)",
+     "a block belongs to (domain, origin address): other domains are not steered by it; "
+     "`block_seconds: 0` never blocks nor skips an address",
+     "test_block_verdicts.py::test_a_block_belongs_to_its_domain_and_zero_seconds_never_skips, "
+     "exchange::tests::blocks_belong_to_their_domain_and_zero_seconds_never_skips"),
 ]
 
 
