@@ -361,12 +361,14 @@ impl RootContext for OriginPullRoot {
                 let metrics = Metrics::define(&parsed, &mut EnvoyHost);
                 {
                     // The availability gauges are right from the start, not after the first tick.
-                    let mut blocks = self.state.blocks.borrow_mut();
-                    blocks.refresh(&EnvoyHost);
+                    // Blocks belong to a domain: one 8-byte read per domain, origins' keys only
+                    // for a domain with a block.
+                    let blocks = self.state.blocks.borrow();
                     let now = EnvoyHost.now_ms();
-                    for d in 0..metrics.domain_count() {
+                    for (d, domain) in parsed.domains.iter().enumerate() {
+                        let any = blocks.domain_has_blocks(&EnvoyHost, &domain.name, now);
                         metrics.set_masters_available(&mut EnvoyHost, d, |l| {
-                            blocks.is_blocked(l, now)
+                            any && blocks.is_blocked(&EnvoyHost, &domain.name, l, now)
                         });
                     }
                 }

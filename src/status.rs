@@ -301,24 +301,9 @@ pub fn build(configs: &[PluginConfig], stats: &[Stat], now_s: u64) -> Vec<Domain
             o.blocked_until = None;
         }
     }
-    // The block table is keyed by the origin alone: an address blocked through one domain is
-    // blocked for every domain using it (their gauges follow within a second).
-    let mut blocked: BTreeMap<String, Option<u64>> = BTreeMap::new();
-    for o in domains
-        .iter()
-        .flat_map(|d| d.origins.iter())
-        .filter(|o| o.blocked)
-    {
-        let until = blocked.entry(o.label.clone()).or_insert(None);
-        *until = (*until).max(o.blocked_until);
-    }
+    // A block belongs to its domain (src/health.rs): another domain listing the same address
+    // is not steered by it, so each domain's own gauges are the truth.
     for d in &mut domains {
-        for o in &mut d.origins {
-            if let Some(until) = blocked.get(&o.label) {
-                o.blocked = true;
-                o.blocked_until = *until;
-            }
-        }
         // Known roles: count the unblocked masters now rather than trust a gauge up to a
         // second old.
         if d.origins.iter().any(|o| !o.roles.is_empty()) {
@@ -565,7 +550,7 @@ wasmcustom.origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.
             text.starts_with("www.test.com  masters available: 1  failovers: 3 served, 0 failed\n"),
             "{text}"
         );
-        // Another domain using the blocked address sees it blocked before its gauges follow.
+        // A block belongs to its domain: another domain using the address is not blocked by it.
         let two = crate::config::parse(
             br#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:8081","127.0.0.4:8081"]}},
                 {"domain":"dead.test.com","master":{"ips":["127.0.0.4:8081"]}}]}"#,
@@ -573,9 +558,9 @@ wasmcustom.origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.
         .unwrap();
         let both = build(&[two], &parse_stats(STATS), now);
         assert_eq!(both[1].name, "dead.test.com");
-        assert!(both[1].origins[0].blocked);
-        assert_eq!(both[1].origins[0].blocked_until, Some(1_700_000_060));
-        assert_eq!(both[1].masters_available, Some(0));
+        assert!(!both[1].origins[0].blocked);
+        assert_eq!(both[1].origins[0].blocked_until, None);
+        assert_eq!(both[1].masters_available, Some(1));
         assert_eq!(both[0].masters_available, Some(1));
         // A block whose end has passed is shown as over, even before the gauge is refreshed.
         let later = build(&[config()], &parse_stats(STATS), 1_700_000_060);
