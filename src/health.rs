@@ -234,7 +234,9 @@ impl BlockTable {
 
     /// Records a failure of `label` as used by `domain` and applies the verdict of
     /// [`verdict::judge`]: strikes are kept in shared data (compare-and-swap, so the count is
-    /// per origin, not per worker); `Verdict::Block` blocks it for `rule.block_ms`.
+    /// per origin, not per worker); `Verdict::Block` blocks it for `rule.block_ms`. When shared
+    /// data keeps refusing the strike (logged), the failure is not counted:
+    /// `(Verdict::Excused, BlockOutcome::Failed)`.
     pub fn record_failure(
         &mut self,
         host: &mut impl Host,

@@ -81,6 +81,10 @@ def test_hostile_requests_mixed_with_traffic_block_nothing(env):
     answering the others, so no failure counts against them (default threshold 3)."""
     m1, m2, s = healthy_trio(env, 25)
     env.start(trio_config(m1, m2, s))
+    # Normal traffic first: both workers (a new connection per request picks either) have
+    # seen both masters answer.
+    for i in range(20):
+        assert env.request("www.test.com", f"/warm{i}").status == 200
     for i in range(10):
         for j in range(4):
             assert env.request("www.test.com", f"/ok{i}-{j}").status == 200
