@@ -10,7 +10,10 @@ front of the same nginx origins (see bench/run.py for the scenarios):
     odst      (diagnostic, scenario a) plain route to the shipped ORIGINAL_DST cluster, the client
               sending x-envoy-original-dst-host itself: origin-pull's routing without the wasm
     originpull  the SHIPPED envoy/envoy.yaml + envoy/lds.yaml listener (tests/e2e/envoy_config.py)
-              with a bench plugin configuration
+              with a bench plugin configuration and the clusters render writes for it: failover
+              by Envoy's router (composite cluster, `envoy.failover: router`, the default)
+    opcallout   the same with `envoy.failover: callout` (the failover mechanism before issue 11:
+              an HTTP callout, the answer buffered), side by side in scenarios b, c and f
     nginx     nginx doing the same job: upstream weights, `backup`, proxy_next_upstream
 
 Every Envoy system is the shipped bootstrap and the shipped listener's HTTP connection manager
@@ -31,11 +34,11 @@ import envoy_config as ec  # noqa: E402
 
 FLOOR_WASM = REPO / "target" / "bench-floor" / "wasm32-wasip1" / "release" / "bench_floor.wasm"
 HOST = "www.test.com"
-ENVOY_SYSTEMS = ("plain", "floor", "odst", "native", "originpull")
-SYSTEMS = ("direct", "plain", "floor", "odst", "native", "originpull", "nginx")
+ENVOY_SYSTEMS = ("plain", "floor", "odst", "native", "originpull", "opcallout")
+SYSTEMS = ("direct", "plain", "floor", "odst", "native", "originpull", "opcallout", "nginx")
 # Statuses every system fails over on: the issue's nginx list (404 included, scenario b).
 RETRY_STATUSES = (404, 500, 502, 503, 504)
-ROUTE_TIMEOUT = "5s"
+ROUTE_TIMEOUT = "5s"  # the whole response; the objects here are at most 1 MiB
 CONNECT_TIMEOUT = "1s"
 
 
@@ -67,12 +70,12 @@ def _endpoint(ip, port, weight=None):
     return ep
 
 
-def plugin_config(topo):
+def plugin_config(topo, mechanism=None):
     """origin-pull's configuration for the scenario: the masters by weight, the slave, and the
     defaults for failover (4xx, 5xx, connect errors, timeouts; GET/HEAD) and blocking (60 s)."""
     weighted = len(topo.masters) > 1
     ips = [f"{ip}:{port}:{w}" if weighted else f"{ip}:{port}" for ip, port, w in topo.masters]
-    return {
+    config = {
         "domains": [{
             "domain": HOST,
             "master": {"ips": ips},
@@ -80,6 +83,9 @@ def plugin_config(topo):
         }],
         "debug_headers": False,
     }
+    if mechanism:
+        config["envoy"] = {"failover": mechanism}
+    return config
 
 
 def _shipped_listener(topo, system, plugin):
@@ -172,12 +178,26 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
     admin_port = topo.ports[f"admin:{system}"]
     boot = ec.bootstrap(admin_port, REPO / "envoy" / "lds.yaml", admin_ip=topo.listen_ip,
                         node_id=f"origin-pull-bench-{system}")
-    lst = _shipped_listener(topo, system, plugin_config(topo))
+    mechanism = "callout" if system == "opcallout" else None
+    plugin = plugin_config(topo, mechanism)
+    lst = _shipped_listener(topo, system, plugin)
     hcm = _hcm(lst)
-    if system == "originpull":
+    if system in ("originpull", "opcallout"):
+        # The clusters render writes for this configuration (composite clusters of the router
+        # failover, with the module's upstream instance).
+        have = {c["name"] for c in boot["static_resources"]["clusters"]}
+        rendered = ec.render_set(plugin, route_timeout=ROUTE_TIMEOUT).clusters
+        boot["static_resources"]["clusters"].extend(
+            ec._untyped(c) for c in rendered if c["name"] not in have)
         if origin_pull_wasm:
+            wasm_path = str(Path(origin_pull_wasm).resolve())
             _wasm_filter(lst)[0]["typed_config"]["config"]["vm_config"]["code"]["local"][
-                "filename"] = str(Path(origin_pull_wasm).resolve())
+                "filename"] = wasm_path
+            for c in boot["static_resources"]["clusters"]:
+                for f in ec.upstream_filters(c):
+                    if f["name"] == "envoy.filters.http.wasm":
+                        f["typed_config"]["config"]["vm_config"]["code"]["local"][
+                            "filename"] = wasm_path
         return ec.static_bootstrap(boot, [lst])
     router = _router_filter(lst)
     shipped_wasm = _wasm_filter(lst)[0]

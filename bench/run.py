@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: origin-pull against Envoy-native and nginx doing the same job, in ONE run.
 
-Systems (bench/configs.py): direct, plain, floor, native, originpull, nginx.
+Systems (bench/configs.py): direct, plain, floor, native, originpull (router failover),
+opcallout (callout failover, scenarios b/c/f), nginx.
 Scenarios (each with the object sizes in BENCH_SIZES, 1 KiB and 1 MiB by default):
     a   happy path, 3 weighted master IPs (1:3:1), slave idle
     b   10 % of paths answer 404 on the masters and 200 on the slave
@@ -56,6 +57,7 @@ SYSTEM_LABEL = {
     "odst": "Envoy ORIGINAL_DST route (no wasm)",
     "native": "Envoy native (retry + outlier)",
     "originpull": "Envoy + origin-pull",
+    "opcallout": "Envoy + origin-pull, callout failover",
     "nginx": "nginx (upstream backup)",
 }
 SCENARIO_LABEL = {
@@ -298,7 +300,7 @@ def systems_of(scenario):
         return ("originpull",)
     if scenario != "a":
         return tuple(s for s in cf.SYSTEMS if s != "odst")
-    return cf.SYSTEMS
+    return tuple(s for s in cf.SYSTEMS if s != "opcallout")
 
 
 def run_group(o, run_dir, docroot, scenario, size, floor_wasm):
@@ -525,6 +527,15 @@ def targets_section(results, o):
     if fo and fd:
         row("failover latency ≤ 1.3× asking the slave directly (no proxy)",
             f"p50 {fmt_us(fo)} vs {fmt_us(fd)} = {fo / fd:.2f}×", fo / fd <= 1.3)
+    fc = get("f", "opcallout", "p50_us")
+    if fc and fs:
+        row("(issue 11, for comparison) callout failover latency, same target",
+            f"p50 {fmt_us(fc)} vs {fmt_us(fs)} = {fc / fs:.2f}×", fc / fs <= 1.3)
+    bo, bc, bp = (get("b", s, "rps") for s in ("originpull", "opcallout", "plain"))
+    if bo and bp:
+        row("(issue 11) 10 % failovers (b), 32 connections ≥ 0.5× plain route",
+            f"{bo / bp:.2f}× (callout failover: {bc / bp:.2f}×)" if bc else f"{bo / bp:.2f}×",
+            bo / bp >= 0.5)
     ce = results.get("c-1k", {}).get("originpull")
     if ce:
         errs = ce["non2xx"] + ce["socket_errors"]

@@ -154,6 +154,7 @@ struct RawEnvoy {
     cluster_header: Option<String>,
     ip_cluster_http: Option<String>,
     ip_cluster_https: Option<String>,
+    failover: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -455,6 +456,8 @@ pub struct Domain {
     pub detection: Detection,
     /// Mirror back-to-origin of the (bucket) master.
     pub mirror: Option<Mirror>,
+    /// `x-envoy-retry-on` for a routed failover (`None`: no condition fails over). See `chain`.
+    pub retry_on: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -462,6 +465,28 @@ pub struct EnvoyNames {
     pub cluster_header: String,
     pub ip_cluster_http: String,
     pub ip_cluster_https: String,
+    /// How a request reaches the slave (or another master): see [`FailoverMechanism`].
+    pub failover: FailoverMechanism,
+}
+
+/// `envoy.failover`: who re-sends a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverMechanism {
+    /// Envoy's router retries the request on a composite cluster (one sub-cluster per attempt):
+    /// every answer streams, whatever its size. Buckets and mirrors still use callouts.
+    Router,
+    /// The filter re-sends the request with an HTTP callout and relays the buffered answer
+    /// (at most `max_response_body_bytes`).
+    Callout,
+}
+
+impl FailoverMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMechanism::Router => "router",
+            FailoverMechanism::Callout => "callout",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -687,7 +712,19 @@ fn compile_envoy(raw: Option<RawEnvoy>, top: &Ctx) -> Result<EnvoyNames, ConfigE
         cluster_header: None,
         ip_cluster_http: None,
         ip_cluster_https: None,
+        failover: None,
     });
+    let failover = match raw.failover.as_deref() {
+        None | Some("router") => FailoverMechanism::Router,
+        Some("callout") => FailoverMechanism::Callout,
+        Some(other) => {
+            return Err(top.err(
+                "envoy.failover",
+                Some(other.to_string()),
+                "must be \"router\" (Envoy's router streams the failover) or \"callout\" (buffered HTTP callouts)",
+            ))
+        }
+    };
     let cluster_header = raw
         .cluster_header
         .unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.into());
@@ -717,6 +754,7 @@ fn compile_envoy(raw: Option<RawEnvoy>, top: &Ctx) -> Result<EnvoyNames, ConfigE
         cluster_header,
         ip_cluster_http,
         ip_cluster_https,
+        failover,
     })
 }
 
@@ -847,7 +885,7 @@ fn compile_domain(
             ))
         }
     };
-    Ok(Domain {
+    let mut domain = Domain {
         name,
         master,
         slave,
@@ -855,7 +893,11 @@ fn compile_domain(
         failover,
         detection,
         mirror,
-    })
+        retry_on: None,
+    };
+    // The per-request value of Envoy's retry header, computed once.
+    domain.retry_on = domain.retry_on();
+    Ok(domain)
 }
 
 fn compile_origin(
@@ -1833,6 +1875,7 @@ impl PluginConfig {
                 "cluster_header": self.envoy.cluster_header,
                 "ip_cluster_http": self.envoy.ip_cluster_http,
                 "ip_cluster_https": self.envoy.ip_cluster_https,
+                "failover": self.envoy.failover.as_str(),
             },
         })
     }

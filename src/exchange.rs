@@ -8,6 +8,10 @@ use std::time::Duration;
 use crate::bucket::{
     is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
 };
+use crate::chain::{
+    attempt_cluster, chain_name, dst_header, plan_head, push_plan_token, MAX_RETRIES_HEADER,
+    PLAN_HEADER, RETRY_ON_HEADER,
+};
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
 use crate::failover::{classify_routed, failure_kind, is_hop_by_hop, read_callout, Answer};
 use crate::health::{BlockOutcome, BlockTable};
@@ -120,6 +124,11 @@ pub struct Exchange {
     request_id: Option<u64>,
     /// This request already timed out, was reset or got a counted 5xx on some origin.
     failed_softly: bool,
+    /// Planned attempts of a failover carried by Envoy's router (`chain`); empty when the
+    /// request is routed to one origin (failovers, if any, by callout).
+    chain: Vec<Attempt>,
+    /// The last answer judged (to say why no origin's answer can be relayed).
+    last_answer: Option<Answer>,
 }
 
 impl Exchange {
@@ -170,6 +179,8 @@ impl Exchange {
             metrics: request.metrics.cloned(),
             request_id: None,
             failed_softly: false,
+            chain: Vec::new(),
+            last_answer: None,
         };
         let Some(first) = exchange.first_attempt(blocks, host) else {
             // Unreachable with a validated configuration (some weight is non-zero); never route blind.
@@ -193,10 +204,196 @@ impl Exchange {
                 }
             }
         }
-        if let Some(m) = exchange.origin_metrics(first) {
-            m.request(host);
+        exchange.plan_chain(blocks, host);
+        // A chain's attempts are counted by the upstream instance, one per attempt.
+        if exchange.chain.is_empty() {
+            if let Some(m) = exchange.origin_metrics(first) {
+                m.request(host);
+            }
         }
         Some(exchange)
+    }
+
+    /// Plans the failover Envoy's router will carry out, when this domain uses it: the slave
+    /// after the first master (or a master after a first slave), or, without a slave, other
+    /// unblocked master IPs. Every condition then fails over to the next planned origin.
+    fn plan_chain(&mut self, blocks: &BlockTable, host: &mut impl Host) {
+        let Some(domain) = self.domain() else {
+            return;
+        };
+        // A request body is replayed by callout, within `max_request_body_bytes` and only when
+        // complete, exactly as before (the router would replay up to its own buffer limit).
+        if !domain.router_failover(self.config.envoy.failover, self.scheme)
+            || domain.retry_on.is_none()
+            || !domain.failover.method_allowed(&self.method)
+            || self.has_body
+        {
+            return;
+        }
+        let max = domain.max_chain();
+        let has_slave = domain.slave.is_some();
+        let first = self.current();
+        let now = host.now_ms();
+        let next = match (first.role, has_slave) {
+            (Role::Master, true) => self
+                .choose(Role::Slave, blocks, host, true, now)
+                .or_else(|| self.choose(Role::Slave, blocks, host, false, now))
+                .map(|target| Attempt {
+                    role: Role::Slave,
+                    target,
+                    sent_ms: now,
+                }),
+            // Every master was blocked: a blocked master is a better bet than an error.
+            (Role::Slave, _) => self
+                .choose(Role::Master, blocks, host, false, now)
+                .map(|target| Attempt {
+                    role: Role::Master,
+                    target,
+                    sent_ms: now,
+                }),
+            (Role::Master, false) => None,
+        };
+        if let Some(next) = next {
+            self.tried.push(next);
+        } else if first.role == Role::Master && !has_slave {
+            while self.tried.len() < max {
+                match self.choose(Role::Master, blocks, host, true, now) {
+                    Some(target) => self.tried.push(Attempt {
+                        role: Role::Master,
+                        target,
+                        sent_ms: now,
+                    }),
+                    None => break,
+                }
+            }
+        }
+        if self.tried.len() > 1 {
+            self.chain = self.tried.clone();
+            // The upstream instance counts strikes per request: it gets the id in the plan.
+            self.request_id = Some(host.random_u64());
+        }
+        self.tried.truncate(1);
+    }
+
+    /// Whether Envoy's router carries this request's failover (see [`Exchange::chain_headers`]).
+    pub fn routes_chain(&self) -> bool {
+        !self.chain.is_empty()
+    }
+
+    /// The request headers a routed failover needs, to set (`Some`) or remove (`None`): the
+    /// composite cluster, each attempt's `IP:PORT`, Envoy's retry headers, the `Host` the
+    /// router takes its TLS server name from, and the plan the upstream instance reads.
+    pub fn chain_headers(&self) -> Vec<(String, Option<String>)> {
+        let Some(domain) = self.domain() else {
+            return Vec::new();
+        };
+        let Some(retry_on) = &domain.retry_on else {
+            return Vec::new();
+        };
+        let mut subs = Vec::with_capacity(self.chain.len());
+        let mut headers: Vec<(String, Option<String>)> = Vec::with_capacity(self.chain.len() + 6);
+        // The router names the TLS server once per request: the Host of a TLS attempt.
+        let desired = |a: Attempt| -> &str {
+            self.set(a.role)
+                .and_then(|s| s.host.as_deref())
+                .unwrap_or(&self.client_authority)
+        };
+        let router_authority = self
+            .chain
+            .iter()
+            .find(|a| {
+                self.route_of(**a)
+                    .and_then(|r| r.scheme)
+                    .is_some_and(|s| s == Scheme::Https)
+            })
+            .or(self.chain.first())
+            .map(|a| desired(*a))
+            .unwrap_or(&self.client_authority);
+        let mut plan = plan_head(&domain.name, self.request_id.unwrap_or(0));
+        // Each attempt's Host, when they differ: an attempt's change stays in the request for
+        // the next (the router reuses its header map), so every attempt then sets its own.
+        let same_host = self.chain.iter().all(|a| desired(*a) == router_authority);
+        for (i, attempt) in self.chain.iter().enumerate() {
+            let k = i + 1;
+            let Some(route) = self.route_of(*attempt) else {
+                return Vec::new();
+            };
+            subs.push(attempt_cluster(route, k));
+            headers.push((dst_header(k).to_string(), route.original_dst.clone()));
+            let host = (!same_host).then(|| desired(*attempt));
+            push_plan_token(
+                &mut plan,
+                attempt.role == Role::Slave,
+                attempt.target,
+                host,
+                &route.label,
+            );
+        }
+        headers.push((self.cluster_header().to_string(), Some(chain_name(&subs))));
+        if router_authority != self.client_authority {
+            headers.push((":authority".into(), Some(router_authority.to_string())));
+        }
+        headers.push((RETRY_ON_HEADER.into(), Some(retry_on.clone())));
+        headers.push((
+            MAX_RETRIES_HEADER.into(),
+            Some((self.chain.len() - 1).to_string()),
+        ));
+        headers.push((PLAN_HEADER.into(), Some(plan)));
+        headers
+    }
+
+    /// The answer of a routed failover arrived: from the origin of attempt `attempt` (what the
+    /// upstream instance marked it with), or, `None`, Envoy's own reply when no attempt was
+    /// answered. The upstream instance already counted and judged each attempt; this names
+    /// who served and says clearly when no origin answered.
+    pub fn on_chain_response(
+        &mut self,
+        host: &mut impl Host,
+        status: u32,
+        response_flags: u64,
+        attempt: Option<usize>,
+    ) -> ResponseStep {
+        // An origin's answer (marked by the upstream instance) is that origin's status, even
+        // when Envoy flags it "retry limit exceeded" (the slave's own 503, say).
+        let answer = match attempt {
+            Some(_) if (100..=599).contains(&status) => Answer::Status(status),
+            // An invalid status (the glue passes 0) is a broken origin, never relayed.
+            Some(_) => Answer::ConnectError,
+            None => classify_routed(status, response_flags),
+        };
+        // Envoy's reply after the last failure: every planned attempt was made when the
+        // failure is one the domain fails over on.
+        let retried = self.domain().is_some_and(|d| match answer {
+            // `reset` (retried with connect errors) also covers the first-byte timeout.
+            Answer::Timeout => d.failover.on_timeout || d.failover.on_connect_error,
+            _ => d.failover.triggers(answer),
+        });
+        let n = attempt
+            .unwrap_or(if retried { self.chain.len() } else { 1 })
+            .clamp(1, self.chain.len().max(1));
+        self.tried = self.chain.iter().take(n).copied().collect();
+        if answer == Answer::NoCluster {
+            let cluster = self.chain_headers().into_iter().find_map(|(k, v)| {
+                (k == self.config.envoy.cluster_header)
+                    .then_some(v)
+                    .flatten()
+            });
+            host.log(
+                LogLevel::Error,
+                &format!(
+                    "origin-pull: Envoy has no cluster named '{}'; render the Envoy configuration with `origin-pull render`",
+                    cluster.unwrap_or_default()
+                ),
+            );
+        }
+        if answer.is_unreachable() && n > 1 {
+            self.reply_unreachable(host);
+            return ResponseStep::Pause;
+        }
+        self.record_outcome(host);
+        let served = self.domain().is_some_and(|d| !d.failover.triggers(answer));
+        self.count_failover(host, served);
+        ResponseStep::Continue
     }
 
     /// The request to a bucket origin for this client request, signed when private.
@@ -380,9 +577,12 @@ impl Exchange {
 
     /// This origin's number within the configuration (worker-local evidence is kept by it).
     fn slot(&self, attempt: Attempt) -> u64 {
-        let role = u64::from(attempt.role == Role::Slave);
-        let scheme = u64::from(self.scheme == Scheme::Https);
-        ((self.domain as u64) << 32) | ((attempt.target as u64) << 2) | (role << 1) | scheme
+        slot_of(
+            self.domain,
+            attempt.target,
+            attempt.role == Role::Slave,
+            self.scheme == Scheme::Https,
+        )
     }
 
     fn route_of(&self, attempt: Attempt) -> Option<&Route> {
@@ -770,6 +970,7 @@ impl Exchange {
         answer: Answer,
         from_callout: bool,
     ) -> Next {
+        self.last_answer = Some(answer);
         if let Some(m) = self.origin_metrics(self.current()) {
             m.failure(host, answer);
         }
@@ -1188,6 +1389,10 @@ impl Exchange {
     }
 
     fn reply_unreachable(&mut self, host: &mut impl Host) {
+        if self.last_answer == Some(Answer::NoResponse) {
+            self.reply_no_response(host);
+            return;
+        }
         let tried: Vec<String> = self
             .tried
             .iter()
@@ -1219,6 +1424,39 @@ impl Exchange {
         host.send_local_reply(
             502,
             "origin_pull_no_origin_reachable",
+            &headers,
+            body.as_bytes(),
+        );
+    }
+
+    /// A failover callout ended without an answer to relay: the origin may well have answered
+    /// (e.g. more than Envoy's async response buffer holds), so this is not "unreachable".
+    fn reply_no_response(&mut self, host: &mut impl Host) {
+        let label = self
+            .route_of(self.current())
+            .map(|r| r.label.clone())
+            .unwrap_or_default();
+        let domain = self.domain().map(|d| d.name.clone()).unwrap_or_default();
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "origin-pull: {domain}: the failover request to {label} ended without a response to relay (connection reset, or an answer larger than Envoy's async response buffer)"
+            ),
+        );
+        self.record_outcome(host);
+        self.count_failover(host, false);
+        let body = format!(
+            "origin-pull: the failover origin {label} sent no answer that can be relayed: the connection was reset, or its answer is larger than Envoy's async response buffer (32 MiB by default); envoy.failover \"router\" streams answers of any size\n"
+        );
+        let mut headers: Vec<(&str, String)> = vec![
+            ("content-type", "text/plain".into()),
+            (ERROR_HEADER, "failover-no-response".into()),
+        ];
+        headers.extend(self.debug_headers());
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host.send_local_reply(
+            502,
+            "origin_pull_failover_no_response",
             &headers,
             body.as_bytes(),
         );
@@ -1356,6 +1594,12 @@ impl BucketRefusal {
         let body = format!("origin-pull: {}\n", self.reason());
         host.send_local_reply(status, details, &headers, body.as_bytes());
     }
+}
+
+/// The evidence slot of an origin of a configuration (see `health::BlockTable::note_answer`):
+/// domain, target, role and scheme.
+pub fn slot_of(domain: usize, target: usize, slave: bool, https: bool) -> u64 {
+    ((domain as u64) << 32) | ((target as u64) << 2) | (u64::from(slave) << 1) | u64::from(https)
 }
 
 /// Attempt counts as text without formatting (failovers are bounded far below 10).

@@ -110,8 +110,9 @@ pub fn read_callout(
         .and_then(|(_, v)| v.parse::<u32>().ok())
         .unwrap_or(0);
     if !(100..=599).contains(&status) {
-        // Envoy's codec lets e.g. "HTTP/1.1 2000" through: never relay it.
-        return (Answer::NoResponse, Vec::new());
+        // Envoy's codec lets e.g. "HTTP/1.1 2000" through: never relay it. A broken origin, as
+        // for a routed answer (counted and blocked like a connection failure).
+        return (Answer::ConnectError, Vec::new());
     }
     let peek = if matches!(status, 502..=504) && body_size <= PEEK_LIMIT {
         host.callout_response_body(body_size).unwrap_or_default()

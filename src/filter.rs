@@ -12,7 +12,12 @@ use proxy_wasm::types::{
     Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType, Status,
 };
 
+use crate::attempt::AttemptObserver;
 use crate::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
+use crate::chain::{
+    ATTEMPT_COUNT_HEADER, ATTEMPT_RESPONSE_HEADER, EXPECTED_TIMEOUT_HEADER, FAILOVER_MARK_HEADER,
+    PLAN_HEADER, UPSTREAM_ROOT_ID,
+};
 use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
 use crate::health::BlockTable;
@@ -29,6 +34,10 @@ proxy_wasm::main! {{
 thread_local! {
     /// xorshift state of this VM, seeded once from the host's entropy.
     static RNG: Cell<u64> = Cell::new(seed());
+    /// The configuration (and its stats) the downstream instance of this VM applied last. The
+    /// upstream instance (same `vm_id`, same module: the same VM on this worker) reads it from
+    /// here, so the composite clusters do not each carry a copy of the plugin configuration.
+    static APPLIED: RefCell<Option<(Rc<PluginConfig>, Rc<Metrics>)>> = const { RefCell::new(None) };
 }
 
 fn seed() -> u64 {
@@ -223,6 +232,8 @@ struct RootState {
     /// This root context's wake-up queue: only the last registrant of a queue name is called
     /// back, so the name carries the worker id.
     copy_queue: Cell<Option<u32>>,
+    /// This root context is the upstream (per-attempt) instance on a composite cluster.
+    upstream: Cell<bool>,
 }
 
 impl RootState {
@@ -273,6 +284,7 @@ impl OriginPullRoot {
                 stats: Cell::new(BucketStats::default()),
                 copy_back: RefCell::new(CopyBack::default()),
                 copy_queue: Cell::new(None),
+                upstream: Cell::new(false),
             }),
             prober: None,
             holder,
@@ -334,8 +346,26 @@ impl RootContext for OriginPullRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
+        let root_id = self
+            .get_property(vec!["plugin_root_id"])
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let upstream = root_id == UPSTREAM_ROOT_ID;
+        self.state.upstream.set(upstream);
+        if upstream {
+            // Its configuration is the downstream instance's (see APPLIED).
+            EnvoyHost.log(
+                LogLevel::Info,
+                &format!(
+                    "origin-pull {} (worker {}): upstream instance ready",
+                    crate::BUILD,
+                    self.state.worker
+                ),
+            );
+            return true;
+        }
         self.state.stats.set(BucketStats::define(&mut EnvoyHost));
-        if self.state.copy_queue.get().is_none() {
+        if self.state.copy_queue.get().is_none() && !upstream {
             let name = format!("origin_pull.copy_back.{}", self.state.worker);
             match hostcalls::register_shared_queue(&name) {
                 Ok(id) => self.state.copy_queue.set(Some(id)),
@@ -375,11 +405,17 @@ impl RootContext for OriginPullRoot {
                 if let Some(old) = self.prober.as_mut() {
                     old.release(&mut EnvoyHost);
                 }
-                let prober = Prober::new(&parsed, self.holder);
-                self.set_tick_period(prober.tick_period());
-                self.prober = Some(prober);
-                *self.state.metrics.borrow_mut() = Rc::new(metrics);
-                *self.state.config.borrow_mut() = Some(Rc::new(parsed));
+                // The downstream instance probes; the upstream one only observes attempts.
+                if !upstream {
+                    let prober = Prober::new(&parsed, self.holder);
+                    self.set_tick_period(prober.tick_period());
+                    self.prober = Some(prober);
+                }
+                let metrics = Rc::new(metrics);
+                let parsed = Rc::new(parsed);
+                APPLIED.with(|a| *a.borrow_mut() = Some((parsed.clone(), metrics.clone())));
+                *self.state.metrics.borrow_mut() = metrics;
+                *self.state.config.borrow_mut() = Some(parsed);
                 true
             }
             Err(error) => {
@@ -399,6 +435,13 @@ impl RootContext for OriginPullRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.state.upstream.get() {
+            return Some(Box::new(OriginPullAttempt {
+                state: self.state.clone(),
+                observer: None,
+                attempt: 0,
+            }));
+        }
         Some(Box::new(OriginPullStream {
             state: self.state.clone(),
             exchange: None,
@@ -498,7 +541,13 @@ impl HttpContext for OriginPullStream {
             Vec::new()
         };
         exchange.keep_request_headers(headers);
-        if let Some((route, host_override)) = exchange.route() {
+        if exchange.routes_chain() {
+            // Envoy's router carries the failover: composite cluster, per-attempt addresses,
+            // retry headers, plan (always overwritten: a client never sets any of them).
+            for (name, value) in exchange.chain_headers() {
+                self.set_http_request_header(&name, value.as_deref());
+            }
+        } else if let Some((route, host_override)) = exchange.route() {
             // Always overwrite or remove: a client's copy of a routing header is never obeyed.
             self.set_http_request_header(exchange.cluster_header(), Some(&route.cluster));
             self.set_http_request_header(ORIGINAL_DST_HEADER, route.original_dst.as_deref());
@@ -554,7 +603,40 @@ impl HttpContext for OriginPullStream {
                 .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
                 .map_or(0, u64::from_le_bytes)
         };
-        let step = {
+        let step = if exchange.routes_chain() {
+            // Set by the upstream instance on an origin's answer; absent on Envoy's own replies.
+            let mark =
+                hostcalls::get_map_value(MapType::HttpResponseHeaders, ATTEMPT_RESPONSE_HEADER)
+                    .ok()
+                    .flatten();
+            let (attempt, status) = match mark.as_deref().map(parse_attempt_mark) {
+                Some((attempt, true)) => (attempt, 0), // the origin's status was invalid
+                Some((attempt, false)) => (attempt, status),
+                None => (None, status),
+            };
+            if mark.is_some() {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpResponseHeaders,
+                    ATTEMPT_RESPONSE_HEADER,
+                    None,
+                );
+            }
+            if attempt.is_some_and(|a| a > 1) {
+                // A failed-over answer carries no hop-by-hop header Envoy's codec lets through
+                // (as the callout path guarantees).
+                for name in [
+                    "te",
+                    "trailer",
+                    "proxy-authenticate",
+                    "keep-alive",
+                    "proxy-connection",
+                    "upgrade",
+                ] {
+                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
+                }
+            }
+            exchange.on_chain_response(&mut EnvoyHost, status, response_flags, attempt)
+        } else {
             let mut blocks = self.state.blocks.borrow_mut();
             exchange.on_response_headers(&mut EnvoyHost, &mut blocks, status, response_flags)
         };
@@ -571,5 +653,116 @@ impl HttpContext for OriginPullStream {
                 Action::Continue
             }
         }
+    }
+}
+
+/// `k` or `k;invalid` (the origin's status was outside 100..=599; Envoy was shown a 502).
+fn parse_attempt_mark(mark: &str) -> (Option<usize>, bool) {
+    let (number, invalid) = match mark.split_once(';') {
+        Some((n, flag)) => (n, flag == "invalid"),
+        None => (mark, false),
+    };
+    (number.parse().ok(), invalid)
+}
+
+/// The upstream instance: one context per attempt of a routed failover (see `chain`).
+struct OriginPullAttempt {
+    state: Rc<RootState>,
+    observer: Option<AttemptObserver>,
+    attempt: usize,
+}
+
+impl Context for OriginPullAttempt {
+    fn on_done(&mut self) -> bool {
+        if let Some(observer) = self.observer.as_mut().filter(|o| o.pending()) {
+            // This attempt's own stream info: a transport failure reason when the connection
+            // was refused; no local address when it was never established (connect timeout).
+            let refused = hostcalls::get_property(vec!["upstream", "transport_failure_reason"])
+                .ok()
+                .flatten()
+                .is_some_and(|reason| !reason.is_empty());
+            let connected = hostcalls::get_property(vec!["upstream", "local_address"])
+                .ok()
+                .flatten()
+                .is_some_and(|address| !address.is_empty());
+            let mut blocks = self.state.blocks.borrow_mut();
+            observer.on_done(&mut EnvoyHost, &mut blocks, refused, connected);
+        }
+        true
+    }
+}
+
+impl HttpContext for OriginPullAttempt {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let attempt = self
+            .get_http_request_header(ATTEMPT_COUNT_HEADER)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1);
+        self.attempt = attempt;
+        let Some((config, metrics)) = APPLIED.with(|a| a.borrow().clone()) else {
+            return Action::Continue;
+        };
+        let Some(plan) = self.get_http_request_header(PLAN_HEADER) else {
+            return Action::Continue;
+        };
+        // The router's per-try (first-byte) timeout for this attempt.
+        let first_byte_ms = self
+            .get_http_request_header(EXPECTED_TIMEOUT_HEADER)
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some((observer, start)) = AttemptObserver::start(
+            &config,
+            &metrics,
+            &mut EnvoyHost,
+            &plan,
+            attempt,
+            first_byte_ms,
+        ) {
+            if let Some(authority) = start.authority {
+                self.set_http_request_header(":authority", Some(&authority));
+            }
+            // This map is the router's own, reused by later attempts: an attempt only changes
+            // what no later attempt reads. Each origin sees its own address in the usual
+            // header; the last attempt drops the plan and the other attempts' addresses.
+            if let Some(dst) = &start.own_address {
+                self.set_http_request_header(crate::exchange::ORIGINAL_DST_HEADER, Some(dst));
+            }
+            if start.last {
+                self.set_http_request_header(PLAN_HEADER, None);
+                for k in 2..=attempt {
+                    self.set_http_request_header(crate::chain::dst_header(k), None);
+                }
+            }
+            self.observer = Some(observer);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Always marked (an origin's own copy of the header is replaced): the listener's filter
+        // trusts it to name the attempt that answered.
+        if self.attempt > 0 {
+            let status = self
+                .get_http_response_header(":status")
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0);
+            let mut mark = self.attempt.to_string();
+            if !(100..=599).contains(&status) {
+                // Envoy's codec lets e.g. "HTTP/1.1 2000" through: shown to the router as a
+                // 502, it fails over like any 5xx and is never relayed as such.
+                self.set_http_response_header(":status", Some("502"));
+                mark.push_str(";invalid");
+            }
+            self.set_http_response_header(ATTEMPT_RESPONSE_HEADER, Some(&mark));
+            let retry = match self.observer.as_mut() {
+                Some(observer) => {
+                    let mut blocks = self.state.blocks.borrow_mut();
+                    observer.on_response(&mut EnvoyHost, &mut blocks, status)
+                }
+                None => false,
+            };
+            // Always set or removed: an origin cannot ask for a retry itself.
+            self.set_http_response_header(FAILOVER_MARK_HEADER, retry.then_some("1"));
+        }
+        Action::Continue
     }
 }

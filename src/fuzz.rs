@@ -410,6 +410,21 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
                 ex.on_request_body(&vec![b'b'; len], eos);
             }
         }
+        if ex.routes_chain() {
+            // Envoy's router carries the failover: every attempt's address is a configured
+            // origin's, and the client gets at most one answer.
+            let dsts: Vec<Option<String>> = allowed.iter().map(|(_, d)| d.clone()).collect();
+            for (name, value) in ex.chain_headers() {
+                if name == ORIGINAL_DST_HEADER || name.starts_with("x-origin-pull-dst-") {
+                    prop_assert!(dsts.contains(&value), "{} {:?}", name, value);
+                }
+            }
+            let attempt = Some(req.routed_status as usize % 3).filter(|a| *a > 0);
+            ex.on_chain_response(host, req.routed_status, req.routed_flags, attempt);
+            prop_assert!(host.callouts.len() == callouts0);
+            prop_assert!(host.replies.len() <= replies0 + 1);
+            continue;
+        }
         ex.on_response_headers(host, blocks, req.routed_status, req.routed_flags);
         for result in &req.callouts {
             let Some(pending) = host.callouts.last().map(|c| c.token) else {
@@ -622,7 +637,11 @@ proptest! {
     ) {
         let bytes = serde_json::to_vec(&config).unwrap_or_default();
         if let Some(parsed) = check_parse(&bytes)? {
+            // Both failover mechanisms: router-carried chains and callouts.
+            let mut by_callout = parsed.clone();
+            by_callout.envoy.failover = crate::config::FailoverMechanism::Callout;
             drive(&Rc::new(parsed), &requests)?;
+            drive(&Rc::new(by_callout), &requests)?;
         }
     }
 }

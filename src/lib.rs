@@ -6,7 +6,9 @@
 //! all behind the [`host::Host`] trait so they are unit-tested natively with a fake host.
 
 pub mod address;
+pub mod attempt;
 pub mod bucket;
+pub mod chain;
 pub mod clusters;
 pub mod config;
 pub mod exchange;

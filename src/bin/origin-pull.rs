@@ -50,8 +50,11 @@ render  Writes the Envoy configuration the plugin configuration needs: the clust
   --wasm PATH          the .wasm as Envoy sees it (default target/wasm32-wasip1/release/origin_pull.wasm)
   --ca-file PATH       CA bundle for HTTPS origins (default /etc/ssl/certs/ca-certificates.crt)
   --connect-timeout D  origin connect timeout (default 1s)
-  --route-timeout D    whole origin response timeout, body included (default 5s; raise it for
-                       large files)
+  --first-byte-timeout D  time an origin has to start its answer (response headers), per
+                       attempt; past it the request fails over and the origin is blocked (default 10s)
+  --idle-timeout D     longest silence in a response under way, body included (default 30s)
+  --route-timeout D    whole response, body included (default 0s = none: never cut a long
+                       healthy download)
   --node-id ID         Envoy node id (default origin-pull)
 Exit status: 0 written, 1 invalid plugin configuration, 2 usage or I/O error.
 
@@ -207,6 +210,14 @@ fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
             "--route-timeout" => {
                 r.opts.route_timeout = value(arg)?;
                 render::check_duration(&r.opts.route_timeout)?;
+            }
+            "--first-byte-timeout" => {
+                r.opts.first_byte_timeout = value(arg)?;
+                render::check_duration(&r.opts.first_byte_timeout)?;
+            }
+            "--idle-timeout" => {
+                r.opts.idle_timeout = value(arg)?;
+                render::check_duration(&r.opts.idle_timeout)?;
             }
             "--node-id" => r.opts.node_id = value(arg)?,
             "--wasm-url" => r.istio_opts.wasm_url = value(arg)?,

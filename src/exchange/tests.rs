@@ -14,8 +14,185 @@ fn blocked(host: &FakeHost, domain: &str, label: &str) -> bool {
         && table.is_blocked(host, domain, label, host.now_ms)
 }
 
+/// The failover flow by callout (`envoy.failover: callout`), which most tests here drive;
+/// the router-carried flow has its own tests below (`router_*`).
 fn config(text: &str) -> Rc<PluginConfig> {
+    let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
+    if value.get("envoy").is_none() {
+        value["envoy"] = serde_json::json!({"failover": "callout"});
+    }
+    Rc::new(parse(value.to_string().as_bytes()).unwrap())
+}
+
+fn router_config(text: &str) -> Rc<PluginConfig> {
     Rc::new(parse(text.as_bytes()).unwrap())
+}
+
+fn header<'a>(headers: &'a [(String, Option<String>)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.as_deref())
+}
+
+#[test]
+fn router_plans_master_then_slave_and_names_the_server() {
+    let config = router_config(
+        r#"{"debug_headers":true,"domains":[{"domain":"www.test.com",
+            "master":{"ips":["127.0.0.2:80"]},"slave":{"domain":"backup.example.com","host":"backup.example.com"}}]}"#,
+    );
+    let mut host = FakeHost::new(1);
+    let mut blocks = BlockTable::default();
+    let metrics = Rc::new(Metrics::define(&config, &mut host));
+    let mut info = get("www.test.com");
+    info.metrics = Some(&metrics);
+    let mut ex = Exchange::start(&config, &mut blocks, &mut host, &info).unwrap();
+    assert!(ex.routes_chain());
+    let headers = ex.chain_headers();
+    assert_eq!(
+        header(&headers, "x-origin-pull-cluster"),
+        Some("origin_pull_chain(origin_pull_ip_http)(origin_pull|http|backup.example.com|80)")
+    );
+    assert_eq!(
+        header(&headers, "x-envoy-original-dst-host"),
+        Some("127.0.0.2:80")
+    );
+    // The slave is a DNS cluster: no address header for attempt 2 (a client's copy is removed).
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "x-origin-pull-dst-2" && v.is_none()));
+    assert_eq!(header(&headers, "x-envoy-max-retries"), Some("1"));
+    assert_eq!(
+        header(&headers, "x-envoy-retry-on"),
+        Some("connect-failure,refused-stream,reset,retriable-headers")
+    );
+    // Domain, the request's random id (strikes count distinct requests), one token per attempt.
+    let plan = header(&headers, "x-origin-pull-plan").unwrap();
+    let tokens: Vec<&str> = plan.split(' ').collect();
+    assert_eq!(tokens.len(), 4, "{plan}");
+    assert_eq!(tokens[0], "www.test.com");
+    assert!(u64::from_str_radix(tokens[1], 16).is_ok(), "{plan}");
+    assert_eq!(
+        &tokens[2..],
+        [
+            "m,0,www.test.com,127.0.0.2:80",
+            "s,0,backup.example.com,backup.example.com:80"
+        ]
+    );
+    // The request itself is counted per attempt by the upstream instance, not here.
+    assert_eq!(
+        host.metric("origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.2:80"),
+        Some(0)
+    );
+    // The slave's answer, marked attempt 2 by the upstream instance.
+    assert_eq!(
+        ex.on_chain_response(&mut host, 200, 0, Some(2)),
+        ResponseStep::Continue
+    );
+    assert!(host.replies.is_empty() && host.callouts.is_empty());
+    assert_eq!(host.filter_state["origin_pull.role"], "slave");
+    assert_eq!(
+        host.filter_state["origin_pull.origin"],
+        "backup.example.com:80"
+    );
+    assert_eq!(host.filter_state["origin_pull.attempts"], "2");
+    let debug = ex.debug_headers();
+    assert_eq!(debug[0].1, "slave=backup.example.com:80");
+    assert_eq!(
+        host.metric("origin_pull_failovers_total;domain=www.test.com;outcome=served"),
+        Some(1)
+    );
+}
+
+#[test]
+fn router_every_attempt_unanswered_is_a_clear_502() {
+    let config = router_config(
+        r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80"]},"slave":{"ips":["127.0.0.3:80"]}}]}"#,
+    );
+    let mut host = FakeHost::new(2);
+    let mut blocks = BlockTable::default();
+    let mut ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
+    assert_eq!(
+        ex.on_chain_response(&mut host, 503, UF, None),
+        ResponseStep::Pause
+    );
+    let reply = host.replies.last().unwrap();
+    assert_eq!(reply.status, 502);
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-origin-pull-error" && v == "origin-unreachable"));
+    assert_eq!(host.filter_state["origin_pull.attempts"], "2");
+}
+
+#[test]
+fn router_slave_4xx_is_relayed_and_a_master_answer_is_attempt_one() {
+    let config = router_config(
+        r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80"]},"slave":{"ips":["127.0.0.3:80"]}}]}"#,
+    );
+    let mut host = FakeHost::new(3);
+    let mut blocks = BlockTable::default();
+    let mut ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
+    assert_eq!(
+        ex.on_chain_response(&mut host, 200, 0, Some(1)),
+        ResponseStep::Continue
+    );
+    assert_eq!(host.filter_state["origin_pull.role"], "master");
+    assert_eq!(host.filter_state["origin_pull.failed_over"], "false");
+    let mut ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
+    assert_eq!(
+        ex.on_chain_response(&mut host, 404, 0, Some(2)),
+        ResponseStep::Continue
+    );
+    assert!(host.replies.is_empty());
+    assert_eq!(host.filter_state["origin_pull.origin"], "127.0.0.3:80");
+}
+
+#[test]
+fn router_without_slave_plans_other_unblocked_masters_and_retries_no_status() {
+    let config = router_config(
+        r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80","127.0.0.3:80","127.0.0.4:80"]},
+            "failover":{"master_retries":1}}]}"#,
+    );
+    let mut host = FakeHost::new(4);
+    let mut blocks = BlockTable::default();
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
+    let headers = ex.chain_headers();
+    assert_eq!(
+        header(&headers, "x-origin-pull-cluster"),
+        Some("origin_pull_chain(origin_pull_ip_http)(origin_pull_ip_http_2)")
+    );
+    let first = header(&headers, "x-envoy-original-dst-host").unwrap();
+    let second = header(&headers, "x-origin-pull-dst-2").unwrap();
+    assert_ne!(first, second);
+    assert_eq!(
+        header(&headers, "x-envoy-retry-on"),
+        Some("connect-failure,refused-stream,reset")
+    );
+    // Two of three blocked: nothing to retry on, so no chain.
+    blocks.block(&mut host, "www.test.com", "127.0.0.2:80", 60_000);
+    blocks.block(&mut host, "www.test.com", "127.0.0.3:80", 60_000);
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
+    assert!(!ex.routes_chain());
+}
+
+#[test]
+fn router_is_not_used_for_buckets_other_methods_or_two_tls_names() {
+    let config = router_config(
+        r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:443"],"protocol":"https","host":"a.example.com"},
+            "slave":{"ips":["127.0.0.3:443"],"protocol":"https","host":"b.example.com"}},
+            {"domain":"p.test.com","master":{"ips":["127.0.0.2:80"]},"slave":{"ips":["127.0.0.3:80"]}}]}"#,
+    );
+    let mut host = FakeHost::new(5);
+    let mut blocks = BlockTable::default();
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
+    assert!(!ex.routes_chain());
+    let mut post = get("p.test.com");
+    post.method = "POST";
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &post).unwrap();
+    assert!(!ex.routes_chain());
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &get("p.test.com")).unwrap();
+    assert!(ex.routes_chain());
 }
 
 /// The seeds' example: master 1.1.1.1, slave 2.2.2.2, for www.test.com.
@@ -796,7 +973,8 @@ fn access_log_attribution_and_honest_response_code_details() {
         "the origin's own reply keeps Envoy's details"
     );
 
-    // Master timed out, slave reset without an answer: nobody could be reached.
+    // Master timed out, the slave's callout ended without headers (reset, or an answer over
+    // Envoy's async buffer): said as such, never "unreachable" (issue 13.8).
     let cfg = seeds_config("");
     let mut host = FakeHost::new(1);
     let mut blocks = BlockTable::default();
@@ -805,7 +983,11 @@ fn access_log_attribution_and_honest_response_code_details() {
     let token = host.callouts[0].token;
     ex.on_callout_response(&mut host, &mut blocks, token, 0, 0);
     assert_eq!(host.replies[0].status, 502);
-    assert_eq!(host.replies[0].details, "origin_pull_no_origin_reachable");
+    assert_eq!(host.replies[0].details, "origin_pull_failover_no_response");
+    assert_eq!(
+        host.replies[0].header(ERROR_HEADER),
+        Some("failover-no-response")
+    );
 
     Exchange::start(&cfg, &mut blocks, &mut host, &get("nope.example.com"));
     assert_eq!(host.replies[1].details, "origin_pull_unknown_host");

@@ -4,6 +4,7 @@
 
 use super::yaml::{list, map, to_yaml, Node};
 use super::{provided_clusters, Options, RemoteWasm, WASM_FETCH_CLUSTER};
+use crate::chain::{AttemptClusterSpec, ChainSpec, UPSTREAM_ROOT_ID};
 use crate::clusters::{ClusterKind, ClusterSpec};
 use crate::config::PluginConfig;
 
@@ -150,26 +151,219 @@ pub fn cluster(spec: &ClusterSpec, opts: &Options) -> Option<Node> {
     Some(Node::Map(c))
 }
 
-/// Every cluster render writes (operator-provided ones are left out).
+/// Every cluster render writes (operator-provided ones are left out): the origins' clusters,
+/// then, for failovers carried by Envoy's router, the `ORIGINAL_DST` clusters of attempt
+/// positions 2.. and the composite clusters (see `chain`).
 pub fn clusters(config: &PluginConfig, opts: &Options) -> Vec<Node> {
-    config
+    let mut out: Vec<Node> = config
         .cluster_specs()
         .iter()
         .filter_map(|s| cluster(s, opts))
-        .collect()
+        .collect();
+    out.extend(
+        config
+            .attempt_cluster_specs()
+            .iter()
+            .filter_map(|s| attempt_cluster(s, opts)),
+    );
+    out.extend(config.chain_specs().iter().map(|c| chain_cluster(c, opts)));
+    out
+}
+
+/// An IP cluster for attempt position k ≥ 2: the same as the first one but reading its own
+/// header, so the router's retry reaches the address the filter planned for that attempt.
+fn attempt_cluster(spec: &AttemptClusterSpec, opts: &Options) -> Option<Node> {
+    let base = ClusterSpec {
+        name: spec.name.clone(),
+        kind: ClusterKind::OriginalDst,
+        tls: spec.tls,
+    };
+    let mut node = entries(cluster(&base, opts)?);
+    for (k, v) in node.iter_mut() {
+        if k == "original_dst_lb_config" {
+            *v = map([
+                ("use_http_header", true.into()),
+                ("http_header_name", spec.header.into()),
+            ]);
+        }
+    }
+    Some(Node::Map(node))
+}
+
+/// A composite cluster: attempt k goes to sub-cluster k. Carries the module's upstream
+/// instance (once per attempt: counts, blocks, sets the attempt's Host) and, when an attempt
+/// is TLS, auto SNI / SAN validation (the router reads them from the cluster the route names).
+fn chain_cluster(spec: &ChainSpec, opts: &Options) -> Node {
+    let limit = Node::from(CIRCUIT_BREAKER_LIMIT);
+    let mut options = Vec::new();
+    if spec.tls {
+        options.push((
+            "upstream_http_protocol_options".to_string(),
+            map([
+                ("auto_sni", true.into()),
+                ("auto_san_validation", true.into()),
+            ]),
+        ));
+    }
+    options.push((
+        "explicit_http_config".to_string(),
+        map([("http_protocol_options", map([]))]),
+    ));
+    options.push((
+        "http_filters".to_string(),
+        list([
+            upstream_wasm_filter(opts),
+            map([
+                ("name", "envoy.filters.http.upstream_codec".into()),
+                (
+                    "typed_config",
+                    typed(
+                        "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+                        vec![],
+                    ),
+                ),
+            ]),
+        ]),
+    ));
+    map([
+        ("name", spec.name.as_str().into()),
+        ("connect_timeout", opts.connect_timeout.as_str().into()),
+        ("lb_policy", "CLUSTER_PROVIDED".into()),
+        (
+            "cluster_type",
+            map([
+                ("name", "envoy.clusters.composite".into()),
+                (
+                    "typed_config",
+                    typed(
+                        "type.googleapis.com/envoy.extensions.clusters.composite.v3.ClusterConfig",
+                        entries(map([(
+                            "clusters",
+                            Node::List(
+                                spec.subs
+                                    .iter()
+                                    .map(|s| map([("name", s.as_str().into())]))
+                                    .collect(),
+                            ),
+                        )])),
+                    ),
+                ),
+            ]),
+        ),
+        (
+            "circuit_breakers",
+            map([(
+                "thresholds",
+                list([map([
+                    ("max_connections", limit.clone()),
+                    ("max_pending_requests", limit.clone()),
+                    ("max_requests", limit.clone()),
+                    // Envoy's default allows 3 concurrent retries per cluster: every failover
+                    // beyond them would get the first origin's failure.
+                    ("max_retries", limit),
+                ])]),
+            )]),
+        ),
+        (
+            "typed_extension_protocol_options",
+            map([(
+                HTTP_OPTIONS,
+                typed(&format!("type.googleapis.com/{HTTP_OPTIONS}"), options),
+            )]),
+        ),
+    ])
+}
+
+/// The module's upstream instance: same VM (`vm_id`, code) as the listener's filter, whose
+/// configuration it uses, so it carries none itself.
+fn upstream_wasm_filter(opts: &Options) -> Node {
+    map([
+        ("name", "envoy.filters.http.wasm".into()),
+        (
+            "typed_config",
+            typed(
+                "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                entries(map([(
+                    "config",
+                    map([
+                        ("name", "origin_pull".into()),
+                        ("root_id", UPSTREAM_ROOT_ID.into()),
+                        ("fail_open", false.into()),
+                        ("vm_config", vm_config(opts)),
+                    ]),
+                )])),
+            ),
+        ),
+    ])
 }
 
 /// The route: the filter has already chosen the origin (cluster header, and original-dst header
 /// for IP origins). No request_headers_to_remove for x-envoy-original-dst-host here: route-level
 /// removal happens before host selection and would break routing.
+///
+/// Timeouts: `timeout` bounds the whole response, body included (default none);
+/// `retry_policy.per_try_timeout` bounds each attempt until its response headers (the
+/// first-byte timeout: a silent origin fails over); `idle_timeout` ends a stream with no byte
+/// either way for that long (a stalled body). The retry policy itself retries nothing: the
+/// filter sets `x-envoy-retry-on` & co. per request from the domain's failover rules.
 pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
-    map([
+    let route = vec![
         (
-            "cluster_header",
-            config.envoy.cluster_header.as_str().into(),
+            "cluster_header".to_string(),
+            Node::from(config.envoy.cluster_header.as_str()),
         ),
-        ("timeout", opts.route_timeout.as_str().into()),
-    ])
+        ("timeout".to_string(), opts.route_timeout.as_str().into()),
+        (
+            "idle_timeout".to_string(),
+            opts.idle_timeout.as_str().into(),
+        ),
+        (
+            "retry_policy".to_string(),
+            map([
+                ("per_try_timeout", opts.first_byte_timeout.as_str().into()),
+                (
+                    // Answers the module's upstream instance marked for a failover (the filter
+                    // enables `retriable-headers` per request).
+                    "retriable_headers",
+                    list([map([
+                        ("name", crate::chain::FAILOVER_MARK_HEADER.into()),
+                        ("present_match", true.into()),
+                    ])]),
+                ),
+                (
+                    // Envoy's default (25 ms, growing) would add tens of ms to every failover.
+                    "retry_back_off",
+                    map([
+                        ("base_interval", "0.001s".into()),
+                        ("max_interval", "0.01s".into()),
+                    ]),
+                ),
+            ]),
+        ),
+    ];
+    Node::Map(route)
+}
+
+/// The one route: everything goes where the filter decided.
+fn route_entry(config: &PluginConfig, opts: &Options) -> Node {
+    let body_limit = config
+        .domains
+        .iter()
+        .map(|d| d.failover.max_request_body_bytes)
+        .max()
+        .unwrap_or(0);
+    let mut entry = entries(map([
+        ("match", map([("prefix", "/".into())])),
+        ("route", route_action(config, opts)),
+    ]));
+    if body_limit > 0 {
+        // Request bodies the router keeps for a retry (a larger one is not retried).
+        entry.push((
+            "request_body_buffer_limit".to_string(),
+            Node::from(u32::try_from(body_limit).unwrap_or(u32::MAX)),
+        ));
+    }
+    Node::Map(entry)
 }
 
 /// `vm_config.code`: the local file, or the URL Envoy downloads (through
@@ -401,12 +595,11 @@ pub fn listener(config: &PluginConfig, plugin_config_text: &str, opts: &Options)
                         list([map([
                             ("name", "origin_pull".into()),
                             ("domains", list(["*".into()])),
+                            // The upstream instance learns which attempt it sees from it.
+                            ("include_request_attempt_count", true.into()),
                             (
                                 "routes",
-                                list([map([
-                                    ("match", map([("prefix", "/".into())])),
-                                    ("route", route_action(config, opts)),
-                                ])]),
+                                list([route_entry(config, opts)]),
                             ),
                         ])]),
                     ),

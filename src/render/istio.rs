@@ -100,6 +100,28 @@ pub fn manifests(
     }
     let ns = istio.namespace.as_str();
     let mut docs = Vec::new();
+    // A WasmPlugin cannot install the module's upstream instance on a cluster (the module is
+    // fetched by the proxy, the EnvoyFilter cannot name its local copy), so failovers under
+    // Istio are callouts.
+    let explicit = plugin_config
+        .get("envoy")
+        .and_then(|e| e.get("failover"))
+        .and_then(Value::as_str);
+    if explicit == Some("router") {
+        return Err("envoy.failover \"router\" is not available with --istio (the upstream instance cannot be installed by a WasmPlugin); remove it or set \"callout\"".into());
+    }
+    let mut plugin_config = plugin_config.clone();
+    if explicit.is_none() {
+        if let Some(top) = plugin_config.as_object_mut() {
+            let envoy = top
+                .entry("envoy")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(envoy) = envoy.as_object_mut() {
+                envoy.insert("failover".into(), Value::from("callout"));
+            }
+        }
+    }
+    let plugin_config = &plugin_config;
 
     let mut spec = vec![
         (

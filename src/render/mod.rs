@@ -15,7 +15,13 @@ pub const DEFAULT_ADMIN: (&str, u16) = ("127.0.0.1", 9901);
 pub const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/origin_pull.wasm";
 pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "1s";
-pub const DEFAULT_ROUTE_TIMEOUT: &str = "5s";
+/// No bound on the whole response: a long healthy download is never cut.
+pub const DEFAULT_ROUTE_TIMEOUT: &str = "0s";
+/// Time an origin has to send its response headers, per attempt (CloudFront's origin response
+/// timeout is 30 s, nginx's proxy_read_timeout 60 s; an edge with a hot backup fails over sooner).
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: &str = "10s";
+/// Longest silence inside a response (or request) under way.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
 
 /// Knobs of the rendered Envoy configuration (the plugin configuration itself is not one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +36,12 @@ pub struct Options {
     pub ca_file: String,
     /// Protobuf durations (`"1s"`, `"0.25s"`).
     pub connect_timeout: String,
+    /// The route's `timeout` (whole response; `0s` = none).
     pub route_timeout: String,
+    /// The route's `retry_policy.per_try_timeout`: until the response headers, per attempt.
+    pub first_byte_timeout: String,
+    /// The route's `idle_timeout`: no byte either way for this long ends the stream.
+    pub idle_timeout: String,
     pub node_id: String,
     /// Directory holding lds.yaml / cds.yaml as Envoy sees it (file-watched reload).
     pub config_dir: String,
@@ -127,6 +138,8 @@ impl Default for Options {
             ca_file: DEFAULT_CA_FILE.into(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT.into(),
             route_timeout: DEFAULT_ROUTE_TIMEOUT.into(),
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT.into(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT.into(),
             node_id: "origin-pull".into(),
             config_dir: "envoy".into(),
             source: "(stdin)".into(),

@@ -66,7 +66,7 @@ def config_text(plugin_config):
 
 def render_files(plugin_config, out_dir, *, listen=("127.0.0.1", 10000), admin=("127.0.0.1", 9901),
                  wasm=None, ca_file=None, connect_timeout=None, route_timeout=None, node_id=None,
-                 config_dir=None, cli=None):
+                 config_dir=None, cli=None, first_byte_timeout=None, idle_timeout=None):
     """Run `origin-pull render <config> --out-dir out_dir ...`; returns out_dir (a Path).
     Raises RenderRefused for an invalid plugin configuration."""
     out_dir = Path(out_dir)
@@ -79,6 +79,8 @@ def render_files(plugin_config, out_dir, *, listen=("127.0.0.1", 10000), admin=(
             "--wasm", str(Path(wasm or WASM).resolve())]
     for flag, value in (("--ca-file", ca_file), ("--connect-timeout", connect_timeout),
                         ("--route-timeout", route_timeout), ("--node-id", node_id),
+                        ("--first-byte-timeout", first_byte_timeout),
+                        ("--idle-timeout", idle_timeout),
                         ("--config-dir", config_dir)):
         if value:
             args += [flag, str(value)]
@@ -112,7 +114,21 @@ def render_set(plugin_config, *, vm_env=None, **kw):
             wasm["configuration"]["value"] = config_text(plugin_config)
         if vm_env:
             wasm["vm_config"]["environment_variables"] = copy.deepcopy(vm_env)
+    if vm_env:
+        # The upstream instance on composite clusters must share the listener's VM.
+        for c in rendered.clusters:
+            for f in upstream_filters(c):
+                if f["name"] == "envoy.filters.http.wasm":
+                    f["typed_config"]["config"]["vm_config"]["environment_variables"] = \
+                        copy.deepcopy(vm_env)
     return rendered
+
+
+def upstream_filters(cluster):
+    """The upstream HTTP filters of a rendered cluster (composite clusters carry the module)."""
+    opts = cluster.get("typed_extension_protocol_options", {}).get(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {})
+    return opts.get("http_filters", [])
 
 
 def load_shipped_bootstrap():
@@ -181,12 +197,13 @@ def bootstrap(admin_port, lds_path, *, ca_file=None, extra_clusters=(), admin_ip
 
 
 def listener(port, plugin_config, *, ip="127.0.0.1", wasm_path=None, route_timeout=None,
-             name="origin_pull", fail_open=None, vm_env=None):
+             name="origin_pull", fail_open=None, vm_env=None, first_byte_timeout=None):
     """The rendered listener for `plugin_config` (a dict, or a string passed through verbatim,
     e.g. deliberately invalid JSON) on ip:port with an absolute wasm path; `vm_env` replaces the
     VM's environment_variables."""
     lst = render_set(plugin_config, listen=(ip, port), wasm=wasm_path,
-                     route_timeout=route_timeout, vm_env=vm_env).listeners[0]
+                     route_timeout=route_timeout, first_byte_timeout=first_byte_timeout,
+                     vm_env=vm_env).listeners[0]
     lst["name"] = name
     if fail_open is not None:
         _wasm_config(lst)["fail_open"] = bool(fail_open)

@@ -240,7 +240,8 @@ class Env:
         None -> call env.start(plugin_config) yourself.
       origins: specs started on __enter__ before Envoy: dicts of start_origin's keyword args.
       extra_clusters: extra Envoy clusters (e.g. envoy_config.strict_dns_cluster(...)).
-      concurrency, drain_time_s, route_timeout, connect_timeout, extra_envoy_args: Envoy knobs.
+      concurrency, drain_time_s, route_timeout, connect_timeout, first_byte_timeout, idle_timeout,
+        extra_envoy_args: Envoy knobs (None: render's defaults).
       vm_env: the wasm VM's vm_config.environment_variables ({"host_env_keys": [...],
         "key_values": {...}}); process_env: extra variables in Envoy's own environment (what
         host_env_keys reads); log_level / wasm_log_level: Envoy's -l and the wasm component's.
@@ -248,7 +249,7 @@ class Env:
 
     def __init__(self, tmp_path, plugin_config=None, origins=(), *, extra_clusters=(),
                  concurrency=2, drain_time_s=2, route_timeout=None, connect_timeout=None,
-                 extra_envoy_args=(), envoy=None, vm_env=None, process_env=None,
+                 first_byte_timeout=None, idle_timeout=None, extra_envoy_args=(), envoy=None, vm_env=None, process_env=None,
                  log_level="info", wasm_log_level="debug"):
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -259,6 +260,8 @@ class Env:
         self.drain_time_s = drain_time_s
         self.route_timeout = route_timeout
         self.connect_timeout = connect_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.idle_timeout = idle_timeout
         self.extra_envoy_args = list(extra_envoy_args)
         self.vm_env = vm_env
         self.process_env = dict(process_env or {})
@@ -333,6 +336,8 @@ class Env:
                              admin=("127.0.0.1", self.admin_port), ca_file=self.tls_files().ca,
                              connect_timeout=self.connect_timeout,
                              route_timeout=self.route_timeout, node_id="origin-pull-e2e",
+                             first_byte_timeout=self.first_byte_timeout,
+                             idle_timeout=self.idle_timeout,
                              vm_env=self.vm_env)
 
     def _listener(self, plugin_config):

@@ -13,6 +13,10 @@ Special paths (for tests):
   /__sleep/<ms>/...    wait <ms> milliseconds before answering (response timeouts)
   /__size/<bytes>/...  answer with a body of exactly <bytes> bytes of "x" (large failovers)
   /__reset/...         read the request, answer nothing and reset the connection (TCP RST)
+  /__big/<bytes>[/rate/<bytes per s>]/...  a large object streamed in 64 KiB chunks, never held
+                       in memory: byte i is i % 256 (big_sha256() gives its digest); content-type
+                       video/mp4, an ETag, Range (one range, 206) and If-None-Match (304); with
+                       rate, the body is paced (a slow but live origin)
 With --hostile only:
   /__hop/...           also send hop-by-hop headers (Connection: x-hop, Keep-Alive, Upgrade, ...)
   /__malformed/<kind>  a broken response (kinds: nocolon, spacecolon, twocl, status, nul), then close
@@ -69,6 +73,29 @@ MALFORMED = {
 }
 
 
+BIG_CHUNK = 64 * 1024
+_BIG_PATTERN = bytes(range(256)) * (BIG_CHUNK // 256 + 1)
+
+
+def big_chunk(offset, n):
+    """Bytes [offset, offset + n) of a /__big/ object (n <= BIG_CHUNK): byte i is i % 256."""
+    o = offset % 256
+    return _BIG_PATTERN[o:o + n]
+
+
+def big_sha256(size, start=0, end=None):
+    """sha256 hex digest of bytes [start, end) of a /__big/ object, computed in chunks."""
+    import hashlib
+    end = size if end is None else end
+    h = hashlib.sha256()
+    offset = start
+    while offset < end:
+        n = min(BIG_CHUNK, end - offset)
+        h.update(big_chunk(offset, n))
+        offset += n
+    return h.hexdigest()
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "origin-pull-test-origin"
@@ -108,6 +135,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(min(int(parts[2]), 120_000) / 1000.0)
         if len(parts) > 2 and parts[1] == "__size":
             body = b"x" * int(parts[2])
+        if len(parts) > 2 and parts[1] == "__big" and status == 200:
+            self._big(int(parts[2]), int(parts[4]) if len(parts) > 4 and parts[3] == "rate" else 0, host)
+            return
         if len(parts) > 1 and parts[1] == "__reset":
             # SO_LINGER 0: closing sends RST instead of FIN (a crashing handler, a hostile URL).
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -133,6 +163,49 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+        self.wfile.flush()
+
+    def _big(self, size, rate, host):
+        """Streams a deterministic object of `size` bytes (see big_chunk) without holding it."""
+        etag = f'"big-{size}"'
+        start, end, status = 0, size, 200
+        if self.headers.get("if-none-match") == etag:
+            self.send_response(304)
+            self.send_header("etag", etag)
+            self.send_header("x-served-by", self.server.name)
+            self.end_headers()
+            self.wfile.flush()
+            return
+        want = self.headers.get("range", "")
+        if want.startswith("bytes=") and "," not in want:
+            first, _, last = want[6:].partition("-")
+            if first.isdigit():
+                start = int(first)
+                end = min(size, int(last) + 1) if last.isdigit() else size
+                status = 206
+        self.send_response(status)
+        self.send_header("content-type", "video/mp4")
+        self.send_header("content-length", str(end - start))
+        self.send_header("etag", etag)
+        self.send_header("accept-ranges", "bytes")
+        if status == 206:
+            self.send_header("content-range", f"bytes {start}-{end - 1}/{size}")
+        self.send_header("x-served-by", self.server.name)
+        self.send_header("x-seen-host", host)
+        self.end_headers()
+        if self.command == "HEAD":
+            self.wfile.flush()
+            return
+        began = time.monotonic()
+        offset = start
+        while offset < end:
+            n = min(BIG_CHUNK, end - offset)
+            self.wfile.write(big_chunk(offset, n))
+            offset += n
+            if rate:
+                ahead = (offset - start) / rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(min(ahead, 5.0))
         self.wfile.flush()
 
     def _read_chunked(self):

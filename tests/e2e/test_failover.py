@@ -13,11 +13,15 @@ def logged(env, text, timeout=5):
     return wait_for(lambda: any(text in l for l in env.wasm_log_lines()), timeout, what=repr(text))
 
 
-def domain(master, slave=None, **extra):
+def domain(master, slave=None, mechanism=None, **extra):
+    """One domain; mechanism "callout" selects the callout failover (default: render's router)."""
     d = {"domain": "www.test.com", "master": master, **extra}
     if slave is not None:
         d["slave"] = slave
-    return {"domains": [d], "debug_headers": True}
+    config = {"domains": [d], "debug_headers": True}
+    if mechanism:
+        config["envoy"] = {"failover": mechanism}
+    return config
 
 
 def test_seeds_example_master_404_slave_200(env):
@@ -76,14 +80,14 @@ def test_master_connection_error_goes_to_slave_and_is_blocked(env):
 
 
 def test_response_timeout_blocks_the_master_and_fails_over(make_env):
-    env = make_env(route_timeout="1s")
-    master = env.start_origin("master", ip="127.0.0.2")
+    env = make_env(first_byte_timeout="1s")
+    master = env.start_origin("master", ip="127.0.0.2", extra_args=["--delay-ms", "3000"])
     slave = env.start_origin("slave", ip="127.0.0.3")
     # failure_threshold 1: the first timeout blocks (the default needs 3 distinct requests,
     # see test_block_verdicts.py).
     env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]},
                      detection={"failure_threshold": 1}))
-    r = env.request("www.test.com", "/__sleep/3000/slow")
+    r = env.request("www.test.com", "/slow")
     assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
     r = env.request("www.test.com", "/fast")
     assert (r.status, r.headers["x-served-by"]) == (200, "slave"), "the slow master is blocked"
@@ -113,19 +117,55 @@ def test_unreachable_slave_gives_a_clear_502(env, master_kind):
     assert f"slave {dead_slave}" in r.text and f"master {master}" in r.text
 
 
-def test_connection_error_is_retried_on_another_master_before_the_slave(env):
+def test_callout_connection_error_is_retried_on_another_master_before_the_slave(env):
+    """envoy.failover "callout": the seed's order, another master first, then the slave."""
     dead = [env.dead_addr(f"127.0.0.{i}") for i in (10, 11, 12)]
     live = env.start_origin("live", ip="127.0.0.13")
     slave = env.start_origin("slave", ip="127.0.0.14")
     # The live master has a tiny weight: most requests start on a dead one.
     ips = [f"{a}:100" for a in dead] + [f"{live.addr}:1"]
-    env.start(domain({"ips": ips}, {"ips": [slave.addr]}, failover={"master_retries": 3}))
+    env.start(domain({"ips": ips}, {"ips": [slave.addr]}, mechanism="callout",
+                     failover={"master_retries": 3}))
     served = [env.request("www.test.com", f"/r{i}") for i in range(8)]
     assert all(r.status == 200 for r in served), served
     # With 3 retries every dead master is tried before the slave, so the live master serves.
     assert {r.headers["x-served-by"] for r in served} == {"live"}
     assert slave.count() == 0
     assert env.stat("cluster.origin_pull_ip_http.upstream_cx_connect_fail") <= 3
+
+
+def test_router_connection_error_goes_to_the_slave_and_blocks_the_dead_masters(env):
+    """envoy.failover "router" (default) with a slave: a connect error fails over to the slave
+    at once (documented change: no other master first); each dead master is blocked on its
+    first failure, so the live master serves every later request."""
+    dead = [env.dead_addr(f"127.0.0.{i}") for i in (10, 11, 12)]
+    live = env.start_origin("live", ip="127.0.0.13")
+    slave = env.start_origin("slave", ip="127.0.0.14")
+    ips = [f"{a}:100" for a in dead] + [f"{live.addr}:1"]
+    env.start(domain({"ips": ips}, {"ips": [slave.addr]}))
+    served = [env.request("www.test.com", f"/r{i}") for i in range(12)]
+    assert all(r.status == 200 for r in served), served
+    fails = env.stat("cluster.origin_pull_ip_http.upstream_cx_connect_fail")
+    assert 1 <= fails <= 3
+    assert slave.count() == fails, "one slave answer per dead master met"
+    assert [r.headers["x-served-by"] for r in served[-4:]] == ["live"] * 4
+    for r in served:
+        if r.headers["x-served-by"] == "slave":
+            assert r.headers["x-origin-pull-attempts"] == "2"
+            assert r.headers["x-origin-pull-origin"] == f"slave={slave.addr}"
+
+
+def test_router_without_slave_retries_other_masters(env):
+    dead = [env.dead_addr(f"127.0.0.{i}") for i in (15, 16, 17)]
+    live = env.start_origin("live", ip="127.0.0.18")
+    ips = [f"{a}:100" for a in dead] + [f"{live.addr}:1"]
+    env.start(domain({"ips": ips}, failover={"master_retries": 3}))
+    served = [env.request("www.test.com", f"/r{i}") for i in range(8)]
+    assert all((r.status, r.headers["x-served-by"]) == (200, "live") for r in served), served
+    assert env.stat("cluster.origin_pull_ip_http.upstream_cx_connect_fail") \
+        + env.stat("cluster.origin_pull_ip_http_2.upstream_cx_connect_fail") \
+        + env.stat("cluster.origin_pull_ip_http_3.upstream_cx_connect_fail") <= 3
+    assert logged(env, "failed (connect_error); blocked for 60 s")
 
 
 def test_post_is_not_failed_over_by_default(env):
@@ -168,19 +208,34 @@ def test_head_fails_over(env):
     assert (r.status, r.headers["x-served-by"], r.body) == (200, "slave", b"")
 
 
-def test_failover_response_size_is_bounded(env):
+def test_router_failover_response_has_no_size_limit(env):
+    """The router streams the slave's answer: larger than Envoy's 32 MiB async buffer and than
+    max_response_body_bytes, complete."""
     master = env.start_origin("master", ip="127.0.0.2", status=404)
     slave = env.start_origin("slave", ip="127.0.0.3")
     env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]},
+                     failover={"max_response_body_bytes": 1_000_000}))
+    r = env.request("www.test.com", "/__size/40000000/huge", timeout=60)
+    assert (r.status, r.headers["x-served-by"], len(r.body)) == (200, "slave", 40_000_000), r.status
+    assert "x-origin-pull-error" not in r.headers
+
+
+def test_callout_failover_response_size_is_bounded(env):
+    master = env.start_origin("master", ip="127.0.0.2", status=404)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]}, mechanism="callout",
                      failover={"max_response_body_bytes": 1_000_000}))
     r = env.request("www.test.com", "/__size/999999/ok")
     assert (r.status, r.headers["x-served-by"], len(r.body)) == (200, "slave", 999_999)
     r = env.request("www.test.com", "/__size/1000001/big")
     assert r.status == 502, r
     assert r.headers["x-origin-pull-error"] == "failover-response-too-large"
-    # Larger than Envoy's 32 MiB async buffer: never reaches the VM, still a clear 502.
+    # Larger than Envoy's 32 MiB async buffer: never reaches the VM, still a clear 502 that
+    # does not call an origin that answered "unreachable" (issue 13.8).
     r = env.request("www.test.com", "/__size/40000000/huge", timeout=60)
     assert r.status == 502, r
+    assert r.headers["x-origin-pull-error"] == "failover-no-response", r.headers
+    assert b"larger than Envoy's async response buffer" in r.body
     # The VM survived: the next request is served normally.
     r = env.request("www.test.com", "/__size/10/after")
     assert (r.status, r.headers["x-served-by"]) == (200, "slave")

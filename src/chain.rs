@@ -1,0 +1,420 @@
+//! Streaming failover through Envoy's router (`envoy.failover: router`).
+//!
+//! The filter plans the whole failover when the request arrives: the first origin, then the
+//! slave (or, without a slave, other master IPs). It routes the request to a *composite*
+//! cluster whose sub-cluster is chosen by Envoy's retry attempt (attempt 1 → the first, …),
+//! names each attempt's `IP:PORT` in its own header (one `ORIGINAL_DST` cluster per attempt
+//! position reads it) and sets Envoy's per-request retry headers from the domain's failover
+//! rules. The router then re-sends the request itself and streams whichever answer it keeps:
+//! nothing is buffered, whatever the size.
+//!
+//! The same module runs as an upstream HTTP filter on the composite cluster, once per attempt
+//! (root id [`UPSTREAM_ROOT_ID`]): it counts the attempt against its origin, blocks an origin
+//! that did not answer, and sets the attempt's `Host`. It learns which attempt it sees from
+//! the [`PLAN_HEADER`] the downstream filter wrote and Envoy's `x-envoy-attempt-count`.
+
+use crate::config::{
+    Domain, FailoverMechanism, OriginKind, OriginSet, PluginConfig, Route, Scheme,
+};
+
+/// Root id of the upstream (per-attempt) instance of the module.
+pub const UPSTREAM_ROOT_ID: &str = "origin_pull_upstream";
+/// The plan of a routed failover, read by the upstream instance:
+/// `<domain> <request id, hex> <role>,<target>,<host or ->,<label> …` (one token per attempt).
+pub const PLAN_HEADER: &str = "x-origin-pull-plan";
+/// Envoy's per-request retry headers (honoured by the router when a filter sets them; Envoy
+/// removes a client's copies of `x-envoy-*` headers from external requests).
+pub const RETRY_ON_HEADER: &str = "x-envoy-retry-on";
+/// Set by the upstream instance on an answer the domain fails over on (with a slave, when a
+/// later attempt exists): the route's `retriable_headers` matches it, so the router retries
+/// exactly the statuses the domain's rules name (no per-request list of codes to parse).
+pub const FAILOVER_MARK_HEADER: &str = "x-origin-pull-failover";
+pub const MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
+/// Added by Envoy to the upstream request (virtual host `include_request_attempt_count`):
+/// 1 for the first attempt.
+pub const ATTEMPT_COUNT_HEADER: &str = "x-envoy-attempt-count";
+/// Set by Envoy's router on each attempt: the time it gives the attempt (the route's
+/// `per_try_timeout`, the first-byte timeout) in ms.
+pub const EXPECTED_TIMEOUT_HEADER: &str = "x-envoy-expected-rq-timeout-ms";
+/// Added by the upstream instance to an origin's answer: the attempt it answered (the
+/// downstream filter reads and removes it; Envoy's own local replies do not carry it).
+pub const ATTEMPT_RESPONSE_HEADER: &str = "x-origin-pull-attempt";
+/// Longest chain: the first origin plus `failover.master_retries` (at most 10).
+pub const MAX_ATTEMPTS: usize = 11;
+
+/// Header naming the `IP:PORT` of attempt `k` (1-based): attempt 1 keeps Envoy's usual
+/// `x-envoy-original-dst-host`.
+pub fn dst_header(k: usize) -> &'static str {
+    const NAMES: [&str; MAX_ATTEMPTS] = [
+        "x-envoy-original-dst-host",
+        "x-origin-pull-dst-2",
+        "x-origin-pull-dst-3",
+        "x-origin-pull-dst-4",
+        "x-origin-pull-dst-5",
+        "x-origin-pull-dst-6",
+        "x-origin-pull-dst-7",
+        "x-origin-pull-dst-8",
+        "x-origin-pull-dst-9",
+        "x-origin-pull-dst-10",
+        "x-origin-pull-dst-11",
+    ];
+    NAMES
+        .get(k.saturating_sub(1))
+        .copied()
+        .unwrap_or(NAMES[MAX_ATTEMPTS - 1])
+}
+
+/// The cluster attempt `k` of a chain uses to reach `route`: IP origins need the
+/// `ORIGINAL_DST` cluster of that position (it reads [`dst_header`]`(k)`); others are
+/// reached through their own cluster at any position.
+pub fn attempt_cluster(route: &Route, k: usize) -> String {
+    if route.original_dst.is_some() && k > 1 {
+        format!("{}_{k}", route.cluster)
+    } else {
+        route.cluster.clone()
+    }
+}
+
+/// Name of the composite cluster over `subs` (attempt order).
+pub fn chain_name(subs: &[String]) -> String {
+    let mut name = String::from("origin_pull_chain");
+    for sub in subs {
+        name.push('(');
+        name.push_str(sub);
+        name.push(')');
+    }
+    name
+}
+
+/// Whether a set is reached over TLS for a client request of `scheme` (cluster origins:
+/// their own transport socket decides, origin-pull sets no SNI for them).
+fn tls(set: &OriginSet, scheme: Scheme) -> bool {
+    set.kind != OriginKind::Clusters
+        && set
+            .targets
+            .first()
+            .and_then(|t| t.route(scheme).scheme)
+            .is_some_and(|s| s == Scheme::Https)
+}
+
+impl Domain {
+    /// Whether Envoy's router carries this domain's failovers for requests of `scheme`.
+    /// Buckets (each request signed for its own bucket) and mirrors keep callouts; so does a
+    /// master/slave pair that would need two different TLS server names on one request (the
+    /// router takes the SNI from the request once, before the first attempt).
+    pub fn router_failover(&self, mechanism: FailoverMechanism, scheme: Scheme) -> bool {
+        if mechanism != FailoverMechanism::Router || self.mirror.is_some() {
+            return false;
+        }
+        let Some(slave) = &self.slave else {
+            return self.master.bucket.is_none();
+        };
+        if self.master.bucket.is_some() || slave.bucket.is_some() {
+            return false;
+        }
+        !(tls(&self.master, scheme) && tls(slave, scheme) && self.master.host != slave.host)
+    }
+
+    /// How many attempts a chain of this domain may have (1: no chain).
+    pub fn max_chain(&self) -> usize {
+        match &self.slave {
+            Some(_) => 2,
+            None if self.master.kind == OriginKind::Ips => {
+                let others = self.master.targets.len().saturating_sub(1);
+                1 + others.min(self.failover.master_retries as usize)
+            }
+            // Domain origins have one target; named clusters would need a composite cluster
+            // per ordered pick: without a slave they get no retry through the router.
+            None => 1,
+        }
+    }
+
+    /// `x-envoy-retry-on` for this domain's failover conditions (`None`: never retried).
+    /// With a slave every condition fails over; without one only connection failures and
+    /// timeouts are retried on another master (a 4xx/5xx from a master is relayed).
+    pub fn retry_on(&self) -> Option<String> {
+        let policy = &self.failover;
+        let mut parts: Vec<&str> = Vec::new();
+        if policy.on_connect_error {
+            parts.push("connect-failure,refused-stream");
+        }
+        if policy.on_timeout || policy.on_connect_error {
+            // A per-try (first-byte) timeout and a reset before the response are one condition
+            // for Envoy's router: the origin did not answer.
+            parts.push("reset");
+        }
+        if self.slave.is_some() && (300..600u32).any(|c| self.failover.status_triggers(c)) {
+            // Statuses: the upstream instance marks the answers to retry (FAILOVER_MARK_HEADER).
+            parts.push("retriable-headers");
+        }
+        (!parts.is_empty()).then(|| parts.join(","))
+    }
+
+    /// Whether the upstream instance marks an answer with `status` for a retry.
+    pub fn retries_status(&self, status: u32) -> bool {
+        self.slave.is_some() && self.failover.status_triggers(status)
+    }
+}
+
+/// A composite cluster render writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub name: String,
+    /// Sub-clusters in attempt order.
+    pub subs: Vec<String>,
+    /// Some attempt goes over TLS: the composite carries `auto_sni`/`auto_san_validation`
+    /// (the router reads them from the cluster the route names).
+    pub tls: bool,
+}
+
+/// An `ORIGINAL_DST` cluster for attempt positions 2.. of IP origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptClusterSpec {
+    pub name: String,
+    pub header: &'static str,
+    pub tls: bool,
+}
+
+impl PluginConfig {
+    /// Every composite cluster the filter may route a chain to, each once, sorted.
+    pub fn chain_specs(&self) -> Vec<ChainSpec> {
+        let mut out: Vec<ChainSpec> = Vec::new();
+        let mut add = |subs: Vec<String>, tls: bool| {
+            let name = chain_name(&subs);
+            if !out.iter().any(|c| c.name == name) {
+                out.push(ChainSpec { name, subs, tls });
+            }
+        };
+        for domain in &self.domains {
+            for scheme in [Scheme::Http, Scheme::Https] {
+                if !domain.router_failover(self.envoy.failover, scheme) || domain.max_chain() < 2 {
+                    continue;
+                }
+                let master = &domain.master;
+                match &domain.slave {
+                    Some(slave) => {
+                        let any_tls = tls(master, scheme) || tls(slave, scheme);
+                        for m in &master.targets {
+                            for s in &slave.targets {
+                                let (m, s) = (m.route(scheme), s.route(scheme));
+                                add(vec![attempt_cluster(m, 1), attempt_cluster(s, 2)], any_tls);
+                                add(vec![attempt_cluster(s, 1), attempt_cluster(m, 2)], any_tls);
+                            }
+                        }
+                    }
+                    None => {
+                        let Some(first) = master.targets.first() else {
+                            continue;
+                        };
+                        let route = first.route(scheme);
+                        for len in 2..=domain.max_chain() {
+                            let subs = (1..=len).map(|k| attempt_cluster(route, k)).collect();
+                            add(subs, tls(master, scheme));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The `ORIGINAL_DST` clusters of attempt positions 2.. that the chains use.
+    pub fn attempt_cluster_specs(&self) -> Vec<AttemptClusterSpec> {
+        let mut out: Vec<AttemptClusterSpec> = Vec::new();
+        for chain in self.chain_specs() {
+            for (i, sub) in chain.subs.iter().enumerate() {
+                let k = i + 1;
+                if k < 2 {
+                    continue;
+                }
+                for (base, tls) in [
+                    (&self.envoy.ip_cluster_http, false),
+                    (&self.envoy.ip_cluster_https, true),
+                ] {
+                    if *sub == format!("{base}_{k}") && !out.iter().any(|c| c.name == *sub) {
+                        out.push(AttemptClusterSpec {
+                            name: sub.clone(),
+                            header: dst_header(k),
+                            tls,
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// One attempt of a plan as the upstream instance reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedAttempt<'a> {
+    pub slave: bool,
+    pub target: usize,
+    /// `Host` to send on this attempt (`None`: leave the request's).
+    pub host: Option<&'a str>,
+    pub label: &'a str,
+}
+
+/// Appends one attempt token to a plan header value.
+pub fn push_plan_token(
+    plan: &mut String,
+    slave: bool,
+    target: usize,
+    host: Option<&str>,
+    label: &str,
+) {
+    plan.push(' ');
+    plan.push(if slave { 's' } else { 'm' });
+    plan.push(',');
+    plan.push_str(&target.to_string());
+    plan.push(',');
+    plan.push_str(host.unwrap_or("-"));
+    plan.push(',');
+    plan.push_str(label);
+}
+
+/// The start of a plan header value: the domain's name and the request's id.
+pub fn plan_head(domain: &str, request: u64) -> String {
+    format!("{domain} {request:x}")
+}
+
+/// The domain, the request id and attempt `k` (1-based) of a plan header value.
+pub fn read_plan(plan: &str, k: usize) -> Option<(&str, u64, PlannedAttempt<'_>)> {
+    let mut tokens = plan.split(' ');
+    let domain = tokens.next()?;
+    let request = u64::from_str_radix(tokens.next()?, 16).ok()?;
+    let token = tokens.nth(k.checked_sub(1)?)?;
+    let mut fields = token.splitn(4, ',');
+    let slave = match fields.next()? {
+        "m" => false,
+        "s" => true,
+        _ => return None,
+    };
+    let target = fields.next()?.parse().ok()?;
+    let host = match fields.next()? {
+        "-" => None,
+        h => Some(h),
+    };
+    let label = fields.next()?;
+    Some((
+        domain,
+        request,
+        PlannedAttempt {
+            slave,
+            target,
+            host,
+            label,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    #[test]
+    fn plan_round_trip() {
+        let mut plan = plan_head("www.test.com", 0xbeef);
+        push_plan_token(&mut plan, false, 1, None, "127.0.0.2:80");
+        push_plan_token(
+            &mut plan,
+            true,
+            0,
+            Some("backup.example.com"),
+            "outbound|80||a,b",
+        );
+        let (d, id, a) = read_plan(&plan, 1).unwrap();
+        assert_eq!((d, id), ("www.test.com", 0xbeef));
+        assert_eq!(
+            a,
+            PlannedAttempt {
+                slave: false,
+                target: 1,
+                host: None,
+                label: "127.0.0.2:80"
+            }
+        );
+        let (_, _, b) = read_plan(&plan, 2).unwrap();
+        assert_eq!(
+            (b.slave, b.host, b.label),
+            (true, Some("backup.example.com"), "outbound|80||a,b")
+        );
+        assert!(read_plan(&plan, 3).is_none());
+        assert!(read_plan(&plan, 0).is_none());
+        assert!(read_plan("d 1 x,1,-,a", 1).is_none());
+        assert!(read_plan("d m,1,-,a", 1).is_none(), "no request id");
+    }
+
+    #[test]
+    fn chains_for_ip_domain_and_no_slave_sets() {
+        let config = parse(
+            br#"{"domains":[
+              {"domain":"a.com","master":{"ips":["127.0.0.2:80","127.0.0.3:80"]},"slave":{"domain":"b.example.com","protocol":"https"}},
+              {"domain":"c.com","master":{"ips":["127.0.0.2:80","127.0.0.3:80","127.0.0.4:80"]},"failover":{"master_retries":1}},
+              {"domain":"d.com","master":{"ips":["127.0.0.2:80"]}},
+              {"domain":"e.com","master":{"ips":["127.0.0.2:443"],"protocol":"https","host":"x.example.com"},"slave":{"ips":["127.0.0.3:443"],"protocol":"https"}}
+            ]}"#,
+        )
+        .unwrap();
+        let names: Vec<String> = config.chain_specs().into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            vec![
+                "origin_pull_chain(origin_pull_ip_http)(origin_pull_ip_http_2)",
+                "origin_pull_chain(origin_pull_ip_http)(origin_pull|https|b.example.com|443)",
+                "origin_pull_chain(origin_pull|https|b.example.com|443)(origin_pull_ip_http_2)",
+            ]
+        );
+        let tls: Vec<bool> = config.chain_specs().into_iter().map(|c| c.tls).collect();
+        assert_eq!(tls, vec![false, true, true]);
+        let attempts: Vec<(String, &str)> = config
+            .attempt_cluster_specs()
+            .into_iter()
+            .map(|c| (c.name, c.header))
+            .collect();
+        assert_eq!(
+            attempts,
+            vec![("origin_pull_ip_http_2".to_string(), "x-origin-pull-dst-2")]
+        );
+        // Two TLS server names on one request: callouts.
+        assert!(!config.domains[3].router_failover(FailoverMechanism::Router, Scheme::Http));
+        assert!(config.domains[0].router_failover(FailoverMechanism::Router, Scheme::Http));
+        assert!(!config.domains[0].router_failover(FailoverMechanism::Callout, Scheme::Http));
+        assert_eq!(config.domains[1].max_chain(), 2);
+        assert_eq!(config.domains[2].max_chain(), 1);
+    }
+
+    #[test]
+    fn retry_headers_follow_the_failover_rules() {
+        let config = parse(
+            br#"{"domains":[
+              {"domain":"a.com","master":{"ips":["127.0.0.2"]},"slave":{"ips":["127.0.0.3"]}},
+              {"domain":"b.com","master":{"ips":["127.0.0.2"]},"slave":{"ips":["127.0.0.3"]},"failover":{"on":["connect_error"],"status_codes":[404,502]}},
+              {"domain":"c.com","master":{"ips":["127.0.0.2","127.0.0.3"]}},
+              {"domain":"d.com","master":{"ips":["127.0.0.2"]},"slave":{"ips":["127.0.0.3"]},"failover":{"on":["4xx"]}}
+            ]}"#,
+        )
+        .unwrap();
+        let d = &config.domains;
+        assert_eq!(
+            d[0].retry_on().as_deref(),
+            Some("connect-failure,refused-stream,reset,retriable-headers")
+        );
+        assert!(d[0].retries_status(404) && d[0].retries_status(503) && !d[0].retries_status(200));
+        assert!(d[1].retries_status(404) && d[1].retries_status(502) && !d[1].retries_status(403));
+        assert!(!d[1].retries_status(500));
+        assert_eq!(
+            d[2].retry_on().as_deref(),
+            Some("connect-failure,refused-stream,reset")
+        );
+        assert!(
+            !d[2].retries_status(404),
+            "no slave: a master's status is relayed"
+        );
+        assert_eq!(d[3].retry_on().as_deref(), Some("retriable-headers"));
+        assert!(d[3].retries_status(400) && !d[3].retries_status(500));
+    }
+}
