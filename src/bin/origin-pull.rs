@@ -51,7 +51,7 @@ render  Writes the Envoy configuration the plugin configuration needs: the clust
   --ca-file PATH       CA bundle for HTTPS origins (default /etc/ssl/certs/ca-certificates.crt)
   --connect-timeout D  origin connect timeout (default 1s)
   --first-byte-timeout D  time an origin has to start its answer (response headers), per
-                       attempt; past it the request fails over and the origin is blocked (default 10s)
+                       attempt; past it the request fails over and the origin gets a strike (default 10s)
   --idle-timeout D     longest silence in a response under way, body included (default 30s)
   --route-timeout D    whole response, body included (default 0s = none: never cut a long
                        healthy download)

@@ -112,22 +112,32 @@ def test_healthy_master_streams_1gib_to_a_slow_client_for_over_60s(env):
 
 
 def test_silent_master_fails_over_within_the_first_byte_timeout_and_is_blocked(env):
-    """A master that accepts and never answers: the request fails over after the first-byte
-    timeout (render default 10 s, README "Timeouts"), the master is blocked, and the next
+    """A master that accepts and never answers: each request fails over after the first-byte
+    timeout (render default 10 s, README "Timeouts"), and once `detection.failure_threshold`
+    (default 3) distinct requests timed out on it within the window, it is blocked and the next
     request goes straight to the slave."""
     master = env.start_origin("master", ip="127.0.0.71", extra_args=["--blackhole"])
     slave = env.start_origin("slave", ip="127.0.0.72")
     env.start(cfg({"ips": [master.addr]}, {"ips": [slave.addr]}))
-    began = time.monotonic()
-    r = env.request(D, "/seg-1.ts", timeout=30)
-    took = time.monotonic() - began
-    assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
-    assert 9.5 <= took <= 12, took
-    assert r.headers["x-origin-pull-attempts"] == "2"
+    results = [None] * 3
+
+    def one(i):
+        began = time.monotonic()
+        results[i] = (env.request(D, f"/seg-{i}.ts", timeout=30), time.monotonic() - began)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    for r, took in results:
+        assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+        assert r.headers["x-origin-pull-attempts"] == "2"
+        assert 9.5 <= took <= 12, took
     wait_for(lambda: any(f"master origin {master.addr} failed (timeout); blocked for 60 s" in l
                          for l in env.wasm_log_lines()), 5, what="block log line")
     began = time.monotonic()
-    r = env.request(D, "/seg-2.ts")
+    r = env.request(D, "/seg-9.ts")
     assert (r.status, r.headers["x-served-by"], r.headers["x-origin-pull-attempts"]) == \
         (200, "slave", "1")
     assert time.monotonic() - began < 1
