@@ -91,8 +91,9 @@ def test_recovered_ip_is_back_after_the_healthy_threshold_not_the_block_time(env
     assert took < 60, took
     served = {env.request(DOMAIN, f"/back{i}").headers["x-served-by"] for i in range(40)}
     assert served == {"live", "flaky"}, served
-    assert any(f"probe of master origin {flaky.addr} passed 3 time(s) in a row; unblocked" in l
-               for l in env.wasm_log_lines())
+    # Envoy flushes its log file every 100 ms (harness): wait for the line, do not race it.
+    wait_for(lambda: any(f"probe of master origin {flaky.addr} passed 3 time(s) in a row; unblocked"
+                         in l for l in env.wasm_log_lines()), 5, what="the probe's unblock log line")
     values = prometheus(env)
     assert metric(values, "origin_pull_origin_unblocks_total", domain=DOMAIN,
                   origin=flaky.addr) == 1
