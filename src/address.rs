@@ -180,10 +180,55 @@ fn reject_blank_or_space(text: &str) -> Result<(), String> {
     if text.is_empty() {
         return Err("is empty".into());
     }
-    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // ASCII text (nearly every value) is checked byte by byte; the rest char by char.
+    let bad = if text.is_ascii() {
+        text.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    } else {
+        text.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if bad {
         return Err("contains whitespace or control characters".into());
     }
     Ok(())
+}
+
+/// `IP:PORT` as `SocketAddr`'s Display writes it (`[v6]:port` for IPv6), without the
+/// formatting machinery for IPv4 (a configuration of 10,000 domains formats 40,000 of them).
+pub fn socket_text(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(21);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(&mut out, u32::from(octet));
+            }
+            out.push(':');
+            push_decimal(&mut out, u32::from(port));
+            out
+        }
+        IpAddr::V6(_) => std::net::SocketAddr::new(ip, port).to_string(),
+    }
+}
+
+fn push_decimal(out: &mut String, mut value: u32) {
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        if let Some(d) = digits.get_mut(n) {
+            *d = b'0' + (value % 10) as u8;
+        }
+        n += 1;
+        value /= 10;
+        if value == 0 || n == digits.len() {
+            break;
+        }
+    }
+    for d in digits.iter().take(n).rev() {
+        out.push(char::from(*d));
+    }
 }
 
 /// A Host header value: host name, IPv4 or `[IPv6]`, optionally `:PORT`. Never CR/LF/space.
@@ -219,6 +264,24 @@ pub fn validate_host_header(text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_text_is_socket_addr_display() {
+        for (ip, port) in [
+            ("127.0.0.1", 80u16),
+            ("0.0.0.0", 1),
+            ("255.255.255.255", 65535),
+            ("10.20.3.100", 8081),
+            ("2001:db8::1", 443),
+            ("::ffff:1.2.3.4", 8443),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(
+                socket_text(ip, port),
+                std::net::SocketAddr::new(ip, port).to_string()
+            );
+        }
+    }
 
     #[test]
     fn ip_forms() {

@@ -271,13 +271,13 @@ mod tests {
     fn setup() -> (Rc<PluginConfig>, Rc<Metrics>, FakeHost) {
         let config = Rc::new(
             parse(
-                br#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80","127.0.0.3:80"]},
+                br#"{"metrics":{"per_origin":true},"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80","127.0.0.3:80"]},
                 "slave":{"ips":["127.0.0.5:80"],"host":"backup.test"},"detection":{"failure_threshold":1}}]}"#,
             )
             .unwrap(),
         );
-        let mut host = FakeHost::new(7);
-        let metrics = Rc::new(Metrics::define(&config, &mut host));
+        let host = FakeHost::new(7);
+        let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
         (config, metrics, host)
     }
 
@@ -389,7 +389,7 @@ mod tests {
             .unwrap(),
         );
         let mut host = FakeHost::new(9);
-        let metrics = Rc::new(Metrics::define(&config, &mut host));
+        let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
         for (plan, domain) in [
             ("*.test.com 1 m,0,-,127.0.0.2:80 s,0,-,127.0.0.5:80", 0),
             ("* 2 m,0,-,127.0.0.3:80 s,0,-,127.0.0.5:80", 1),

@@ -146,6 +146,15 @@ struct RawPluginConfig {
     debug_headers: bool,
     #[serde(default)]
     envoy: Option<RawEnvoy>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    per_origin: Option<bool>,
+    max_origin_series: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -366,12 +375,66 @@ pub struct OriginSet {
     pub cumulative_weights: Vec<u64>,
     /// Set for `bucket` origins (one target).
     pub bucket: Option<Bucket>,
-    normalized: Value,
+    /// How `check` shows the origin itself; built only when asked (a Value per origin made a
+    /// 10,000-domain configuration slow to apply).
+    shown: Shown,
+    /// `probe` was given on this origin set (not inherited from `detection.probe`).
+    own_probe: bool,
+}
+
+/// What the normalized form of an origin set cannot rebuild from the compiled targets.
+#[derive(Debug, Clone)]
+enum Shown {
+    Ips,
+    Domain(String),
+    Clusters,
+    Bucket(Value),
 }
 
 impl OriginSet {
     pub fn total_weight(&self) -> u64 {
         self.cumulative_weights.last().copied().unwrap_or(0)
+    }
+
+    /// The origin set as `check` prints it (every default filled in).
+    fn normalized(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        match &self.shown {
+            Shown::Bucket(shown) => {
+                map.insert("bucket".into(), shown.clone());
+            }
+            Shown::Ips => {
+                map.insert("ips".into(), json!(targets_as_text(&self.targets)));
+            }
+            Shown::Domain(text) => {
+                map.insert("domain".into(), json!(text));
+            }
+            Shown::Clusters => {
+                // A single cluster may not carry a weight: print it the way it may be written.
+                let weighted = self.targets.len() > 1;
+                map.insert(
+                    "clusters".into(),
+                    json!(self
+                        .targets
+                        .iter()
+                        .map(|t| match weighted {
+                            true => json!({"name": t.routes[0].cluster, "weight": t.weight}),
+                            false => json!({"name": t.routes[0].cluster}),
+                        })
+                        .collect::<Vec<_>>()),
+                );
+            }
+        }
+        if self.kind != OriginKind::Clusters {
+            map.insert("protocol".into(), json!(self.protocol.as_str()));
+        }
+        map.insert("host".into(), json!(self.host));
+        if self.own_probe {
+            if let Some(probe) = &self.probe {
+                map.insert("probe".into(), probe.normalized());
+            }
+        }
+        Value::Object(map)
     }
 }
 
@@ -436,7 +499,7 @@ impl Detection {
 impl Domain {
     /// The domain-level probe as configured (`detection.probe`), for `check`'s output.
     fn domain_probe(&self) -> Option<&Probe> {
-        let own = |set: &OriginSet| set.normalized.get("probe").is_none();
+        let own = |set: &OriginSet| !set.own_probe;
         [Some(&self.master), self.slave.as_ref()]
             .into_iter()
             .flatten()
@@ -489,6 +552,15 @@ impl FailoverMechanism {
     }
 }
 
+/// Which stat series the filter defines (see `src/metrics.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Also count requests (and probe successes) per origin, not only per domain.
+    pub per_origin: bool,
+    /// Cap on per-origin series per VM.
+    pub max_origin_series: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     pub domains: Vec<Domain>,
@@ -499,6 +571,7 @@ pub struct PluginConfig {
     pub unknown_host_status: u32,
     pub debug_headers: bool,
     pub envoy: EnvoyNames,
+    pub metrics: MetricsSettings,
     /// Some origin is a bucket (or a mirror is configured): the glue then reads `:path`.
     pub uses_buckets: bool,
 }
@@ -511,6 +584,24 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
 }
 
 pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigError> {
+    // Fast path: straight from the bytes into the raw structs, no JSON tree and no path
+    // tracking (10,000 domains: several times faster). Any refusal, or a document that is not
+    // an object (serde would take a list as a struct), goes through the tracked path below,
+    // which decides exactly as before and names the failing field.
+    let is_object = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    if is_object {
+        if let Ok(raw) = serde_json::from_slice::<RawPluginConfig>(bytes) {
+            return compile(raw, env);
+        }
+    }
+    parse_tracked(bytes, env)
+}
+
+/// The JSON tree + `serde_path_to_error` path: the error names the domain and the field.
+fn parse_tracked(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigError> {
     let tree: Value = strict_json::from_slice(bytes).map_err(|e| match e {
         strict_json::StrictJsonError::Syntax(e) => ConfigError {
             domain: None,
@@ -653,6 +744,7 @@ fn compile(raw: RawPluginConfig, env: EnvLookup) -> Result<PluginConfig, ConfigE
         prefix: String::new(),
     };
     let envoy = compile_envoy(raw.envoy, &top)?;
+    let metrics = compile_metrics(raw.metrics, &top)?;
     if raw.domains.is_empty() {
         return Err(top.err(
             "domains",
@@ -676,6 +768,7 @@ fn compile(raw: RawPluginConfig, env: EnvLookup) -> Result<PluginConfig, ConfigE
         unknown_host_status,
         debug_headers: raw.debug_headers,
         envoy,
+        metrics,
         uses_buckets: false,
     };
     for raw_domain in raw.domains {
@@ -758,6 +851,25 @@ fn compile_envoy(raw: Option<RawEnvoy>, top: &Ctx) -> Result<EnvoyNames, ConfigE
     })
 }
 
+fn compile_metrics(raw: Option<RawMetrics>, top: &Ctx) -> Result<MetricsSettings, ConfigError> {
+    let max = crate::metrics::MAX_ORIGIN_SERIES;
+    let max_origin_series = raw
+        .as_ref()
+        .and_then(|m| m.max_origin_series)
+        .unwrap_or(crate::metrics::DEFAULT_MAX_ORIGIN_SERIES);
+    if max_origin_series > max {
+        return Err(top.err(
+            "metrics.max_origin_series",
+            Some(max_origin_series.to_string()),
+            format!("must be 0..={max} (stat series per Envoy worker)"),
+        ));
+    }
+    Ok(MetricsSettings {
+        per_origin: raw.and_then(|m| m.per_origin).unwrap_or(false),
+        max_origin_series,
+    })
+}
+
 fn check_cluster_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("is empty".into());
@@ -833,11 +945,7 @@ fn compile_domain(
             }
             return Ok(set);
         }
-        if let Some(own) = &own {
-            if let Some(map) = set.normalized.as_object_mut() {
-                map.insert("probe".into(), own.normalized());
-            }
-        }
+        set.own_probe = own.is_some();
         set.probe = own.or_else(|| domain_probe.clone());
         Ok::<OriginSet, ConfigError>(set)
     };
@@ -939,9 +1047,8 @@ fn compile_origin(
         validate_host_header(host).map_err(|r| ctx.err("host", Some(host.clone()), r))?;
     }
     let host = raw.host.map(|h| h.to_ascii_lowercase());
-    let mut normalized = serde_json::Map::new();
     let mut bucket = None;
-    let (kind, targets) = if let Some(raw_bucket) = raw.bucket {
+    let (kind, targets, shown) = if let Some(raw_bucket) = raw.bucket {
         if let Some(h) = &host {
             return Err(ctx.err(
                 "host",
@@ -951,13 +1058,15 @@ fn compile_origin(
         }
         let (compiled, routes, shown) =
             compile_bucket(raw_bucket, protocol, env, &ctx.nested("bucket"))?;
-        normalized.insert("bucket".into(), shown);
         bucket = Some(compiled);
-        (OriginKind::Bucket, vec![Target { weight: 1, routes }])
+        (
+            OriginKind::Bucket,
+            vec![Target { weight: 1, routes }],
+            Shown::Bucket(shown),
+        )
     } else if let Some(ips) = raw.ips {
         let targets = compile_ips(&ips, protocol, envoy, ctx)?;
-        normalized.insert("ips".into(), json!(targets_as_text(&targets)));
-        (OriginKind::Ips, targets)
+        (OriginKind::Ips, targets, Shown::Ips)
     } else if let Some(domain) = raw.domain {
         let entry =
             parse_domain_entry(&domain).map_err(|r| ctx.err("domain", Some(domain.clone()), r))?;
@@ -980,14 +1089,15 @@ fn compile_origin(
                 scheme: Some(scheme),
             }
         });
-        normalized.insert(
-            "domain".into(),
-            json!(match entry.port {
-                Some(p) => format!("{}:{p}", entry.name),
-                None => entry.name.clone(),
-            }),
-        );
-        (OriginKind::Domain, vec![Target { weight: 1, routes }])
+        let shown = Shown::Domain(match entry.port {
+            Some(p) => format!("{}:{p}", entry.name),
+            None => entry.name.clone(),
+        });
+        (
+            OriginKind::Domain,
+            vec![Target { weight: 1, routes }],
+            shown,
+        )
     } else {
         let clusters = raw.clusters.unwrap_or_default();
         if raw.protocol.is_some() {
@@ -998,24 +1108,8 @@ fn compile_origin(
             ));
         }
         let targets = compile_clusters(&clusters, ctx)?;
-        // A single cluster may not carry a weight: print it the way it may be written.
-        let weighted = targets.len() > 1;
-        normalized.insert(
-            "clusters".into(),
-            json!(targets
-                .iter()
-                .map(|t| match weighted {
-                    true => json!({"name": t.routes[0].cluster, "weight": t.weight}),
-                    false => json!({"name": t.routes[0].cluster}),
-                })
-                .collect::<Vec<_>>()),
-        );
-        (OriginKind::Clusters, targets)
+        (OriginKind::Clusters, targets, Shown::Clusters)
     };
-    if kind != OriginKind::Clusters {
-        normalized.insert("protocol".into(), json!(protocol.as_str()));
-    }
-    normalized.insert("host".into(), json!(host));
     let mut cumulative_weights = Vec::with_capacity(targets.len());
     let mut sum = 0u64;
     for target in &targets {
@@ -1030,7 +1124,8 @@ fn compile_origin(
         probe: None,
         cumulative_weights,
         bucket,
-        normalized: Value::Object(normalized),
+        shown,
+        own_probe: false,
     })
 }
 
@@ -1351,7 +1446,7 @@ fn compile_mirror(
         ));
     }
     let normalized = json!({
-        "source": source.normalized,
+        "source": source.normalized(),
         "mode": mode.as_str(),
         "pass_query_string": pass_query_string,
         "key_prefixes": key_prefixes,
@@ -1493,24 +1588,34 @@ fn compile_ips(
             "every weight is 0, so no IP could ever be picked",
         ));
     }
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::with_capacity(entries.len());
     let mut targets = Vec::with_capacity(entries.len());
+    let route = |entry: &crate::address::IpEntry, client: Scheme| {
+        let scheme = effective_scheme(protocol, client);
+        let port = entry.port.unwrap_or(scheme.default_port());
+        let address = crate::address::socket_text(entry.ip, port);
+        Route {
+            cluster: match scheme {
+                Scheme::Http => envoy.ip_cluster_http.clone(),
+                Scheme::Https => envoy.ip_cluster_https.clone(),
+            },
+            original_dst: Some(address.clone()),
+            label: address,
+            scheme: Some(scheme),
+        }
+    };
     for (i, entry) in entries.iter().enumerate() {
-        let routes = [Scheme::Http, Scheme::Https].map(|client| {
-            let scheme = effective_scheme(protocol, client);
-            let port = entry.port.unwrap_or(scheme.default_port());
-            let address = std::net::SocketAddr::new(entry.ip, port).to_string();
-            Route {
-                cluster: match scheme {
-                    Scheme::Http => envoy.ip_cluster_http.clone(),
-                    Scheme::Https => envoy.ip_cluster_https.clone(),
-                },
-                original_dst: Some(address.clone()),
-                label: address,
-                scheme: Some(scheme),
-            }
-        });
-        if !seen.insert(routes[0].label.clone()) {
+        let http = route(entry, Scheme::Http);
+        // Only `follow` routes the two client schemes differently: format the address once.
+        let https = match protocol {
+            Protocol::Follow => route(entry, Scheme::Https),
+            _ => http.clone(),
+        };
+        let routes = [http, https];
+        let http_port = entry
+            .port
+            .unwrap_or(effective_scheme(protocol, Scheme::Http).default_port());
+        if !seen.insert(std::net::SocketAddr::new(entry.ip, http_port)) {
             return Err(ctx.err(
                 &format!("ips[{i}]"),
                 ips.get(i).cloned(),
@@ -1850,8 +1955,8 @@ impl PluginConfig {
                 }
                 json!({
                     "domain": d.name,
-                    "master": master.normalized,
-                    "slave": slave.map(|s| &s.normalized),
+                    "master": master.normalized(),
+                    "slave": slave.map(OriginSet::normalized),
                     "master_slave_switch": d.switched,
                     "failover": {
                         "on": on,
@@ -1876,6 +1981,10 @@ impl PluginConfig {
                 "ip_cluster_http": self.envoy.ip_cluster_http,
                 "ip_cluster_https": self.envoy.ip_cluster_https,
                 "failover": self.envoy.failover.as_str(),
+            },
+            "metrics": {
+                "per_origin": self.metrics.per_origin,
+                "max_origin_series": self.metrics.max_origin_series,
             },
         })
     }

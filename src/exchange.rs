@@ -205,6 +205,9 @@ impl Exchange {
             }
         }
         exchange.plan_chain(blocks, host);
+        if let Some(metrics) = &exchange.metrics {
+            metrics.request(host, exchange.domain);
+        }
         // A chain's attempts are counted by the upstream instance, one per attempt.
         if exchange.chain.is_empty() {
             if let Some(m) = exchange.origin_metrics(first) {
@@ -1503,7 +1506,7 @@ impl Exchange {
     }
 
     /// Stats of the origin an attempt goes to.
-    fn origin_metrics(&self, attempt: Attempt) -> Option<&OriginMetrics> {
+    fn origin_metrics(&self, attempt: Attempt) -> Option<OriginMetrics<'_>> {
         let scheme = self.scheme;
         self.metrics
             .as_deref()?

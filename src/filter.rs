@@ -22,7 +22,7 @@ use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
 use crate::health::BlockTable;
 use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Registry};
 use crate::mirror::{CopyBack, CopyJob};
 use crate::probe::Prober;
 
@@ -38,6 +38,16 @@ thread_local! {
     /// upstream instance (same `vm_id`, same module: the same VM on this worker) reads it from
     /// here, so the composite clusters do not each carry a copy of the plugin configuration.
     static APPLIED: RefCell<Option<(Rc<PluginConfig>, Rc<Metrics>)>> = const { RefCell::new(None) };
+    /// Stat ids this VM defined, by name: outlives root contexts (a reload reuses the VM), so a
+    /// name is defined once per VM whatever the reloads (Envoy gives a new id per definition).
+    static REGISTRY: Rc<RefCell<Registry>> = Rc::new(RefCell::new(Registry::default()));
+}
+
+/// Microseconds on the wall clock (WASI), for the configure-time log line.
+fn micros_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 fn seed() -> u64 {
@@ -346,6 +356,7 @@ impl RootContext for OriginPullRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
+        let started = micros_now();
         let root_id = self
             .get_property(vec!["plugin_root_id"])
             .and_then(|b| String::from_utf8(b).ok())
@@ -376,32 +387,14 @@ impl RootContext for OriginPullRoot {
             }
         }
         let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let parsed_at = micros_now();
         match config::parse(&bytes) {
             Ok(parsed) => {
-                EnvoyHost.log(
-                    LogLevel::Info,
-                    &format!(
-                        "origin-pull {} (worker {}): configured {} domain(s)",
-                        crate::BUILD,
-                        self.state.worker,
-                        parsed.domains.len()
-                    ),
-                );
-                // Stats and the probe plan are built here, never per request.
-                let metrics = Metrics::define(&parsed, &mut EnvoyHost);
-                {
-                    // The availability gauges are right from the start, not after the first tick.
-                    // Blocks belong to a domain: one 8-byte read per domain, origins' keys only
-                    // for a domain with a block.
-                    let blocks = self.state.blocks.borrow();
-                    let now = EnvoyHost.now_ms();
-                    for (d, domain) in parsed.domains.iter().enumerate() {
-                        let any = blocks.domain_has_blocks(&EnvoyHost, &domain.name, now);
-                        metrics.set_masters_available(&mut EnvoyHost, d, |l| {
-                            any && blocks.is_blocked(&EnvoyHost, &domain.name, l, now)
-                        });
-                    }
-                }
+                let parse_us = micros_now().saturating_sub(parsed_at);
+                let domains = parsed.domains.len();
+                let parsed = Rc::new(parsed);
+                // The probe plan is built here; stats are defined on first use (metrics.rs).
+                let metrics = Metrics::new(parsed.clone(), REGISTRY.with(Rc::clone));
                 if let Some(old) = self.prober.as_mut() {
                     old.release(&mut EnvoyHost);
                 }
@@ -412,10 +405,25 @@ impl RootContext for OriginPullRoot {
                     self.prober = Some(prober);
                 }
                 let metrics = Rc::new(metrics);
-                let parsed = Rc::new(parsed);
                 APPLIED.with(|a| *a.borrow_mut() = Some((parsed.clone(), metrics.clone())));
-                *self.state.metrics.borrow_mut() = metrics;
-                *self.state.config.borrow_mut() = Some(parsed);
+                let old_metrics = std::mem::replace(&mut *self.state.metrics.borrow_mut(), metrics);
+                let old_config = self.state.config.borrow_mut().replace(parsed);
+                // Freeing the previous configuration is part of the cost of a reload.
+                drop((old_metrics, old_config));
+                let total_us = micros_now().saturating_sub(started);
+                EnvoyHost.log(
+                    LogLevel::Info,
+                    &format!(
+                        "origin-pull {} (worker {}): configured {domains} domain(s) in {}.{:03} ms (parse {}.{:03} ms, {} bytes)",
+                        crate::BUILD,
+                        self.state.worker,
+                        total_us / 1000,
+                        total_us % 1000,
+                        parse_us / 1000,
+                        parse_us % 1000,
+                        bytes.len(),
+                    ),
+                );
                 true
             }
             Err(error) => {

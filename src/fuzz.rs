@@ -367,8 +367,8 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
     let mut hosts = [std::mem::replace(&mut first, FakeHost::new(1)), second];
     let mut tables = [BlockTable::default(), BlockTable::default()];
     let metrics = [
-        Rc::new(Metrics::define(config, &mut hosts[0])),
-        Rc::new(Metrics::define(config, &mut hosts[1])),
+        Rc::new(Metrics::new(config.clone(), Rc::default())),
+        Rc::new(Metrics::new(config.clone(), Rc::default())),
     ];
     for req in requests {
         let w = req.worker;

@@ -152,6 +152,8 @@ pub mod fake {
         next_token: u32,
         /// Defined stats, by id - 1: (kind, name, value).
         pub metrics: Vec<(MetricKind, String, i64)>,
+        /// Calls of `define_metric` (Envoy keeps an entry per call, even for a known name).
+        pub defined: u32,
     }
 
     impl FakeHost {
@@ -170,6 +172,7 @@ pub mod fake {
                 response_body: Vec::new(),
                 next_token: 1,
                 metrics: Vec::new(),
+                defined: 0,
             }
         }
 
@@ -312,6 +315,7 @@ pub mod fake {
             true
         }
         fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+            self.defined += 1;
             if let Some(i) = self.metrics.iter().position(|(_, n, _)| n == name) {
                 return u32::try_from(i + 1).ok();
             }

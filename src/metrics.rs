@@ -1,57 +1,53 @@
-//! Envoy stats of the filter, defined once per configuration and VM so that the request path
-//! only adds to precomputed ids (no formatting, no allocation, no lookup by name).
+//! Envoy stats of the filter, defined LAZILY: a series is defined the first time it has
+//! something to count, so a configuration of 10,000 domains applies without defining a stat, and
+//! `/stats` only grows with what actually happens (traffic, failures, blocks).
+//!
+//! - Per domain (always, bounded by the number of domains): `origin_pull_requests_total`
+//!   (client requests routed for the domain), `origin_pull_failovers_total{outcome}`, and the
+//!   gauge `origin_pull_masters_available` once one of the domain's master addresses was blocked
+//!   (until then every master is available; the gauge is refreshed every second from then on).
+//! - Per origin, for an origin that fails, is blocked or unblocked, or fails a probe:
+//!   `origin_pull_origin_failures_total{kind}`, `origin_pull_origin_blocks_total{source}`,
+//!   `origin_pull_origin_unblocks_total`, the gauges `origin_pull_origin_blocked` and
+//!   `origin_pull_origin_blocked_until_seconds`, `origin_pull_probes_total{result="failure"}`.
+//! - Per origin, only with `"metrics": {"per_origin": true}`: `origin_pull_origin_requests_total`
+//!   and `origin_pull_probes_total{result="success"}` (one series for every origin that sees
+//!   traffic or probes).
+//!
+//! Per-origin series are capped (`metrics.max_origin_series`, counted per VM over its lifetime:
+//! Envoy keeps a stat once it exists); at the cap a warning is logged once and further per-origin
+//! series are not defined (their counts are lost; the access log and the logs still name origins).
+//!
+//! Envoy hands out a NEW id (and keeps another entry) each time a name is defined, even a name
+//! it already has (checked in Envoy 1.40), so ids are cached per VM by name in a [`Registry`]
+//! that outlives configurations: after a reload the same names reuse their ids.
 //!
 //! Names follow Prometheus conventions (`origin_pull_` prefix, counters end in `_total`).
 //! Labels travel inside the stat name as `;tag=value` pairs, which the `stats_config.stats_tags`
 //! regexes of the shipped bootstrap (envoy/envoy.yaml) turn into Prometheus labels:
-//! `origin_pull_origin_requests_total;domain=www.test.com;origin=10.0.0.1:80` is shown as
-//! `origin_pull_origin_requests_total{domain="www.test.com",origin="10.0.0.1:80"}` at
-//! `/stats/prometheus` and as `wasmcustom.<full name>` at `/stats`.
+//! `origin_pull_origin_failures_total;domain=www.test.com;origin=10.0.0.1:80;kind=connect` is
+//! shown as `origin_pull_origin_failures_total{domain="www.test.com",origin="10.0.0.1:80",kind="connect"}`
+//! at `/stats/prometheus` and as `wasmcustom.<full name>` at `/stats`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::config::{PluginConfig, Scheme};
 use crate::exchange::Role;
 use crate::failover::Answer;
-use crate::host::{Host, MetricKind};
+use crate::host::{Host, LogLevel, MetricKind};
 
 /// The tags the shipped bootstrap extracts, in the order they appear in a name.
 pub const TAGS: [&str; 6] = ["domain", "origin", "kind", "source", "result", "outcome"];
 
-/// Stats of one origin (block-table label) as seen from one domain.
-#[derive(Debug, Default, Clone)]
-pub struct OriginMetrics {
-    pub label: String,
-    requests: Option<u32>,
-    /// connect, timeout, 4xx, 5xx, other (missing cluster, callout without response).
-    failures: [Option<u32>; 5],
-    blocks_passive: Option<u32>,
-    blocks_probe: Option<u32>,
-    unblocks: Option<u32>,
-    probe_success: Option<u32>,
-    probe_failure: Option<u32>,
-    blocked: Option<u32>,
-    /// Unix time (s) the block ends, 0 when not blocked: `origin-pull status` shows it.
-    blocked_until: Option<u32>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct DomainMetrics {
-    origins: Vec<OriginMetrics>,
-    /// `[role][target][scheme]` → index in `origins` (labels repeat across roles and schemes).
-    slots: [Vec<[usize; 2]>; 2],
-    failover_served: Option<u32>,
-    failover_failed: Option<u32>,
-    /// Master addresses (labels) not blocked: 0 = every master blocked (refreshed each second).
-    masters_available: Option<u32>,
-}
-
-/// Every stat id of one configuration in one VM.
-#[derive(Debug, Default, Clone)]
-pub struct Metrics {
-    domains: Vec<DomainMetrics>,
-}
+/// Default of `metrics.max_origin_series`.
+pub const DEFAULT_MAX_ORIGIN_SERIES: u32 = 10_000;
+/// Largest accepted `metrics.max_origin_series`.
+pub const MAX_ORIGIN_SERIES: u32 = 1_000_000;
 
 /// Who blocked an origin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlockSource {
     Passive,
     Probe,
@@ -84,12 +80,7 @@ fn tag_value(text: &str) -> String {
         .collect()
 }
 
-fn define(
-    host: &mut impl Host,
-    kind: MetricKind,
-    name: &str,
-    tags: &[(&str, &str)],
-) -> Option<u32> {
+fn full_name(name: &str, tags: &[(&str, &str)]) -> String {
     let mut full = String::with_capacity(name.len() + 64);
     full.push_str(name);
     for (tag, value) in tags {
@@ -98,388 +89,557 @@ fn define(
         full.push('=');
         full.push_str(&tag_value(value));
     }
-    host.define_metric(kind, &full)
+    full
 }
 
-impl OriginMetrics {
-    fn define(host: &mut impl Host, domain: &str, label: &str) -> OriginMetrics {
-        use MetricKind::{Counter, Gauge};
-        let tags = [("domain", domain), ("origin", label)];
-        let with = |extra: (&'static str, &'static str)| [tags[0], tags[1], extra];
-        let mut failures = [None; 5];
-        for (slot, kind) in failures.iter_mut().zip(FAILURE_KINDS) {
-            *slot = define(
-                host,
-                Counter,
-                "origin_pull_origin_failures_total",
-                &with(("kind", kind)),
-            );
-        }
-        OriginMetrics {
-            label: label.to_string(),
-            requests: define(host, Counter, "origin_pull_origin_requests_total", &tags),
-            failures,
-            blocks_passive: define(
-                host,
-                Counter,
-                "origin_pull_origin_blocks_total",
-                &with(("source", "passive")),
-            ),
-            blocks_probe: define(
-                host,
-                Counter,
-                "origin_pull_origin_blocks_total",
-                &with(("source", "probe")),
-            ),
-            unblocks: define(host, Counter, "origin_pull_origin_unblocks_total", &tags),
-            probe_success: define(
-                host,
-                Counter,
-                "origin_pull_probes_total",
-                &with(("result", "success")),
-            ),
-            probe_failure: define(
-                host,
-                Counter,
-                "origin_pull_probes_total",
-                &with(("result", "failure")),
-            ),
-            blocked: define(host, Gauge, "origin_pull_origin_blocked", &tags),
-            blocked_until: define(
-                host,
-                Gauge,
-                "origin_pull_origin_blocked_until_seconds",
-                &tags,
-            ),
-        }
-    }
+/// A cached stat id of this configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Slot {
+    #[default]
+    Unset,
+    Id(u32),
+    /// Could not be defined (host refused, or the cap): not tried again for this configuration.
+    Unavailable,
+}
 
-    pub fn request(&self, host: &mut impl Host) {
-        bump(host, self.requests);
-    }
+/// Which series a definition is: per-origin ones count against the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Domain,
+    Origin,
+}
 
-    pub fn failure(&self, host: &mut impl Host, answer: Answer) {
-        if let Some(i) = failure_index(answer) {
-            bump(host, self.failures.get(i).copied().flatten());
-        }
-    }
+/// The block gauges of one (domain, origin label).
+#[derive(Debug, Clone)]
+pub struct BlockGauges {
+    pub domain: String,
+    pub label: String,
+    blocked: Option<u32>,
+    until: Option<u32>,
+}
 
-    /// A block was written until `until_ms` (the gauges follow at once; the tick clears them
-    /// when it expires).
-    pub fn blocked(&self, host: &mut impl Host, source: BlockSource, until_ms: Option<u64>) {
-        bump(
-            host,
-            match source {
-                BlockSource::Passive => self.blocks_passive,
-                BlockSource::Probe => self.blocks_probe,
-            },
-        );
-        self.set_blocked(host, Some(until_ms.unwrap_or(1)));
+impl BlockGauges {
+    /// `Some(until_ms)` while blocked, `None` when not.
+    pub fn record(&self, host: &mut impl Host, until_ms: Option<u64>) {
+        record_block(host, self.blocked, self.until, until_ms);
     }
+}
 
-    pub fn unblocked(&self, host: &mut impl Host) {
-        bump(host, self.unblocks);
-        self.set_blocked(host, None);
-    }
+/// Stat ids defined in this VM, by full name; lives as long as the VM (across reloads).
+#[derive(Debug)]
+pub struct Registry {
+    ids: HashMap<String, u32>,
+    origin_series: u32,
+    max_origin_series: u32,
+    cap_warned: bool,
+    /// Block gauges this VM defined: (domain, origin label, `origin_pull_origin_blocked` id,
+    /// `origin_pull_origin_blocked_until_seconds` id). This VM keeps them current (a block
+    /// expires without anyone writing).
+    gauges: Vec<BlockGauges>,
+    /// Ids in `gauges` (a name is listed once, whatever the configurations).
+    gauge_ids: std::collections::HashSet<(Option<u32>, Option<u32>)>,
+    /// `origin_pull_masters_available` gauges this VM defined: (domain name, id).
+    availability: Vec<(String, u32)>,
+}
 
-    pub fn probe(&self, host: &mut impl Host, healthy: bool) {
-        bump(
-            host,
-            if healthy {
-                self.probe_success
-            } else {
-                self.probe_failure
-            },
-        );
-    }
-
-    /// `Some(until_ms)` while blocked (an unknown end may be given as any non-zero value).
-    pub fn set_blocked(&self, host: &mut impl Host, until_ms: Option<u64>) {
-        if let Some(id) = self.blocked {
-            host.record_metric(id, u64::from(until_ms.is_some()));
-        }
-        if let Some(id) = self.blocked_until {
-            // Rounded up: the origin is blocked up to and including that second.
-            host.record_metric(id, until_ms.map_or(0, |ms| ms.div_ceil(1000)));
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            ids: HashMap::new(),
+            origin_series: 0,
+            max_origin_series: DEFAULT_MAX_ORIGIN_SERIES,
+            cap_warned: false,
+            gauges: Vec::new(),
+            gauge_ids: std::collections::HashSet::new(),
+            availability: Vec::new(),
         }
     }
 }
 
-fn bump(host: &mut impl Host, id: Option<u32>) {
-    if let Some(id) = id {
-        host.increment_metric(id, 1);
+impl Registry {
+    /// The id of `name`, defining it on first use; `None` at the per-origin cap or when the
+    /// host refuses.
+    fn id(
+        &mut self,
+        host: &mut impl Host,
+        kind: MetricKind,
+        name: String,
+        scope: Scope,
+    ) -> Option<u32> {
+        if let Some(id) = self.ids.get(&name) {
+            return Some(*id);
+        }
+        if scope == Scope::Origin {
+            if self.origin_series >= self.max_origin_series {
+                if !self.cap_warned {
+                    self.cap_warned = true;
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "origin-pull: {} per-origin stat series defined in this VM, the cap (metrics.max_origin_series); further per-origin series are not defined (first one dropped: {name})",
+                            self.origin_series
+                        ),
+                    );
+                }
+                return None;
+            }
+            self.origin_series += 1;
+        }
+        let id = host.define_metric(kind, &name)?;
+        self.ids.insert(name, id);
+        Some(id)
     }
+
+    /// How many per-origin series this VM has defined.
+    pub fn origin_series(&self) -> u32 {
+        self.origin_series
+    }
+
+    /// Every stat name this VM has defined.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.ids.keys().map(String::as_str)
+    }
+
+    /// The block gauges this VM defined (to refresh them every second).
+    pub fn block_gauges(&self) -> Vec<BlockGauges> {
+        self.gauges.clone()
+    }
+
+    pub fn has_gauges(&self) -> bool {
+        !self.gauges.is_empty() || !self.availability.is_empty()
+    }
+}
+
+/// The two block gauges of an origin: blocked (0/1) and the block's end (Unix s, 0 = none).
+fn record_block(host: &mut impl Host, blocked: Option<u32>, until: Option<u32>, to: Option<u64>) {
+    if let Some(id) = blocked {
+        host.record_metric(id, u64::from(to.is_some()));
+    }
+    if let Some(id) = until {
+        // Rounded up: the origin is blocked up to and including that second.
+        host.record_metric(id, to.map_or(0, |ms| ms.div_ceil(1000)));
+    }
+}
+
+/// Cached ids of one domain's own series.
+#[derive(Debug, Default)]
+struct DomainSlots {
+    requests: Cell<Slot>,
+    failover_served: Cell<Slot>,
+    failover_failed: Cell<Slot>,
+    masters_available: Cell<Slot>,
+}
+
+/// A per-origin series of one (domain, origin label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum OriginStat {
+    Requests,
+    Failure(u8),
+    Blocks(BlockSource),
+    Unblocks,
+    Probe(bool),
+    Blocked,
+    BlockedUntil,
+}
+
+/// Where an origin sits in the configuration: domain, role, target, client scheme.
+type OriginKey = (u32, u8, u32, u8);
+
+/// Stats of one configuration in one VM: ids are defined on first use (see the module doc).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    config: Option<Rc<PluginConfig>>,
+    registry: Rc<RefCell<Registry>>,
+    per_origin: bool,
+    domains: Vec<DomainSlots>,
+    /// Per-origin ids already resolved for this configuration.
+    origins: RefCell<HashMap<(OriginKey, OriginStat), Slot>>,
+    /// Domain name -> index; built on the first availability refresh.
+    by_name: RefCell<Option<HashMap<String, usize>>>,
+}
+
+/// Stats of the origin a request (or probe) goes to, as seen from one domain.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginMetrics<'a> {
+    metrics: &'a Metrics,
+    key: OriginKey,
+    domain: &'a str,
+    pub label: &'a str,
 }
 
 impl Metrics {
-    /// Defines every stat of `config` (call from `on_configure`; Envoy returns the existing
-    /// stat when a name is defined again, e.g. after a reload).
-    pub fn define(config: &PluginConfig, host: &mut impl Host) -> Metrics {
-        let mut domains = Vec::with_capacity(config.domains.len());
-        for domain in &config.domains {
-            let mut metrics = DomainMetrics {
-                failover_served: define(
-                    host,
-                    MetricKind::Counter,
-                    "origin_pull_failovers_total",
-                    &[("domain", &domain.name), ("outcome", "served")],
-                ),
-                failover_failed: define(
-                    host,
-                    MetricKind::Counter,
-                    "origin_pull_failovers_total",
-                    &[("domain", &domain.name), ("outcome", "failed")],
-                ),
-                masters_available: define(
-                    host,
-                    MetricKind::Gauge,
-                    "origin_pull_masters_available",
-                    &[("domain", &domain.name)],
-                ),
-                ..DomainMetrics::default()
-            };
-            for (role, set) in [(0, Some(&domain.master)), (1, domain.slave.as_ref())] {
-                let Some(set) = set else { continue };
-                let mut slots = Vec::with_capacity(set.targets.len());
-                for target in &set.targets {
-                    let mut pair = [0usize; 2];
-                    for (slot, route) in pair.iter_mut().zip(&target.routes) {
-                        *slot = match metrics.origins.iter().position(|o| o.label == route.label) {
-                            Some(i) => i,
-                            None => {
-                                metrics.origins.push(OriginMetrics::define(
-                                    host,
-                                    &domain.name,
-                                    &route.label,
-                                ));
-                                metrics.origins.len() - 1
-                            }
-                        };
-                    }
-                    slots.push(pair);
-                }
-                if let Some(s) = metrics.slots.get_mut(role) {
-                    *s = slots;
-                }
+    /// The stats of `config`; nothing is defined yet. `registry` is the VM's (shared by every
+    /// configuration the VM runs), which also takes the configuration's cap.
+    pub fn new(config: Rc<PluginConfig>, registry: Rc<RefCell<Registry>>) -> Metrics {
+        {
+            let mut r = registry.borrow_mut();
+            if r.max_origin_series != config.metrics.max_origin_series {
+                r.max_origin_series = config.metrics.max_origin_series;
+                r.cap_warned = false;
             }
-            domains.push(metrics);
         }
-        Metrics { domains }
+        let mut domains = Vec::new();
+        domains.resize_with(config.domains.len(), DomainSlots::default);
+        Metrics {
+            per_origin: config.metrics.per_origin,
+            config: Some(config),
+            registry,
+            domains,
+            origins: RefCell::new(HashMap::new()),
+            by_name: RefCell::new(None),
+        }
     }
 
-    /// Stats of the origin a request goes to (`None` when stats could not be defined).
+    /// The VM's registry (names defined, gauges to refresh).
+    pub fn registry(&self) -> &Rc<RefCell<Registry>> {
+        &self.registry
+    }
+
+    pub fn domain_name(&self, domain: usize) -> Option<&str> {
+        Some(self.config.as_ref()?.domains.get(domain)?.name.as_str())
+    }
+
+    fn resolve_domain(
+        &self,
+        host: &mut impl Host,
+        slot: &Cell<Slot>,
+        domain: usize,
+        name: &str,
+        extra: Option<(&str, &str)>,
+    ) -> Option<u32> {
+        match slot.get() {
+            Slot::Id(id) => return Some(id),
+            Slot::Unavailable => return None,
+            Slot::Unset => {}
+        }
+        let domain_name = self.domain_name(domain)?;
+        let full = match extra {
+            Some(tag) => full_name(name, &[("domain", domain_name), tag]),
+            None => full_name(name, &[("domain", domain_name)]),
+        };
+        let id = self
+            .registry
+            .borrow_mut()
+            .id(host, MetricKind::Counter, full, Scope::Domain);
+        slot.set(id.map_or(Slot::Unavailable, Slot::Id));
+        id
+    }
+
+    /// A client request of `domain` was routed to an origin.
+    pub fn request(&self, host: &mut impl Host, domain: usize) {
+        let Some(slots) = self.domains.get(domain) else {
+            return;
+        };
+        if let Some(id) = self.resolve_domain(
+            host,
+            &slots.requests,
+            domain,
+            "origin_pull_requests_total",
+            None,
+        ) {
+            host.increment_metric(id, 1);
+        }
+    }
+
+    /// A request was failed over; `served` when the client got a good answer from it.
+    pub fn failover(&self, host: &mut impl Host, domain: usize, served: bool) {
+        let Some(slots) = self.domains.get(domain) else {
+            return;
+        };
+        let (slot, outcome) = if served {
+            (&slots.failover_served, "served")
+        } else {
+            (&slots.failover_failed, "failed")
+        };
+        if let Some(id) = self.resolve_domain(
+            host,
+            slot,
+            domain,
+            "origin_pull_failovers_total",
+            Some(("outcome", outcome)),
+        ) {
+            host.increment_metric(id, 1);
+        }
+    }
+
+    /// Stats of the origin a request goes to (`None` outside the configuration).
     pub fn origin(
         &self,
         domain: usize,
         role: Role,
         target: usize,
         scheme: Scheme,
-    ) -> Option<&OriginMetrics> {
-        let d = self.domains.get(domain)?;
-        let role = match role {
-            Role::Master => 0,
-            Role::Slave => 1,
+    ) -> Option<OriginMetrics<'_>> {
+        let d = self.config.as_ref()?.domains.get(domain)?;
+        let set = match role {
+            Role::Master => &d.master,
+            Role::Slave => d.slave.as_ref()?,
         };
-        let scheme = match scheme {
-            Scheme::Http => 0,
-            Scheme::Https => 1,
-        };
-        let index = *d.slots.get(role)?.get(target)?.get(scheme)?;
-        d.origins.get(index)
-    }
-
-    /// Every origin of a domain, e.g. to refresh the blocked gauges.
-    pub fn origins(&self, domain: usize) -> &[OriginMetrics] {
-        self.domains
-            .get(domain)
-            .map_or(&[], |d| d.origins.as_slice())
-    }
-
-    /// Sets a domain's count of master addresses that `is_blocked` says are not blocked.
-    pub fn set_masters_available(
-        &self,
-        host: &mut impl Host,
-        domain: usize,
-        is_blocked: impl Fn(&str) -> bool,
-    ) {
-        let Some(d) = self.domains.get(domain) else {
-            return;
-        };
-        let Some(id) = d.masters_available else {
-            return;
-        };
-        let mut masters: Vec<usize> = d
-            .slots
-            .first()
-            .map(|s| s.iter().flatten().copied().collect())
-            .unwrap_or_default();
-        masters.sort_unstable();
-        masters.dedup();
-        let available = masters
-            .iter()
-            .filter_map(|&i| d.origins.get(i))
-            .filter(|o| !is_blocked(&o.label))
-            .count();
-        host.record_metric(id, available as u64);
+        let label = set.targets.get(target)?.route(scheme).label.as_str();
+        let key = (
+            u32::try_from(domain).ok()?,
+            role as u8,
+            u32::try_from(target).ok()?,
+            scheme as u8,
+        );
+        Some(OriginMetrics {
+            metrics: self,
+            key,
+            domain: d.name.as_str(),
+            label,
+        })
     }
 
     pub fn domain_count(&self) -> usize {
         self.domains.len()
     }
 
-    /// A request was failed over; `served` when the client got a good answer from it.
-    pub fn failover(&self, host: &mut impl Host, domain: usize, served: bool) {
-        if let Some(d) = self.domains.get(domain) {
-            bump(
-                host,
-                if served {
-                    d.failover_served
-                } else {
-                    d.failover_failed
-                },
-            );
+    /// Distinct master address labels of a domain (both client schemes).
+    pub fn master_labels(&self, domain: usize) -> Vec<&str> {
+        let Some(d) = self.config.as_ref().and_then(|c| c.domains.get(domain)) else {
+            return Vec::new();
+        };
+        let mut labels: Vec<&str> = d
+            .master
+            .targets
+            .iter()
+            .flat_map(|t| t.routes.iter().map(|r| r.label.as_str()))
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        labels
+    }
+
+    /// Sets a domain's `origin_pull_masters_available` (master addresses not blocked),
+    /// defining it on first use.
+    pub fn set_masters_available(
+        &self,
+        host: &mut impl Host,
+        domain: usize,
+        is_blocked: impl Fn(&str) -> bool,
+    ) {
+        let Some(slots) = self.domains.get(domain) else {
+            return;
+        };
+        let id = match slots.masters_available.get() {
+            Slot::Id(id) => id,
+            Slot::Unavailable => return,
+            Slot::Unset => {
+                let Some(name) = self.domain_name(domain) else {
+                    return;
+                };
+                let full = full_name("origin_pull_masters_available", &[("domain", name)]);
+                let mut registry = self.registry.borrow_mut();
+                let known = registry.ids.contains_key(&full);
+                let id = registry.id(host, MetricKind::Gauge, full, Scope::Domain);
+                slots
+                    .masters_available
+                    .set(id.map_or(Slot::Unavailable, Slot::Id));
+                let Some(id) = id else { return };
+                if !known {
+                    registry.availability.push((name.to_string(), id));
+                }
+                id
+            }
+        };
+        let available = self
+            .master_labels(domain)
+            .into_iter()
+            .filter(|l| !is_blocked(l))
+            .count();
+        host.record_metric(id, available as u64);
+    }
+
+    /// Indexes (in this configuration) of the domains whose availability gauge this VM
+    /// defined, in this configuration or a previous one: refreshed every second.
+    pub fn availability_domains(&self) -> Vec<usize> {
+        let names: Vec<String> = self
+            .registry
+            .borrow()
+            .availability
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
         }
+        let mut by_name = self.by_name.borrow_mut();
+        let by_name = by_name.get_or_insert_with(|| {
+            self.config.as_ref().map_or_else(HashMap::new, |c| {
+                c.domains
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (d.name.clone(), i))
+                    .collect()
+            })
+        });
+        names
+            .iter()
+            .filter_map(|n| by_name.get(n).copied())
+            .collect()
+    }
+}
+
+impl OriginMetrics<'_> {
+    fn id(&self, host: &mut impl Host, stat: OriginStat) -> Option<u32> {
+        let cache_key = (self.key, stat);
+        match self.metrics.origins.borrow().get(&cache_key) {
+            Some(Slot::Id(id)) => return Some(*id),
+            Some(Slot::Unavailable) => return None,
+            _ => {}
+        }
+        let tags = [("domain", self.domain), ("origin", self.label)];
+        let (kind, name) = match stat {
+            OriginStat::Requests => (
+                MetricKind::Counter,
+                full_name("origin_pull_origin_requests_total", &tags),
+            ),
+            OriginStat::Failure(i) => (
+                MetricKind::Counter,
+                full_name(
+                    "origin_pull_origin_failures_total",
+                    &[
+                        tags[0],
+                        tags[1],
+                        (
+                            "kind",
+                            FAILURE_KINDS
+                                .get(usize::from(i))
+                                .copied()
+                                .unwrap_or("other"),
+                        ),
+                    ],
+                ),
+            ),
+            OriginStat::Blocks(source) => (
+                MetricKind::Counter,
+                full_name(
+                    "origin_pull_origin_blocks_total",
+                    &[
+                        tags[0],
+                        tags[1],
+                        (
+                            "source",
+                            match source {
+                                BlockSource::Passive => "passive",
+                                BlockSource::Probe => "probe",
+                            },
+                        ),
+                    ],
+                ),
+            ),
+            OriginStat::Unblocks => (
+                MetricKind::Counter,
+                full_name("origin_pull_origin_unblocks_total", &tags),
+            ),
+            OriginStat::Probe(healthy) => (
+                MetricKind::Counter,
+                full_name(
+                    "origin_pull_probes_total",
+                    &[
+                        tags[0],
+                        tags[1],
+                        ("result", if healthy { "success" } else { "failure" }),
+                    ],
+                ),
+            ),
+            OriginStat::Blocked => (
+                MetricKind::Gauge,
+                full_name("origin_pull_origin_blocked", &tags),
+            ),
+            OriginStat::BlockedUntil => (
+                MetricKind::Gauge,
+                full_name("origin_pull_origin_blocked_until_seconds", &tags),
+            ),
+        };
+        let id = self
+            .metrics
+            .registry
+            .borrow_mut()
+            .id(host, kind, name, Scope::Origin);
+        self.metrics
+            .origins
+            .borrow_mut()
+            .insert(cache_key, id.map_or(Slot::Unavailable, Slot::Id));
+        id
+    }
+
+    fn bump(&self, host: &mut impl Host, stat: OriginStat) {
+        if let Some(id) = self.id(host, stat) {
+            host.increment_metric(id, 1);
+        }
+    }
+
+    /// A request (routed or callout) was sent to this origin: counted per origin only with
+    /// `metrics.per_origin`.
+    pub fn request(&self, host: &mut impl Host) {
+        if self.metrics.per_origin {
+            self.bump(host, OriginStat::Requests);
+        }
+    }
+
+    pub fn failure(&self, host: &mut impl Host, answer: Answer) {
+        if let Some(i) = failure_index(answer) {
+            self.bump(host, OriginStat::Failure(i as u8));
+        }
+    }
+
+    /// A block was written until `until_ms` (the gauges follow at once; ticks clear them when
+    /// it expires).
+    pub fn blocked(&self, host: &mut impl Host, source: BlockSource, until_ms: Option<u64>) {
+        self.bump(host, OriginStat::Blocks(source));
+        self.set_blocked(host, Some(until_ms.unwrap_or(1)));
+    }
+
+    pub fn unblocked(&self, host: &mut impl Host) {
+        self.bump(host, OriginStat::Unblocks);
+        self.set_blocked(host, None);
+    }
+
+    /// A probe verdict: failures always counted, successes only with `metrics.per_origin`.
+    pub fn probe(&self, host: &mut impl Host, healthy: bool) {
+        if !healthy || self.metrics.per_origin {
+            self.bump(host, OriginStat::Probe(healthy));
+        }
+    }
+
+    /// Master address labels of this origin's domain.
+    pub fn domain_master_labels(&self) -> Vec<&str> {
+        self.metrics.master_labels(self.key.0 as usize)
+    }
+
+    /// Sets this origin's domain's `origin_pull_masters_available` (see
+    /// [`Metrics::set_masters_available`]).
+    pub fn set_masters_available(&self, host: &mut impl Host, is_blocked: impl Fn(&str) -> bool) {
+        self.metrics
+            .set_masters_available(host, self.key.0 as usize, is_blocked);
+    }
+
+    /// `Some(until_ms)` while blocked (an unknown end may be given as any non-zero value).
+    /// Defines the two block gauges on first use; this VM then keeps them current.
+    pub fn set_blocked(&self, host: &mut impl Host, until_ms: Option<u64>) {
+        let known = self
+            .metrics
+            .origins
+            .borrow()
+            .contains_key(&(self.key, OriginStat::Blocked));
+        let blocked = self.id(host, OriginStat::Blocked);
+        let until = self.id(host, OriginStat::BlockedUntil);
+        if !known {
+            let mut registry = self.metrics.registry.borrow_mut();
+            if (blocked.is_some() || until.is_some()) && registry.gauge_ids.insert((blocked, until))
+            {
+                registry.gauges.push(BlockGauges {
+                    domain: self.domain.to_string(),
+                    label: self.label.to_string(),
+                    blocked,
+                    until,
+                });
+            }
+        }
+        record_block(host, blocked, until, until_ms);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::parse;
-    use crate::host::fake::FakeHost;
-
-    fn config() -> PluginConfig {
-        parse(
-            br#"{"domains":[{"domain":"www.test.com","master":{"ips":["10.0.0.1","10.0.0.2"],"protocol":"follow"},
-                "slave":{"ips":["10.0.0.1"]}}]}"#,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn names_carry_their_labels_and_are_defined_once_per_origin() {
-        let mut host = FakeHost::new(1);
-        let metrics = Metrics::define(&config(), &mut host);
-        let names: Vec<&str> = host.metrics.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert!(names
-            .contains(&"origin_pull_origin_requests_total;domain=www.test.com;origin=10.0.0.1:80"));
-        assert!(names.contains(&"origin_pull_origin_failures_total;domain=www.test.com;origin=10.0.0.2:443;kind=timeout"));
-        assert!(names.contains(
-            &"origin_pull_origin_blocks_total;domain=www.test.com;origin=10.0.0.1:80;source=probe"
-        ));
-        assert!(names.contains(
-            &"origin_pull_probes_total;domain=www.test.com;origin=10.0.0.1:443;result=failure"
-        ));
-        assert!(names.contains(&"origin_pull_failovers_total;domain=www.test.com;outcome=served"));
-        assert!(names.iter().all(|n| n.starts_with("origin_pull_")));
-        // Counters end in `_total`; the gauges are exactly these.
-        let gauges = [
-            "origin_pull_origin_blocked",
-            "origin_pull_origin_blocked_until_seconds",
-            "origin_pull_masters_available",
-        ];
-        for (kind, name) in host.metrics.iter().map(|(k, n, _)| (k, n)) {
-            let base = name.split(';').next().unwrap();
-            assert_eq!(*kind == MetricKind::Gauge, gauges.contains(&base), "{name}");
-            assert!(
-                *kind == MetricKind::Gauge || base.ends_with("_total"),
-                "{name}"
-            );
-        }
-        // Master 10.0.0.1 and slave 10.0.0.1 over http share one set of stats.
-        let a = metrics.origin(0, Role::Master, 0, Scheme::Http).unwrap();
-        let b = metrics.origin(0, Role::Slave, 0, Scheme::Http).unwrap();
-        assert_eq!(a.label, b.label);
-        assert_eq!(
-            metrics
-                .origin(0, Role::Master, 1, Scheme::Https)
-                .unwrap()
-                .label,
-            "10.0.0.2:443"
-        );
-        assert!(metrics.origin(0, Role::Master, 2, Scheme::Http).is_none());
-        assert!(metrics.origin(1, Role::Master, 0, Scheme::Http).is_none());
-        // 4 labels (10.0.0.1:80, 10.0.0.1:443, 10.0.0.2:80, 10.0.0.2:443) × 13 stats + 3.
-        assert_eq!(metrics.origins(0).len(), 4);
-        assert_eq!(host.metrics.len(), 4 * 13 + 3);
-    }
-
-    #[test]
-    fn counting_touches_only_the_right_stat() {
-        let mut host = FakeHost::new(1);
-        let metrics = Metrics::define(&config(), &mut host);
-        let m = metrics
-            .origin(0, Role::Master, 1, Scheme::Http)
-            .unwrap()
-            .clone();
-        m.request(&mut host);
-        m.failure(&mut host, Answer::Status(503));
-        m.failure(&mut host, Answer::Status(200)); // not a failure
-        m.failure(&mut host, Answer::ConnectError);
-        m.blocked(&mut host, BlockSource::Passive, Some(1_700_000_060_001));
-        metrics.failover(&mut host, 0, true);
-        let base = ";domain=www.test.com;origin=10.0.0.2:80";
-        let get = |name: &str| host.metric(name).unwrap();
-        assert_eq!(get(&format!("origin_pull_origin_requests_total{base}")), 1);
-        assert_eq!(
-            get(&format!("origin_pull_origin_failures_total{base};kind=5xx")),
-            1
-        );
-        assert_eq!(
-            get(&format!(
-                "origin_pull_origin_failures_total{base};kind=connect"
-            )),
-            1
-        );
-        assert_eq!(
-            get(&format!("origin_pull_origin_failures_total{base};kind=4xx")),
-            0
-        );
-        assert_eq!(
-            get(&format!(
-                "origin_pull_origin_blocks_total{base};source=passive"
-            )),
-            1
-        );
-        assert_eq!(get(&format!("origin_pull_origin_blocked{base}")), 1);
-        assert_eq!(
-            get(&format!("origin_pull_origin_blocked_until_seconds{base}")),
-            1_700_000_061
-        );
-        assert_eq!(
-            get("origin_pull_failovers_total;domain=www.test.com;outcome=served"),
-            1
-        );
-        m.unblocked(&mut host);
-        let get = |name: &str| host.metric(name).unwrap();
-        assert_eq!(get(&format!("origin_pull_origin_blocked{base}")), 0);
-        assert_eq!(
-            get(&format!("origin_pull_origin_blocked_until_seconds{base}")),
-            0
-        );
-        assert_eq!(get(&format!("origin_pull_origin_unblocks_total{base}")), 1);
-        let total: i64 = host.metrics.iter().map(|(_, _, v)| v).sum();
-        assert_eq!(total, 6); // request, 5xx, connect, block, failover, unblock; gauge back to 0
-    }
-
-    #[test]
-    fn masters_available_counts_unblocked_master_addresses_only() {
-        let mut host = FakeHost::new(1);
-        let metrics = Metrics::define(&config(), &mut host);
-        let name = "origin_pull_masters_available;domain=www.test.com";
-        // Masters: 10.0.0.1 and 10.0.0.2 on :80 and :443 (follow); the slave 10.0.0.1:80 is
-        // also a master address here.
-        metrics.set_masters_available(&mut host, 0, |_| false);
-        assert_eq!(host.metric(name), Some(4));
-        metrics.set_masters_available(&mut host, 0, |l| l.starts_with("10.0.0.1:"));
-        assert_eq!(host.metric(name), Some(2));
-        metrics.set_masters_available(&mut host, 0, |_| true);
-        assert_eq!(host.metric(name), Some(0));
-        metrics.set_masters_available(&mut host, 7, |_| true); // no such domain: no-op
-    }
-
-    #[test]
-    fn separators_in_values_cannot_forge_tags() {
-        assert_eq!(tag_value("a;kind=x y"), "a_kind_x_y");
-    }
-}
+mod tests;

@@ -5,7 +5,7 @@
 //! configured origin and writes the verdicts into the shared block table that passive
 //! detection uses, so all workers see them. A holder that stops renewing (VM gone, config
 //! replaced) loses the lease when it expires and another VM takes over; its streaks start
-//! again from zero. The lease holder also refreshes the `origin_pull_origin_blocked` gauges,
+//! again from zero. Every VM also refreshes the `origin_pull_origin_blocked` gauges it defined,
 //! which is why the tick runs even without probes.
 
 use std::time::Duration;
@@ -120,8 +120,6 @@ impl Target {
 pub struct Prober {
     holder: u64,
     targets: Vec<Target>,
-    /// Domain names by index (blocks belong to a domain), for the gauges.
-    domain_names: Vec<String>,
     tick_ms: u64,
     lease_ms: u64,
     holding: bool,
@@ -169,7 +167,6 @@ impl Prober {
         Prober {
             holder,
             targets,
-            domain_names: config.domains.iter().map(|d| d.name.clone()).collect(),
             tick_ms,
             lease_ms: (tick_ms * LEASE_TICKS).max(MIN_LEASE_MS),
             holding: false,
@@ -205,33 +202,33 @@ impl Prober {
             );
             self.targets.iter_mut().for_each(Target::reset);
         }
-        if !holding {
-            return;
-        }
+        // Every VM keeps the blocked gauges IT defined current (they are defined lazily, on a
+        // block, so no VM knows them all); a block that simply expires is written by nobody.
         if now >= self.next_gauge_ms {
             self.next_gauge_ms = now + GAUGE_REFRESH_MS;
-            for d in 0..metrics.domain_count() {
-                let Some(domain) = self.domain_names.get(d) else {
+            // The block gauges this VM defined (on a block: they are lazy, so no VM knows them
+            // all) and its availability gauges follow the per-domain block table.
+            for g in metrics.registry().borrow().block_gauges() {
+                let until = blocks
+                    .blocked_until(host, &g.domain, &g.label)
+                    .filter(|&until| until > now);
+                g.record(host, until);
+            }
+            for d in metrics.availability_domains() {
+                let Some(domain) = metrics.domain_name(d) else {
                     continue;
                 };
-                // One read per domain; origins' keys only for a domain with a block.
                 let any = blocks.domain_has_blocks(host, domain, now);
-                let mut blocked: Vec<&str> = Vec::new();
-                for origin in metrics.origins(d) {
-                    let until = if any {
-                        blocks
-                            .blocked_until(host, domain, &origin.label)
-                            .filter(|&until| until > now)
-                    } else {
-                        None
-                    };
-                    if until.is_some() {
-                        blocked.push(origin.label.as_str());
-                    }
-                    origin.set_blocked(host, until);
-                }
+                let blocked: Vec<&str> = metrics
+                    .master_labels(d)
+                    .into_iter()
+                    .filter(|l| any && blocks.is_blocked(host, domain, l, now))
+                    .collect();
                 metrics.set_masters_available(host, d, |label| blocked.contains(&label));
             }
+        }
+        if !holding {
+            return;
         }
         for target in &mut self.targets {
             if let Some((_, sent)) = target.in_flight {
@@ -353,7 +350,7 @@ fn judge(
     host: &mut impl Host,
     blocks: &mut BlockTable,
     target: &mut Target,
-    origin: Option<&OriginMetrics>,
+    origin: Option<OriginMetrics>,
     answer: Answer,
     healthy: bool,
 ) {
@@ -401,6 +398,7 @@ fn judge(
             if let Some(m) = origin {
                 let until = blocks.blocked_until(host, &target.domain_name, &target.label);
                 m.blocked(host, BlockSource::Probe, until);
+                availability(host, blocks, &m, &target.domain_name);
             }
         }
         target.saw_blocked = true;
@@ -415,10 +413,23 @@ fn judge(
             );
             if let Some(m) = origin {
                 m.unblocked(host);
+                availability(host, blocks, &m, &target.domain_name);
             }
         }
         target.saw_blocked = false;
     }
+}
+
+/// The domain's `origin_pull_masters_available` after a probe blocked or unblocked one of its
+/// origins (defined then, if it was not: every VM keeps it current from then on).
+fn availability(host: &mut impl Host, blocks: &BlockTable, origin: &OriginMetrics, domain: &str) {
+    let now = host.now_ms();
+    let blocked: Vec<&str> = origin
+        .domain_master_labels()
+        .into_iter()
+        .filter(|l| blocks.is_blocked(host, domain, l, now))
+        .collect();
+    origin.set_masters_available(host, |l| blocked.contains(&l));
 }
 
 fn answer_text(answer: Answer) -> String {

@@ -43,7 +43,7 @@ fn router_plans_master_then_slave_and_names_the_server() {
     );
     let mut host = FakeHost::new(1);
     let mut blocks = BlockTable::default();
-    let metrics = Rc::new(Metrics::define(&config, &mut host));
+    let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
     let mut info = get("www.test.com");
     info.metrics = Some(&metrics);
     let mut ex = Exchange::start(&config, &mut blocks, &mut host, &info).unwrap();
@@ -81,8 +81,9 @@ fn router_plans_master_then_slave_and_names_the_server() {
     );
     // The request itself is counted per attempt by the upstream instance, not here.
     assert_eq!(
-        host.metric("origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.2:80"),
-        Some(0)
+        host.metric("origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.2:80")
+            .unwrap_or(0),
+        0
     );
     // The slave's answer, marked attempt 2 by the upstream instance.
     assert_eq!(
@@ -873,9 +874,21 @@ fn weighted_polling_through_the_exchange() {
 
 /// Runs the seeds' flow with stats: master answers `master`, the slave (if asked) `slave`.
 fn counted(master: (u32, u64), slave: Option<u32>) -> (FakeHost, Rc<Metrics>) {
-    let cfg = seeds_config("");
+    counted_with(master, slave, true)
+}
+
+/// [`counted`] with per-origin request series on or off (`metrics.per_origin`).
+fn counted_with(
+    master: (u32, u64),
+    slave: Option<u32>,
+    per_origin: bool,
+) -> (FakeHost, Rc<Metrics>) {
+    let cfg = config(&format!(
+        r#"{{"metrics":{{"per_origin":{per_origin}}},"domains":[{{"domain":"www.test.com",
+            "master":{{"ips":["1.1.1.1"]}},"slave":{{"ips":["2.2.2.2"]}}}}]}}"#
+    ));
     let mut host = FakeHost::new(1);
-    let metrics = Rc::new(Metrics::define(&cfg, &mut host));
+    let metrics = Rc::new(Metrics::new(cfg.clone(), Rc::default()));
     let mut blocks = BlockTable::default();
     client_headers(&mut host, "GET", "/1.jpg");
     let req = RequestInfo {
@@ -899,7 +912,9 @@ const SLAVE: &str = ";domain=www.test.com;origin=2.2.2.2:80";
 #[test]
 fn stats_count_requests_failures_and_failover_outcomes() {
     let (host, _) = counted((404, 0), Some(200));
-    let get = |name: &str| host.metric(name).unwrap();
+    // A series that never counted anything is not defined: read it as 0.
+    let get = |name: &str| host.metric(name).unwrap_or(0);
+    assert_eq!(get("origin_pull_requests_total;domain=www.test.com"), 1);
     assert_eq!(
         get(&format!("origin_pull_origin_requests_total{MASTER}")),
         1
@@ -927,7 +942,7 @@ fn stats_count_requests_failures_and_failover_outcomes() {
     );
 
     let (host, _) = counted((0, UF), Some(503));
-    let get = |name: &str| host.metric(name).unwrap();
+    let get = |name: &str| host.metric(name).unwrap_or(0);
     assert_eq!(
         get(&format!(
             "origin_pull_origin_failures_total{MASTER};kind=connect"
@@ -954,7 +969,30 @@ fn stats_count_requests_failures_and_failover_outcomes() {
 
     let (host, _) = counted((200, 0), None);
     let total: i64 = host.metrics.iter().map(|(_, _, v)| v).sum();
-    assert_eq!(total, 1, "a plain 2xx only counts the request sent");
+    assert_eq!(
+        total, 2,
+        "a plain 2xx only counts the request (domain and origin)"
+    );
+
+    // By default a plain 2xx defines and counts the domain's series only.
+    let (host, _) = counted_with((200, 0), None, false);
+    assert_eq!(host.metrics.len(), 1);
+    assert_eq!(
+        host.metric("origin_pull_requests_total;domain=www.test.com"),
+        Some(1)
+    );
+    // A failover defines the failed origin's series, not the healthy slave's.
+    let (host, _) = counted_with((404, 0), Some(200), false);
+    let mut names: Vec<&str> = host.metrics.iter().map(|(_, n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "origin_pull_failovers_total;domain=www.test.com;outcome=served",
+            "origin_pull_origin_failures_total;domain=www.test.com;origin=1.1.1.1:80;kind=4xx",
+            "origin_pull_requests_total;domain=www.test.com",
+        ]
+    );
 }
 
 #[test]

@@ -1,3 +1,5 @@
+use std::rc::Rc;
+
 use super::*;
 use crate::config::parse;
 use crate::host::fake::FakeHost;
@@ -27,8 +29,7 @@ struct Vm {
 
 impl Vm {
     fn new(cfg: &PluginConfig, host: FakeHost, holder: u64) -> Vm {
-        let mut host = host;
-        let metrics = Metrics::define(cfg, &mut host);
+        let metrics = Metrics::new(Rc::new(cfg.clone()), Rc::default());
         Vm {
             host,
             prober: Prober::new(cfg, holder),
@@ -242,11 +243,19 @@ fn dead_origin_is_blocked_after_the_unhealthy_threshold_for_every_worker() {
         vm.host.metric(&format!("origin_pull_origin_blocked{tags}")),
         Some(1)
     );
+    // The domain's availability gauge is defined by the probe's block: 1 of 2 masters left.
+    assert_eq!(
+        vm.host
+            .metric("origin_pull_masters_available;domain=www.test.com"),
+        Some(1)
+    );
+    // A healthy origin's probe successes are per-origin traffic: counted only with
+    // `metrics.per_origin`, so no series exists for it here.
     assert_eq!(
         vm.host.metric(
             "origin_pull_probes_total;domain=www.test.com;origin=10.0.0.1:8080;result=success"
         ),
-        Some(2)
+        None
     );
     // Still dead 50 s later: the block is extended rather than allowed to lapse.
     for _ in 0..70 {
@@ -404,17 +413,37 @@ fn late_ticks_do_not_stretch_the_interval() {
 }
 
 #[test]
-fn holder_refreshes_the_blocked_gauges_when_blocks_expire() {
+fn every_vm_refreshes_the_blocked_gauges_it_defined_when_blocks_expire() {
     let cfg = config("");
     let mut vm = Vm::new(&cfg, FakeHost::new(1), 1);
+    // Another VM holds the lease: the refresh does not depend on holding it.
+    let mut other = Vm::new(&cfg, vm.host.sibling(2), 2);
+    other.tick();
+    assert!(other.prober.is_holder());
     vm.blocks
         .block(&mut vm.host, "www.test.com", "10.0.0.2:8080", 2_000);
-    vm.tick();
+    let until = vm
+        .blocks
+        .blocked_until(&vm.host, "www.test.com", "10.0.0.2:8080");
+    vm.metrics
+        .origin(0, Role::Master, 1, Scheme::Http)
+        .unwrap()
+        .blocked(&mut vm.host, BlockSource::Passive, until);
     let gauge = "origin_pull_origin_blocked;domain=www.test.com;origin=10.0.0.2:8080";
     assert_eq!(vm.host.metric(gauge), Some(1));
-    vm.advance(2_500);
+    vm.advance(1_000);
+    vm.tick();
+    assert!(!vm.prober.is_holder());
+    assert_eq!(vm.host.metric(gauge), Some(1), "still blocked");
+    vm.advance(1_500);
     vm.tick();
     assert_eq!(vm.host.metric(gauge), Some(0));
+    // Gauges nobody blocked are never defined.
+    assert_eq!(
+        vm.host
+            .metric("origin_pull_origin_blocked;domain=www.test.com;origin=10.0.0.1:8080"),
+        None
+    );
     assert!(
         vm.host.callouts.is_empty(),
         "passive-only: no probe traffic"
