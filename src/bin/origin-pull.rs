@@ -29,9 +29,13 @@ render  Writes the Envoy configuration the plugin configuration needs: the clust
         log with origin-pull's fields, admin on loopback. Named clusters (cluster origins) are left
         to you: they are listed in the output's header and on stderr.
   (default)            one static bootstrap on stdout (or -o FILE)
-  --out-dir DIR        DIR/envoy.yaml (bootstrap) + DIR/lds.yaml + DIR/cds.yaml, file-watched:
-                       re-render elsewhere and `mv` cds.yaml then lds.yaml over them to reload
-  --config-dir PATH    the directory of lds.yaml/cds.yaml as Envoy sees it (default: DIR as given)
+  --out-dir DIR        DIR/envoy.yaml (bootstrap) + DIR/lds.yaml + DIR/cds.yaml + DIR/ecds.json,
+                       file-watched: re-render elsewhere and `mv` cds.yaml then ecds.json over
+                       them to reload (ecds.json holds the plugin configuration: a change applies
+                       to the next request, keep-alive connections included)
+    --delivery lds     put the plugin configuration in lds.yaml instead (no ecds.json): a change
+                       replaces the listener; open connections keep the old one until they close
+  --config-dir PATH    the directory of the watched files as Envoy sees it (default: DIR as given)
   --wasm-url URL       Envoy downloads the module from http(s)://HOST[:PORT]/PATH (a `remote`
                        code source through the cluster origin_pull_wasm_fetch, retried with
                        backoff) instead of reading --wasm; needs --sha256
@@ -164,6 +168,7 @@ struct RenderArgs {
     opts: Options,
     istio_opts: istio::IstioOptions,
     config_dir: Option<String>,
+    delivery_given: bool,
 }
 
 fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
@@ -181,6 +186,16 @@ fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
             "--istio" => r.istio = true,
             "--out-dir" => r.out_dir = Some(value(arg)?),
             "--config-dir" => r.config_dir = Some(value(arg)?),
+            "--delivery" => {
+                r.opts.delivery = match value(arg)?.as_str() {
+                    "ecds" => render::Delivery::Ecds,
+                    "lds" => render::Delivery::Lds,
+                    other => {
+                        return Err(format!("--delivery {other}: expected ecds or lds"));
+                    }
+                };
+                r.delivery_given = true;
+            }
             "-o" | "--output" => r.output = Some(value(arg)?),
             "--listen" => {
                 (r.opts.listen_ip, r.opts.listen_port) = render::parse_socket(&value(arg)?)?
@@ -277,6 +292,9 @@ fn parse_render_args(args: &[String]) -> Result<RenderArgs, String> {
         return Err("--wasm-fetch-retries goes with --wasm-url (plain Envoy)".into());
     } else if !r.istio && r.istio_opts.sha256.is_some() {
         return Err("--sha256 goes with --wasm-url (a local --wasm file is not checked)".into());
+    }
+    if r.delivery_given && r.out_dir.is_none() {
+        return Err("--delivery goes with --out-dir".into());
     }
     Ok(r)
 }

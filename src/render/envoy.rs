@@ -3,7 +3,7 @@
 //! and the bootstrap around them — either fully static or watching `lds.yaml`/`cds.yaml`.
 
 use super::yaml::{list, map, to_yaml, Node};
-use super::{provided_clusters, Options, RemoteWasm, WASM_FETCH_CLUSTER};
+use super::{ecds, provided_clusters, Delivery, Options, RemoteWasm, WASM_FETCH_CLUSTER};
 use crate::chain::{AttemptClusterSpec, ChainSpec, UPSTREAM_ROOT_ID};
 use crate::clusters::{ClusterKind, ClusterSpec};
 use crate::config::PluginConfig;
@@ -561,8 +561,14 @@ pub fn wasm_filter(plugin_config_text: &str, opts: &Options) -> Node {
     ])
 }
 
-/// The listener (without `@type`).
+/// The listener (without `@type`) with the wasm filter and its configuration inline.
 pub fn listener(config: &PluginConfig, plugin_config_text: &str, opts: &Options) -> Node {
+    listener_with_filter(config, wasm_filter(plugin_config_text, opts), opts)
+}
+
+/// The listener (without `@type`) around `filter`, the origin-pull HTTP filter entry (inline,
+/// or ECDS-discovered).
+pub fn listener_with_filter(config: &PluginConfig, filter: Node, opts: &Options) -> Node {
     let hcm = typed(
         HCM_TYPE,
         entries(map([
@@ -608,7 +614,7 @@ pub fn listener(config: &PluginConfig, plugin_config_text: &str, opts: &Options)
             (
                 "http_filters",
                 list([
-                    wasm_filter(plugin_config_text, opts),
+                    filter,
                     map([
                         ("name", "envoy.filters.http.router".into()),
                         (
@@ -702,7 +708,8 @@ pub fn static_bootstrap(config: &PluginConfig, plugin_config_text: &str, opts: &
     format!("{head}\n{}", to_yaml(&Node::Map(doc)))
 }
 
-fn path_source(dir: &str, file: &str) -> Node {
+/// A file-watched config source for `file` in `dir` (as Envoy sees it).
+pub fn path_source(dir: &str, file: &str) -> Node {
     let path = if dir.is_empty() || dir == "." {
         file.to_string()
     } else {
@@ -725,20 +732,38 @@ pub const BOOTSTRAP_FILE: &str = "envoy.yaml";
 pub const LDS_FILE: &str = "lds.yaml";
 pub const CDS_FILE: &str = "cds.yaml";
 
-/// Bootstrap + `lds.yaml` + `cds.yaml`: Envoy watches `opts.config_dir` and applies a new
-/// listener or cluster set when a file is moved over the old one.
+/// Bootstrap + `lds.yaml` + `cds.yaml` (+ `ecds.json` with ECDS delivery, the default):
+/// Envoy watches `opts.config_dir` and applies a new plugin configuration, listener or cluster
+/// set when a file is moved over the old one.
 pub fn dynamic_files(
     config: &PluginConfig,
     plugin_config_text: &str,
     opts: &Options,
 ) -> Vec<(&'static str, String)> {
-    let reload = format!(
-        "# To apply a new plugin configuration without a restart, render into another directory and\n\
-         # `mv` {CDS_FILE} then {LDS_FILE} over these: Envoy reacts to files MOVED into {dir}/\n\
-         # (mv, sed -i, a Kubernetes ConfigMap's atomic swap), not to in-place writes. A configuration\n\
-         # the filter rejects shows as listener_manager.lds.update_rejected; the old one keeps serving.\n",
-        dir = if opts.config_dir.is_empty() { "." } else { opts.config_dir.as_str() }
-    );
+    let dir = if opts.config_dir.is_empty() {
+        "."
+    } else {
+        opts.config_dir.as_str()
+    };
+    let reload = match opts.delivery {
+        Delivery::Ecds => format!(
+            "# To apply a new plugin configuration without a restart, render into another directory and\n\
+             # `mv` {CDS_FILE} then {ecds} over these (the plugin configuration is in {ecds}, an ECDS\n\
+             # resource: the next request on every connection uses it, keep-alive ones included; {LDS_FILE}\n\
+             # only changes with render's listener options). Envoy reacts to files MOVED into {dir}/\n\
+             # (mv, sed -i, a Kubernetes ConfigMap's atomic swap), not to in-place writes. A configuration the\n\
+             # filter rejects shows as extension_config_discovery.http_filter.{name}.config_fail; the old one\n\
+             # keeps serving.\n",
+            ecds = ecds::ECDS_FILE,
+            name = ecds::FILTER_NAME,
+        ),
+        Delivery::Lds => format!(
+            "# To apply a new plugin configuration without a restart, render into another directory and\n\
+             # `mv` {CDS_FILE} then {LDS_FILE} over these: Envoy reacts to files MOVED into {dir}/\n\
+             # (mv, sed -i, a Kubernetes ConfigMap's atomic swap), not to in-place writes. A configuration\n\
+             # the filter rejects shows as listener_manager.lds.update_rejected; the old one keeps serving.\n"
+        ),
+    };
     let mut boot = node_and_admin(opts);
     boot.push((
         "dynamic_resources".into(),
@@ -747,11 +772,15 @@ pub fn dynamic_files(
             ("cds_config", path_source(&opts.config_dir, CDS_FILE)),
         ]),
     ));
+    let filter = match opts.delivery {
+        Delivery::Ecds => ecds::discovered_filter(opts),
+        Delivery::Lds => wasm_filter(plugin_config_text, opts),
+    };
     let lds = map([(
         "resources",
         list([with_type(
             LISTENER_TYPE,
-            listener(config, plugin_config_text, opts),
+            listener_with_filter(config, filter, opts),
         )]),
     )]);
     let cds = map([(
@@ -763,7 +792,11 @@ pub fn dynamic_files(
                 .collect(),
         ),
     )]);
-    vec![
+    let listener_what = match opts.delivery {
+        Delivery::Ecds => "origin-pull listener: route by cluster header, the wasm filter (its configuration comes from\n# ecds.json), access log.",
+        Delivery::Lds => "origin-pull listener: route by cluster header, the wasm filter with its plugin configuration, access log.",
+    };
+    let mut files = vec![
         (
             BOOTSTRAP_FILE,
             format!(
@@ -780,11 +813,7 @@ pub fn dynamic_files(
             LDS_FILE,
             format!(
                 "{}{reload}\n{}",
-                header(
-                    "origin-pull listener: route by cluster header, the wasm filter with its plugin configuration, access log.",
-                    config,
-                    opts
-                ),
+                header(listener_what, config, opts),
                 to_yaml(&lds)
             ),
         ),
@@ -800,5 +829,12 @@ pub fn dynamic_files(
                 to_yaml(&cds)
             ),
         ),
-    ]
+    ];
+    if opts.delivery == Delivery::Ecds {
+        files.push((
+            ecds::ECDS_FILE,
+            ecds::resource_file(plugin_config_text, opts),
+        ));
+    }
+    files
 }

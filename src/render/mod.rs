@@ -2,6 +2,7 @@
 //! from [`PluginConfig::cluster_specs`] so that clusters, route and filter can never disagree
 //! with what the filter routes to. Native only (never compiled into the filter).
 
+pub mod ecds;
 pub mod envoy;
 pub mod istio;
 pub mod yaml;
@@ -51,6 +52,20 @@ pub struct Options {
     pub env_keys: Vec<String>,
     /// Envoy fetches the module over HTTP(S) instead of reading `wasm` (`render --wasm-url`).
     pub remote_wasm: Option<RemoteWasm>,
+    /// How the file-watched set delivers the plugin configuration.
+    pub delivery: Delivery,
+}
+
+/// Where the file-watched set (`--out-dir`) puts the wasm filter's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Its own ECDS resource (`ecds.json`): a change applies to the next request, also on
+    /// keep-alive connections, without touching the listener.
+    #[default]
+    Ecds,
+    /// Inside the listener (`lds.yaml`): a change replaces the listener; open connections keep
+    /// the old configuration until they close.
+    Lds,
 }
 
 /// The cluster Envoy fetches a remote module through.
@@ -145,6 +160,7 @@ impl Default for Options {
             source: "(stdin)".into(),
             env_keys: Vec::new(),
             remote_wasm: None,
+            delivery: Delivery::default(),
         }
     }
 }

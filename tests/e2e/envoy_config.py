@@ -28,6 +28,9 @@ SHIPPED_DIR = REPO / "envoy"
 SHIPPED_BOOTSTRAP = SHIPPED_DIR / "envoy.yaml"
 SHIPPED_LDS = SHIPPED_DIR / "lds.yaml"
 SHIPPED_CDS = SHIPPED_DIR / "cds.yaml"
+SHIPPED_ECDS = SHIPPED_DIR / "ecds.json"
+# The origin-pull HTTP filter's name in the listener = its ECDS resource's name.
+FILTER_NAME = "origin_pull"
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "origin_pull.wasm"
 CLI = Path(os.environ.get("ORIGIN_PULL_CLI") or REPO / "target" / "release" / "origin-pull")
 IP_CLUSTER_HTTP = "origin_pull_ip_http"
@@ -58,6 +61,7 @@ class RenderedSet(NamedTuple):
     listeners: list     # lds.yaml resources (with "@type")
     clusters: list      # cds.yaml resources (with "@type")
     checked: bool       # False: the plugin configuration was placed unchecked (render refused it)
+    ecds: list = None   # ecds.json resources (TypedExtensionConfig) with delivery="ecds"
 
 
 def config_text(plugin_config):
@@ -66,7 +70,8 @@ def config_text(plugin_config):
 
 def render_files(plugin_config, out_dir, *, listen=("127.0.0.1", 10000), admin=("127.0.0.1", 9901),
                  wasm=None, ca_file=None, connect_timeout=None, route_timeout=None, node_id=None,
-                 config_dir=None, cli=None, first_byte_timeout=None, idle_timeout=None):
+                 config_dir=None, cli=None, first_byte_timeout=None, idle_timeout=None,
+                 delivery=None):
     """Run `origin-pull render <config> --out-dir out_dir ...`; returns out_dir (a Path).
     Raises RenderRefused for an invalid plugin configuration."""
     out_dir = Path(out_dir)
@@ -81,7 +86,7 @@ def render_files(plugin_config, out_dir, *, listen=("127.0.0.1", 10000), admin=(
                         ("--route-timeout", route_timeout), ("--node-id", node_id),
                         ("--first-byte-timeout", first_byte_timeout),
                         ("--idle-timeout", idle_timeout),
-                        ("--config-dir", config_dir)):
+                        ("--config-dir", config_dir), ("--delivery", delivery)):
         if value:
             args += [flag, str(value)]
     if not Path(args[0]).exists():
@@ -94,22 +99,28 @@ def render_files(plugin_config, out_dir, *, listen=("127.0.0.1", 10000), admin=(
     return out_dir
 
 
-def render_set(plugin_config, *, vm_env=None, **kw):
+def render_set(plugin_config, *, vm_env=None, delivery="lds", **kw):
     """The rendered bootstrap, listeners and clusters for a plugin configuration (a dict, or a
     string passed verbatim, e.g. deliberately invalid JSON). `vm_env` (a test's own
-    vm_config.environment_variables) replaces what render derived from the `*_env` fields."""
+    vm_config.environment_variables) replaces what render derived from the `*_env` fields.
+    delivery="lds" (default here: helpers want a listener carrying its configuration) or "ecds"
+    (render's own default: the configuration is in `ecds`, the listener discovers it)."""
     with tempfile.TemporaryDirectory(prefix="origin-pull-render-") as tmp:
         checked = True
         try:
-            out = render_files(plugin_config, tmp, **kw)
+            out = render_files(plugin_config, tmp, delivery=delivery, **kw)
         except RenderRefused:
             checked = False
-            out = render_files(PLACEHOLDER_CONFIG, tmp, **kw)
+            out = render_files(PLACEHOLDER_CONFIG, tmp, delivery=delivery, **kw)
+        ecds = None
+        if (out / "ecds.json").exists():
+            ecds = json.loads((out / "ecds.json").read_text(encoding="utf-8"))["resources"]
         rendered = RenderedSet(_load_yaml(out / "envoy.yaml"),
                                _load_yaml(out / "lds.yaml")["resources"],
-                               _load_yaml(out / "cds.yaml")["resources"], checked)
-    for lst in rendered.listeners:
-        wasm = _wasm_config(lst)
+                               _load_yaml(out / "cds.yaml")["resources"], checked, ecds)
+    configs = ([r["typed_config"]["config"] for r in rendered.ecds] if rendered.ecds is not None
+               else [_wasm_config(lst) for lst in rendered.listeners])
+    for wasm in configs:
         if not checked:
             wasm["configuration"]["value"] = config_text(plugin_config)
         if vm_env:
@@ -136,7 +147,35 @@ def load_shipped_bootstrap():
 
 
 def load_shipped_listeners():
-    return _load_yaml(SHIPPED_LDS)["resources"]
+    """The shipped listeners with the shipped ECDS resource (envoy/ecds.json) inlined, i.e. what
+    Envoy runs: each carries its wasm filter's configuration."""
+    listeners = _load_yaml(SHIPPED_LDS)["resources"]
+    if SHIPPED_ECDS.exists():
+        resources = json.loads(SHIPPED_ECDS.read_text(encoding="utf-8"))["resources"]
+        listeners = inline_ecds(listeners, resources)
+    return listeners
+
+
+def inline_ecds(listeners, resources):
+    """Listeners whose ECDS-discovered HTTP filters are replaced by the resources' configuration
+    (as `render --delivery lds` would have written them)."""
+    by_name = {r["name"]: r for r in resources}
+    out = copy.deepcopy(listeners)
+    for lst in out:
+        filters = _hcm(lst)["http_filters"]
+        for i, f in enumerate(filters):
+            if "config_discovery" in f and f["name"] in by_name:
+                filters[i] = {"name": "envoy.filters.http.wasm",
+                              "typed_config": copy.deepcopy(by_name[f["name"]]["typed_config"])}
+    return out
+
+
+def discovered_filter(listener):
+    """The listener's ECDS-discovered origin-pull filter entry (config_discovery)."""
+    for f in _hcm(listener)["http_filters"]:
+        if f["name"] == FILTER_NAME and "config_discovery" in f:
+            return f
+    raise KeyError("no ECDS-discovered origin_pull filter in listener")
 
 
 def load_shipped_clusters():

@@ -245,12 +245,15 @@ class Env:
       vm_env: the wasm VM's vm_config.environment_variables ({"host_env_keys": [...],
         "key_values": {...}}); process_env: extra variables in Envoy's own environment (what
         host_env_keys reads); log_level / wasm_log_level: Envoy's -l and the wasm component's.
+      delivery: "ecds" (render's default: the plugin configuration is an ECDS resource in its own
+        watched file; reload() replaces that file) or "lds" (inside the listener; reload()
+        replaces the listener).
     """
 
     def __init__(self, tmp_path, plugin_config=None, origins=(), *, extra_clusters=(),
                  concurrency=2, drain_time_s=2, route_timeout=None, connect_timeout=None,
                  first_byte_timeout=None, idle_timeout=None, extra_envoy_args=(), envoy=None, vm_env=None, process_env=None,
-                 log_level="info", wasm_log_level="debug"):
+                 log_level="info", wasm_log_level="debug", delivery="ecds"):
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.plugin_config = plugin_config
@@ -267,6 +270,9 @@ class Env:
         self.process_env = dict(process_env or {})
         self.log_level = log_level
         self.wasm_log_level = wasm_log_level
+        if delivery not in ("ecds", "lds"):
+            raise ValueError(f"delivery {delivery!r}: ecds or lds")
+        self.delivery = delivery
         self.envoy_bin = envoy or envoy_binary()
         self.origins = {}
         self.proc = None
@@ -275,6 +281,7 @@ class Env:
         self.listener_port = None
         self.lds_path = self.dir / "lds" / "lds.json"
         self.cds_path = self.dir / "cds" / "cds.json"
+        self.ecds_path = self.dir / "ecds" / "ecds.json"
         self.bootstrap_path = self.dir / "bootstrap.json"
         self.log_path = self.dir / "envoy.log"
         self.stdout_path = self.dir / "envoy.stdout"  # the access log
@@ -332,7 +339,7 @@ class Env:
         """`origin-pull render` for this Env's addresses, CA and timeouts (see envoy_config)."""
         if callable(plugin_config):
             plugin_config = plugin_config(self)
-        return ec.render_set(plugin_config, listen=(self.listener_ip, self.listener_port),
+        return ec.render_set(plugin_config, delivery=self.delivery, listen=(self.listener_ip, self.listener_port),
                              admin=("127.0.0.1", self.admin_port), ca_file=self.tls_files().ca,
                              connect_timeout=self.connect_timeout,
                              route_timeout=self.route_timeout, node_id="origin-pull-e2e",
@@ -348,6 +355,21 @@ class Env:
         own = {c["name"] for c in self.extra_clusters}
         return ec.cds_document([c for c in rendered.clusters if c["name"] not in own])
 
+    def _listeners(self, rendered):
+        """The rendered listeners, their ECDS source pointed at this Env's ecds file."""
+        if self.delivery != "ecds":
+            return rendered.listeners
+        listeners = [dict(lst) for lst in rendered.listeners]
+        for lst in listeners:
+            ec.discovered_filter(lst)["config_discovery"]["config_source"] = \
+                ec.watch(self.ecds_path)
+        return listeners
+
+    def ecds_stat(self, what):
+        """A stat of the ECDS subscription of the origin-pull filter: config_reload (applied),
+        config_fail (refused: the old configuration keeps serving)."""
+        return self.stat(f"extension_config_discovery.http_filter.{ec.FILTER_NAME}.{what}")
+
     def start(self, plugin_config, timeout=30.0):
         """Render bootstrap + LDS + CDS, start Envoy, wait for /ready and the listener.
         Raises EnvoyExited if Envoy exits (e.g. the plugin rejected the configuration)."""
@@ -361,9 +383,12 @@ class Env:
         self.admin_port = free_port("127.0.0.1")
         self.listener_port = free_port(self.listener_ip)
         rendered = self._render(plugin_config)
-        # LDS and CDS in separate watched directories: a move in one never re-triggers the other.
+        # LDS, CDS and ECDS in separate watched directories: a move in one never re-triggers
+        # another.
         ec.write_json(self.cds_path, self._cds(rendered))
-        ec.write_json(self.lds_path, ec.lds_document(rendered.listeners))
+        if self.delivery == "ecds":
+            ec.write_json(self.ecds_path, {"resources": rendered.ecds})
+        ec.write_json(self.lds_path, ec.lds_document(self._listeners(rendered)))
         boot = rendered.bootstrap
         boot["dynamic_resources"] = {"lds_config": ec.watch(self.lds_path),
                                      "cds_config": ec.watch(self.cds_path)}
@@ -464,13 +489,16 @@ class Env:
 
     # ------------------------------------------------------------------ reload
     def reload(self, plugin_config, expect=None, timeout=20.0, raw=None):
-        """Replace the LDS file atomically (write a temp file, rename = `mv`) with the listener
-        carrying `plugin_config`; wait until Envoy accepted or rejected it. Returns "success",
-        "rejected" (Envoy or the filter refused the listener; the old one keeps serving) or
-        "failure" (the file could not be parsed: update_failure); with expect=... asserts it.
-        After success, waits for the new listener to finish warming.
-        raw: text to put in the LDS file instead (e.g. a broken file); plugin_config is then
-        only recorded."""
+        """Replace the ECDS file (delivery="ecds") or the LDS file atomically (write a temp
+        file, rename = `mv`) with `plugin_config`; wait until Envoy accepted or rejected it.
+        Returns "success", "rejected" (Envoy or the filter refused it; the old configuration
+        keeps serving) or "failure" (LDS: the file could not be parsed, update_failure; ECDS
+        counts that as config_fail = "rejected"); with expect=... asserts it. After an LDS
+        success, waits for the new listener to finish warming.
+        raw: text to put in the file instead (e.g. a broken file); plugin_config is then only
+        recorded."""
+        if self.delivery == "ecds":
+            return self._reload_ecds(plugin_config, expect, timeout, raw)
         ok0 = self.stat("listener_manager.lds.update_success")
         bad0 = self.stat("listener_manager.lds.update_rejected")
         fail0 = self.stat("listener_manager.lds.update_failure")
@@ -478,7 +506,7 @@ class Env:
             rendered = self._render(plugin_config)
             if rendered.checked:
                 self._update_clusters(self._cds(rendered), timeout)
-            ec.write_json(self.lds_path, ec.lds_document(rendered.listeners))
+            ec.write_json(self.lds_path, ec.lds_document(self._listeners(rendered)))
         else:
             tmp = self.lds_path.with_name(".lds.raw.tmp")
             tmp.write_text(raw, encoding="utf-8")
@@ -504,6 +532,41 @@ class Env:
         if expect is not None and result != expect:
             raise AssertionError(f"reload: expected {expect}, got {result}\n{self.log_tail(30)}")
         return result
+
+    def _reload_ecds(self, plugin_config, expect, timeout, raw):
+        ok0 = self.ecds_stat("config_reload")
+        bad0 = self.ecds_stat("config_fail")
+        if raw is None:
+            rendered = self._render(plugin_config)
+            if rendered.checked:
+                self._update_clusters(self._cds(rendered), timeout)
+            ec.write_json(self.ecds_path, {"resources": rendered.ecds})
+        else:
+            tmp = self.ecds_path.with_name(".ecds.raw.tmp")
+            tmp.write_text(raw, encoding="utf-8")
+            tmp.replace(self.ecds_path)
+
+        def outcome():
+            if self.proc is None or self.proc.poll() is not None:
+                raise EnvoyExited(self.proc.returncode if self.proc else None, self.log_tail(40))
+            if self.ecds_stat("config_fail") > bad0:
+                return "rejected"
+            if self.ecds_stat("config_reload") > ok0:
+                return "success"
+            return None
+
+        result = wait_for(outcome, timeout, what="ECDS config_reload/config_fail")
+        if result == "success":
+            self.plugin_config = plugin_config
+        if expect is not None and result != expect:
+            raise AssertionError(f"reload: expected {expect}, got {result}\n{self.log_tail(30)}")
+        return result
+
+    def reloads_applied(self):
+        """How many plugin-configuration reloads Envoy applied so far (ECDS or LDS)."""
+        if self.delivery == "ecds":
+            return self.ecds_stat("config_reload")
+        return self.stat("listener_manager.lds.update_success")
 
     def _update_clusters(self, cds, timeout):
         """Move a changed cluster set into place before the listener that routes to it, and wait

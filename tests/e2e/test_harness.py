@@ -1,7 +1,10 @@
-"""Checks of the harness itself and of the shipped Envoy wiring it reuses: file-watched LDS
-reloads (accepted and rejected) and HTTPS IP origins through the ORIGINAL_DST TLS cluster."""
+"""Checks of the harness itself and of the shipped Envoy wiring it reuses: file-watched ECDS
+and LDS reloads (accepted and rejected) and HTTPS IP origins through the ORIGINAL_DST TLS
+cluster."""
 
 import json
+
+import pytest
 
 from harness import Env
 
@@ -11,7 +14,9 @@ def cfg(ips, **origin):
             "debug_headers": True}
 
 
-def test_reload_switches_origin_and_rejects_invalid_config(env):
+@pytest.mark.parametrize("delivery", ["ecds", "lds"])
+def test_reload_switches_origin_and_rejects_invalid_config(make_env, delivery):
+    env = make_env(delivery=delivery)
     a = env.start_origin("a", ip="127.0.0.2")
     b = env.start_origin("b", ip="127.0.0.3")
     env.start(cfg([a.addr]))
@@ -24,7 +29,11 @@ def test_reload_switches_origin_and_rejects_invalid_config(env):
     # Invalid (port 0): Envoy rejects the update and keeps serving the previous configuration.
     assert env.reload(cfg([a.addr.split(":")[0] + ":0"])) == "rejected"
     assert env.request("www.test.com", "/after").headers["x-served-by"] == "b"
-    assert env.stat("listener_manager.lds.update_rejected") >= 1
+    if delivery == "ecds":
+        assert env.ecds_stat("config_fail") >= 1
+        assert env.stat("listener_manager.lds.update_rejected") == 0
+    else:
+        assert env.stat("listener_manager.lds.update_rejected") >= 1
     assert any("wasm log" in line for line in env.envoy_log().splitlines())
 
 

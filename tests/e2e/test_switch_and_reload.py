@@ -1,9 +1,12 @@
-"""Scenarios h (the master/slave switch) and i (LDS reloads under a bounded load, zero failed
-requests). Origins use 127.0.0.50-127.0.0.59.
+"""Scenarios h (the master/slave switch, also on a keep-alive connection) and i (reloads under a
+bounded load, zero failed requests). Origins use 127.0.0.50-127.0.0.59.
 """
 
+import http.client
 import threading
 import time
+
+import pytest
 
 D = "www.test.com"
 
@@ -62,7 +65,7 @@ def test_reloads_under_load_lose_no_request(make_env):
             n += 1
 
     workers = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(threads)]
-    ok0 = env.stat("listener_manager.lds.update_success")
+    ok0 = env.reloads_applied()
     started = time.monotonic()
     for w in workers:
         w.start()
@@ -84,8 +87,50 @@ def test_reloads_under_load_lose_no_request(make_env):
     print(f"reload under load: {len(results)} requests, {reloads} reloads in {elapsed:.1f}s, "
           f"{len(failed)} failed")
     assert reloads >= 8
-    assert env.stat("listener_manager.lds.update_success") - ok0 == reloads
+    assert env.reloads_applied() - ok0 == reloads
     assert len(results) >= 500
     assert failed == [], failed[:10]
     # Both roles actually served during the run (the switch took effect).
     assert {r[1] for r in results} == names
+
+
+def keep_alive_run(env, m, s, switch_after, total):
+    """Requests on ONE keep-alive connection; the switch is delivered after `switch_after` of
+    them. Returns [(index, status, served_by)] and the connection's local port at each."""
+    conn = http.client.HTTPConnection(env.listener_ip, env.listener_port, timeout=10)
+    seen = []
+    try:
+        for i in range(total):
+            if i == switch_after:
+                env.reload(config(m.addr, s.addr, switch=True), expect="success")
+            conn.request("GET", f"/ka/{i}", headers={"Host": D})
+            r = conn.getresponse()
+            r.read()
+            assert not r.will_close, f"request {i}: Envoy closes the connection"
+            seen.append((i, r.status, r.headers.get("x-served-by"), conn.sock.getsockname()[1]))
+    finally:
+        conn.close()
+    return seen
+
+
+@pytest.mark.parametrize("delivery", ["ecds", "lds"])
+def test_switch_reaches_an_open_keep_alive_connection(make_env, delivery):
+    """ECDS (render's default): every request after the switch, on the SAME connection, is served
+    by the new role, with no error and no reconnect. LDS: that connection keeps the old
+    listener's configuration (why ECDS is the default), still without errors."""
+    env = make_env(delivery=delivery, drain_time_s=30)
+    m = env.start_origin("m", ip="127.0.0.55")
+    s = env.start_origin("s", ip="127.0.0.56")
+    env.start(config(m.addr, s.addr))
+    seen = keep_alive_run(env, m, s, switch_after=10, total=30)
+    assert [x[1] for x in seen] == [200] * 30, seen
+    assert len({x[3] for x in seen}) == 1, "one connection throughout"
+    before = {x[2] for x in seen[:10]}
+    after = {x[2] for x in seen[10:]}
+    assert before == {"m"}, seen
+    if delivery == "ecds":
+        assert after == {"s"}, seen
+    else:
+        assert after == {"m"}, seen  # the old listener's filter until the connection closes
+    # A new connection sees the switch either way.
+    assert served_by(env, "/fresh") == "s"
