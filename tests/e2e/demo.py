@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make run`: the origin-pull demo with the SHIPPED envoy/envoy.yaml, lds.yaml and cds.yaml
+"""`make run`: the origin-pull demo with the SHIPPED envoy/envoy.yaml, lds.yaml, cds.yaml and ecds.json
 (`origin-pull render envoy/examples/demo.json --out-dir envoy`; docker-compose.yml runs the same).
 
 Starts demo origins, then Envoy (from the repo root, --concurrency 2), shows with curl which
@@ -10,7 +10,7 @@ followed on screen) until Ctrl-C, and tears everything down.
            127.0.0.4:8081 (weight 1): nothing listens there (a dead master)
   slave    s1 127.0.0.5:8081: answers 200 for everything
   domains  www.test.com (the masters above, slave s1), dead.test.com (only the dead master,
-           slave s1); plugin configuration: envoy/examples/demo.json (inlined in envoy/lds.yaml)
+           slave s1); plugin configuration: envoy/examples/demo.json (in envoy/ecds.json)
   Envoy    listener 127.0.0.1:10000, admin 127.0.0.1:9901
 
 Options: --envoy PATH (default .venv/bin/envoy), --no-wait (exit after the demo requests;
@@ -26,6 +26,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The plugin configuration is a JSON string inside envoy/ecds.json (its quotes escaped).
+SWITCH_ON = ("sed 's/\\\\\"domain\\\\\": \\\\\"www.test.com\\\\\",/& \\\\\"master_slave_switch\\\\\": true,/' "
+             "envoy/ecds.json > envoy/.ecds.new && mv envoy/.ecds.new envoy/ecds.json")
+SWITCH_OFF = ("sed 's/ \\\\\"master_slave_switch\\\\\": true,//' envoy/ecds.json > envoy/.ecds.new "
+              "&& mv envoy/.ecds.new envoy/ecds.json")
 sys.path.insert(0, str(HERE))
 from harness import REPO, _spawn, _stop_proc, port_open, wait_for  # noqa: E402
 
@@ -188,11 +193,10 @@ def main():
             f"  curl -si -H 'Host: www.test.com' http://127.0.0.1:{LISTENER[1]}/1.jpg\n"
             f"  target/release/origin-pull status --admin 127.0.0.1:{ADMIN[1]}\n"
             f"  curl -s http://127.0.0.1:{ADMIN[1]}/stats/prometheus | grep '^origin_pull_'\n"
-            f"  switch master/slave live (www.test.com is then served by s1 directly):\n"
-            f"    sed 's/^\\( *\\)\"domain\": \"www.test.com\",/&\\n\\1\"master_slave_switch\": true,/' "
-            f"envoy/lds.yaml > envoy/.lds.new && mv envoy/.lds.new envoy/lds.yaml\n"
-            f"    undo: sed '/\"master_slave_switch\": true,/d' envoy/lds.yaml > envoy/.lds.new "
-            f"&& mv envoy/.lds.new envoy/lds.yaml\n"
+            f"  switch master/slave live (www.test.com is then served by s1 directly, also on open\n"
+            f"  keep-alive connections: the configuration is an ECDS resource):\n"
+            f"    {SWITCH_ON}\n"
+            f"    undo: {SWITCH_OFF}\n"
             f"Following the access log; Ctrl-C stops Envoy and the origins.\n")
         with open(access, "r", errors="replace") as f:
             f.seek(0, 2)

@@ -51,6 +51,11 @@ def test_envoy_runs_the_shipped_rendered_files():
         assert not path.is_absolute() and path.parts[0] == "envoy", path
         assert (ec.REPO / path).exists()
         assert src["watched_directory"]["path"] == "envoy"
+    # The plugin configuration's ECDS file, named by the listener, in the same mounted directory.
+    lds = ec._load_yaml(ec.SHIPPED_LDS)["resources"][0]
+    src = ec.discovered_filter(lds)["config_discovery"]["config_source"]["path_config_source"]
+    assert src["path"] == "envoy/ecds.json" and (ec.REPO / src["path"]).exists()
+    assert src["watched_directory"]["path"] == "envoy"
 
 
 def test_wasm_mount_is_the_release_module_at_the_rendered_path():

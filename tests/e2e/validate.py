@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """`make validate`: every rendered Envoy configuration passes `envoy --mode validate`.
 
-1. the shipped envoy/envoy.yaml, lds.yaml and cds.yaml are byte for byte what
+1. the shipped envoy/envoy.yaml, lds.yaml, cds.yaml and ecds.json are byte for byte what
    `origin-pull render envoy/examples/demo.json --out-dir envoy` writes (no drift);
 2. `envoy --mode validate -c envoy/envoy.yaml` (from the repo root, as users run it);
-3. the shipped listener and clusters inlined into a static copy of the bootstrap (validate mode
-   does not read file-based LDS/CDS) — this loads the wasm and runs the filter's on_configure;
+3. the shipped listener (its ECDS resource inlined) and clusters inlined into a static copy of
+   the bootstrap (validate mode does not read file-based LDS/CDS/ECDS) — this loads the wasm and
+   runs the filter's on_configure;
 4. every envoy/examples/*.json passes `origin-pull check`, and both of its renderings — the static
-   bootstrap (`render -o`) as written, and the file-watched set (`render --out-dir`) inlined —
-   pass Envoy's validate mode (the same parser, now through the real filter);
+   bootstrap (`render -o`) as written, and the file-watched set (`render --out-dir`, ECDS) inlined
+   — pass Envoy's validate mode (the same parser, now through the real filter); the demo also
+   with `--delivery lds`;
 5. a deliberately invalid plugin configuration is REJECTED by Envoy's validate mode (proves
    steps 3/4 really exercise the filter).
 Exit status 0 only if everything passed.
@@ -41,10 +43,14 @@ def envoy_validate(envoy, config_path):
 
 
 def inlined(out_dir):
-    """The file-watched set in out_dir as one static bootstrap."""
+    """The file-watched set in out_dir as one static bootstrap (an ECDS resource, when there is
+    one, inlined into the listener: validate mode does not read it)."""
     boot = ec._load_yaml(out_dir / "envoy.yaml")
-    return ec.static_bootstrap(boot, ec._load_yaml(out_dir / "lds.yaml")["resources"],
-                               ec._load_yaml(out_dir / "cds.yaml")["resources"])
+    listeners = ec._load_yaml(out_dir / "lds.yaml")["resources"]
+    if (out_dir / "ecds.json").exists():
+        resources = ec.json.loads((out_dir / "ecds.json").read_text(encoding="utf-8"))
+        listeners = ec.inline_ecds(listeners, resources["resources"])
+    return ec.static_bootstrap(boot, listeners, ec._load_yaml(out_dir / "cds.yaml")["resources"])
 
 
 def main():
@@ -77,7 +83,7 @@ def main():
         p = render("envoy/examples/demo.json", "--out-dir", str(tmp / "shipped"),
                    "--config-dir", "envoy")
         report(p.returncode == 0, "origin-pull render envoy/examples/demo.json --out-dir", p.stderr)
-        for name in ("envoy.yaml", "lds.yaml", "cds.yaml"):
+        for name in ("envoy.yaml", "lds.yaml", "cds.yaml", "ecds.json"):
             same = (tmp / "shipped" / name).read_bytes() == (ec.SHIPPED_DIR / name).read_bytes()
             report(same, f"envoy/{name} == render output (else run `make envoy-config`)")
 
@@ -91,7 +97,8 @@ def main():
         # 3. the shipped listener + clusters inside the shipped bootstrap
         p = ec.write_json(tmp / "shipped-static.json", inlined(ec.SHIPPED_DIR))
         ok, out = envoy_validate(args.envoy, p)
-        report(ok, "envoy validate envoy/envoy.yaml + lds.yaml + cds.yaml (inlined)", out)
+        report(ok, "envoy validate envoy/envoy.yaml + lds.yaml + cds.yaml + ecds.json (inlined)",
+               out)
 
         # 4. every example: check, then both renderings through Envoy and the filter
         for ex in sorted((REPO / "envoy" / "examples").glob("*.json")):
@@ -110,6 +117,16 @@ def main():
             ok, out = envoy_validate(args.envoy, ec.write_json(tmp / f"{ex.stem}.json",
                                                                inlined(out_dir)))
             report(ok, f"envoy validate file-watched set rendered from {rel} (inlined)", out)
+            if ex.stem == "demo":
+                lds_dir = tmp / "demo-lds"
+                p = render(str(rel), "--out-dir", str(lds_dir), "--delivery", "lds",
+                           "--wasm", str(ec.WASM))
+                report(p.returncode == 0 and not (lds_dir / "ecds.json").exists(),
+                       f"origin-pull render {rel} --out-dir --delivery lds", p.stderr)
+                ok, out = envoy_validate(args.envoy, ec.write_json(tmp / "demo-lds.json",
+                                                                   inlined(lds_dir)))
+                report(ok, f"envoy validate file-watched LDS set rendered from {rel} (inlined)",
+                       out)
 
         # 5. an invalid configuration must be rejected by the filter inside Envoy
         bad = {"domains": [{"domain": "www.test.com", "master": {"ips": ["127.0.0.2:0"]}}]}
