@@ -6,6 +6,7 @@
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
 #   make release dist/: the .wasm, its sha256, the native origin-pull command, the .wasm as an OCI image
 #   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
+#   make scale   1, 1,000 and 10,000 domains: time to ready, RSS, stats, configure time, rps
 #   make profile the filter's per-request instructions and hostcalls (callgrind, native harness)
 #   make chaos   long chaos scenarios under load; writes RELIABILITY.md (6-8 minutes)
 #   make fuzz    long property-based fuzz run (FUZZ_CASES cases per property)
@@ -37,7 +38,7 @@ DIST          ?= dist
 
 export ENVOY
 
-.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check
+.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check scale
 
 # Every Debian package make test / make run / make release need (only the missing ones; sudo
 # when not root; no system service is started), the wasm target and clippy/rustfmt: what .ci/run
@@ -115,6 +116,12 @@ bench-floor:
 # bench/results/results.md and results.png.
 bench: venv build bench-floor
 	$(VENV_PY) bench/run.py
+
+# 1, 1,000 and 10,000 domains in one run (SCALE_SIZES, SCALE_DURATION, SCALE_REPS, SCALE_BLOCKED
+# in bench/scale.py): time to ready, RSS, /stats lines, on_configure per VM, requests/s. Writes
+# bench/results/scale.md. About 2 minutes.
+scale: venv build
+	$(VENV_PY) bench/scale.py
 
 # Instructions, hostcalls and copies per request of the filter's logic (native harness under
 # callgrind; installs valgrind when missing). Writes bench/results/hot-path.md.
