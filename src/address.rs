@@ -198,37 +198,53 @@ fn reject_blank_or_space(text: &str) -> Result<(), String> {
 pub fn socket_text(ip: IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(v4) => {
-            let mut out = String::with_capacity(21);
+            // "255.255.255.255:65535" is 21 bytes.
+            let mut buf = [0u8; 21];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    n = put(&mut buf, n, b'.');
                 }
-                push_decimal(&mut out, u32::from(octet));
+                n = put_decimal(&mut buf, n, u32::from(octet));
             }
-            out.push(':');
-            push_decimal(&mut out, u32::from(port));
-            out
+            n = put(&mut buf, n, b':');
+            n = put_decimal(&mut buf, n, u32::from(port));
+            buf.get(..n)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map_or_else(
+                    || std::net::SocketAddr::new(ip, port).to_string(),
+                    str::to_string,
+                )
         }
         IpAddr::V6(_) => std::net::SocketAddr::new(ip, port).to_string(),
     }
 }
 
-fn push_decimal(out: &mut String, mut value: u32) {
+fn put(buf: &mut [u8], at: usize, byte: u8) -> usize {
+    if let Some(slot) = buf.get_mut(at) {
+        *slot = byte;
+    }
+    at + 1
+}
+
+fn put_decimal(buf: &mut [u8], at: usize, value: u32) -> usize {
     let mut digits = [0u8; 10];
-    let mut n = 0;
+    let (mut v, mut len) = (value, 0);
     loop {
-        if let Some(d) = digits.get_mut(n) {
-            *d = b'0' + (value % 10) as u8;
+        if let Some(d) = digits.get_mut(len) {
+            *d = b'0' + (v % 10) as u8;
         }
-        n += 1;
-        value /= 10;
-        if value == 0 || n == digits.len() {
+        len += 1;
+        v /= 10;
+        if v == 0 || len == digits.len() {
             break;
         }
     }
-    for d in digits.iter().take(n).rev() {
-        out.push(char::from(*d));
+    let mut at = at;
+    for d in digits.iter().take(len).rev() {
+        at = put(buf, at, *d);
     }
+    at
 }
 
 /// A Host header value: host name, IPv4 or `[IPv6]`, optionally `:PORT`. Never CR/LF/space.

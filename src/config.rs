@@ -138,8 +138,9 @@ impl Ctx<'_> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPluginConfig {
-    domains: Vec<RawDomain>,
+struct RawPluginConfig<'a> {
+    #[serde(borrow)]
+    domains: Vec<RawDomain<'a>>,
     #[serde(default)]
     unknown_host_status: Option<u32>,
     #[serde(default)]
@@ -168,25 +169,28 @@ struct RawEnvoy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDomain {
-    domain: String,
-    master: RawOrigin,
-    #[serde(default)]
-    slave: Option<RawOrigin>,
+struct RawDomain<'a> {
+    /// Borrowed like `RawOrigin::ips`.
+    domain: &'a str,
+    #[serde(borrow)]
+    master: RawOrigin<'a>,
+    #[serde(default, borrow)]
+    slave: Option<RawOrigin<'a>>,
     #[serde(default)]
     master_slave_switch: bool,
     #[serde(default)]
     failover: Option<RawFailover>,
     #[serde(default)]
     detection: Option<RawDetection>,
-    #[serde(default)]
-    mirror: Option<RawMirror>,
+    #[serde(default, borrow)]
+    mirror: Option<RawMirror<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMirror {
-    source: RawOrigin,
+struct RawMirror<'a> {
+    #[serde(borrow)]
+    source: RawOrigin<'a>,
     mode: Option<String>,
     pass_query_string: Option<bool>,
     key_prefixes: Option<Vec<String>>,
@@ -225,8 +229,12 @@ impl fmt::Debug for RawCredentials {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawOrigin {
-    ips: Option<Vec<String>>,
+struct RawOrigin<'a> {
+    /// Borrowed from the document (no allocation per IP). A string with JSON escapes cannot be
+    /// borrowed from the bytes: that document takes the tracked path, which borrows from its
+    /// JSON tree instead.
+    #[serde(borrow)]
+    ips: Option<Vec<&'a str>>,
     domain: Option<String>,
     clusters: Option<Vec<RawCluster>>,
     bucket: Option<RawBucket>,
@@ -373,8 +381,8 @@ pub struct OriginSet {
     pub probe: Option<Probe>,
     /// Running sums of the weights, for weighted picks by binary search.
     pub cumulative_weights: Vec<u64>,
-    /// Set for `bucket` origins (one target).
-    pub bucket: Option<Bucket>,
+    /// Set for `bucket` origins (one target). Boxed: rare, and large to move around.
+    pub bucket: Option<Box<Bucket>>,
     /// How `check` shows the origin itself; built only when asked (a Value per origin made a
     /// 10,000-domain configuration slow to apply).
     shown: Shown,
@@ -517,8 +525,8 @@ pub struct Domain {
     pub switched: bool,
     pub failover: FailoverPolicy,
     pub detection: Detection,
-    /// Mirror back-to-origin of the (bucket) master.
-    pub mirror: Option<Mirror>,
+    /// Mirror back-to-origin of the (bucket) master. Boxed: rare, and large to move around.
+    pub mirror: Option<Box<Mirror>>,
     /// `x-envoy-retry-on` for a routed failover (`None`: no condition fails over). See `chain`.
     pub retry_on: Option<String>,
 }
@@ -738,7 +746,7 @@ fn split_domain_path(tree: &Value, path: &str) -> (Option<String>, String) {
     )
 }
 
-fn compile(raw: RawPluginConfig, env: EnvLookup) -> Result<PluginConfig, ConfigError> {
+fn compile(raw: RawPluginConfig<'_>, env: EnvLookup) -> Result<PluginConfig, ConfigError> {
     let top = Ctx {
         domain: None,
         prefix: String::new(),
@@ -906,16 +914,16 @@ fn normalize_accelerated_domain(name: &str) -> Result<String, String> {
 }
 
 fn compile_domain(
-    raw: RawDomain,
+    raw: RawDomain<'_>,
     envoy: &EnvoyNames,
     env: EnvLookup,
 ) -> Result<Domain, ConfigError> {
     let top = Ctx {
-        domain: Some(&raw.domain),
+        domain: Some(raw.domain),
         prefix: String::new(),
     };
-    let name = normalize_accelerated_domain(&raw.domain)
-        .map_err(|r| top.err("domain", Some(raw.domain.clone()), r))?;
+    let name = normalize_accelerated_domain(raw.domain)
+        .map_err(|r| top.err("domain", Some(raw.domain.to_string()), r))?;
     let ctx = Ctx {
         domain: Some(&name),
         prefix: String::new(),
@@ -926,7 +934,7 @@ fn compile_domain(
     let domain_probe = raw_probe
         .map(|p| compile_probe(p, detection.block_ms, &ctx.nested("detection.probe")))
         .transpose()?;
-    let with_probe = |mut raw: RawOrigin, role: &str| {
+    let with_probe = |mut raw: RawOrigin<'_>, role: &str| {
         let ctx = ctx.nested(role);
         let own = raw
             .probe
@@ -978,7 +986,7 @@ fn compile_domain(
                     "copying objects back writes to the bucket and needs `credentials` on the master bucket; add them or set copy_back to false",
                 ));
             }
-            Some(mirror)
+            Some(Box::new(mirror))
         }
     };
     let failover = compile_failover(raw.failover, &ctx.nested("failover"))?;
@@ -1009,7 +1017,7 @@ fn compile_domain(
 }
 
 fn compile_origin(
-    raw: RawOrigin,
+    raw: RawOrigin<'_>,
     accelerated: &str,
     envoy: &EnvoyNames,
     env: EnvLookup,
@@ -1058,7 +1066,7 @@ fn compile_origin(
         }
         let (compiled, routes, shown) =
             compile_bucket(raw_bucket, protocol, env, &ctx.nested("bucket"))?;
-        bucket = Some(compiled);
+        bucket = Some(Box::new(compiled));
         (
             OriginKind::Bucket,
             vec![Target { weight: 1, routes }],
@@ -1331,7 +1339,7 @@ fn credential(
 }
 
 fn compile_mirror(
-    raw: RawMirror,
+    raw: RawMirror<'_>,
     accelerated: &str,
     has_slave: bool,
     envoy: &EnvoyNames,
@@ -1540,7 +1548,7 @@ fn domain_loops(origin: &str, accelerated: &str) -> bool {
 }
 
 fn compile_ips(
-    ips: &[String],
+    ips: &[&str],
     protocol: Protocol,
     envoy: &EnvoyNames,
     ctx: &Ctx,
@@ -1555,14 +1563,14 @@ fn compile_ips(
     let mut entries = Vec::with_capacity(ips.len());
     for (i, text) in ips.iter().enumerate() {
         let entry = parse_ip_entry(text)
-            .map_err(|r| ctx.err(&format!("ips[{i}]"), Some(text.clone()), r))?;
+            .map_err(|r| ctx.err(&format!("ips[{i}]"), Some(text.to_string()), r))?;
         entries.push(entry);
     }
     let weighted = entries.iter().filter(|e| e.weight.is_some()).count();
     if entries.len() == 1 && weighted == 1 {
         return Err(ctx.err(
             "ips[0]",
-            ips.first().cloned(),
+            ips.first().map(|t| t.to_string()),
             "a single origin IP may not carry a weight",
         ));
     }
@@ -1572,7 +1580,7 @@ fn compile_ips(
             .enumerate()
             .zip(&entries)
             .find(|(_, e)| e.weight.is_none())
-            .map(|((i, t), _)| (i, t.clone()))
+            .map(|((i, t), _)| (i, t.to_string()))
             .unwrap_or((0, String::new()));
         let reason = if entries.iter().any(|e| e.ip.is_ipv6()) {
             "either every IP has a weight or none does; IPv6 addresses cannot carry one, so do not weight a list that contains IPv6"
@@ -1588,7 +1596,8 @@ fn compile_ips(
             "every weight is 0, so no IP could ever be picked",
         ));
     }
-    let mut seen = HashSet::with_capacity(entries.len());
+    // Origin sets are small: a linear scan beats hashing (a set per domain, 10,000 domains).
+    let mut seen: Vec<std::net::SocketAddr> = Vec::with_capacity(entries.len());
     let mut targets = Vec::with_capacity(entries.len());
     let route = |entry: &crate::address::IpEntry, client: Scheme| {
         let scheme = effective_scheme(protocol, client);
@@ -1615,13 +1624,15 @@ fn compile_ips(
         let http_port = entry
             .port
             .unwrap_or(effective_scheme(protocol, Scheme::Http).default_port());
-        if !seen.insert(std::net::SocketAddr::new(entry.ip, http_port)) {
+        let addr = std::net::SocketAddr::new(entry.ip, http_port);
+        if seen.contains(&addr) {
             return Err(ctx.err(
                 &format!("ips[{i}]"),
-                ips.get(i).cloned(),
+                ips.get(i).map(|t| t.to_string()),
                 "is listed twice; list each IP:PORT once and use weights instead",
             ));
         }
+        seen.push(addr);
         targets.push(Target {
             weight: entry.weight.unwrap_or(1),
             routes,
@@ -2010,6 +2021,28 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<PluginConfig, ConfigError> {
         parse(text.as_bytes())
+    }
+
+    #[test]
+    fn escaped_strings_parse_like_plain_ones() {
+        // The fast path borrows strings from the bytes; escapes take the tracked path.
+        let plain = parse_str(
+            r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80:1","127.0.0.3:80:2"]}}]}"#,
+        )
+        .unwrap();
+        let escaped = parse_str(
+            r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80:1","127.0.0.3:80:2"]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(plain.normalized(), escaped.normalized());
+        let err = parse_str(
+            r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:0"]}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid origin-pull configuration: domain \"www.test.com\": field master.ips[0] value \"127.0.0.2:0\": port 0 is not allowed: ports are 1..=65535"
+        );
     }
 
     #[test]
