@@ -169,6 +169,8 @@ struct RawEnvoy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// Rare and large parts are boxed: the list of raw domains is the parse's peak memory (a wasm
+/// VM keeps its high-water mark), 1,792 bytes per domain unboxed, a few hundred boxed.
 struct RawDomain<'a> {
     /// Borrowed like `RawOrigin::ips`.
     domain: &'a str,
@@ -179,11 +181,11 @@ struct RawDomain<'a> {
     #[serde(default)]
     master_slave_switch: bool,
     #[serde(default)]
-    failover: Option<RawFailover>,
+    failover: Option<Box<RawFailover>>,
     #[serde(default)]
-    detection: Option<RawDetection>,
+    detection: Option<Box<RawDetection>>,
     #[serde(default, borrow)]
-    mirror: Option<RawMirror<'a>>,
+    mirror: Option<Box<RawMirror<'a>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,12 +239,12 @@ struct RawOrigin<'a> {
     ips: Option<Vec<&'a str>>,
     domain: Option<String>,
     clusters: Option<Vec<RawCluster>>,
-    bucket: Option<RawBucket>,
+    bucket: Option<Box<RawBucket>>,
     protocol: Option<String>,
     host: Option<String>,
     /// Overrides `detection.probe` for this origin set.
     #[serde(default)]
-    probe: Option<RawProbe>,
+    probe: Option<Box<RawProbe>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,7 +274,7 @@ struct RawDetection {
     failure_threshold: Option<u32>,
     failure_window_seconds: Option<u64>,
     #[serde(default)]
-    probe: Option<RawProbe>,
+    probe: Option<Box<RawProbe>>,
 }
 
 // ---------------------------------------------------------------- compiled form
@@ -930,16 +932,16 @@ fn compile_domain(
     };
     let mut raw_detection = raw.detection;
     let raw_probe = raw_detection.as_mut().and_then(|d| d.probe.take());
-    let detection = compile_detection(raw_detection, &ctx.nested("detection"))?;
+    let detection = compile_detection(raw_detection.map(|d| *d), &ctx.nested("detection"))?;
     let domain_probe = raw_probe
-        .map(|p| compile_probe(p, detection.block_ms, &ctx.nested("detection.probe")))
+        .map(|p| compile_probe(*p, detection.block_ms, &ctx.nested("detection.probe")))
         .transpose()?;
     let with_probe = |mut raw: RawOrigin<'_>, role: &str| {
         let ctx = ctx.nested(role);
         let own = raw
             .probe
             .take()
-            .map(|p| compile_probe(p, detection.block_ms, &ctx.nested("probe")))
+            .map(|p| compile_probe(*p, detection.block_ms, &ctx.nested("probe")))
             .transpose()?;
         let mut set = compile_origin(raw, &name, envoy, env, &ctx)?;
         if set.kind == OriginKind::Bucket {
@@ -976,8 +978,14 @@ fn compile_domain(
                     "the switch would make the mirrored bucket the slave; remove `mirror` or the switch",
                 ));
             }
-            let mirror =
-                compile_mirror(m, &name, slave.is_some(), envoy, env, &ctx.nested("mirror"))?;
+            let mirror = compile_mirror(
+                *m,
+                &name,
+                slave.is_some(),
+                envoy,
+                env,
+                &ctx.nested("mirror"),
+            )?;
             let signed = master.bucket.as_ref().is_some_and(|b| b.signer.is_some());
             if mirror.copy_back && !signed {
                 return Err(ctx.err(
@@ -989,7 +997,7 @@ fn compile_domain(
             Some(Box::new(mirror))
         }
     };
-    let failover = compile_failover(raw.failover, &ctx.nested("failover"))?;
+    let failover = compile_failover(raw.failover.map(|f| *f), &ctx.nested("failover"))?;
     let (master, slave) = match (raw.master_slave_switch, slave) {
         (false, slave) => (master, slave),
         (true, Some(slave)) => (slave, Some(master)),
@@ -1065,7 +1073,7 @@ fn compile_origin(
             ));
         }
         let (compiled, routes, shown) =
-            compile_bucket(raw_bucket, protocol, env, &ctx.nested("bucket"))?;
+            compile_bucket(*raw_bucket, protocol, env, &ctx.nested("bucket"))?;
         bucket = Some(Box::new(compiled));
         (
             OriginKind::Bucket,
