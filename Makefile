@@ -119,8 +119,9 @@ bench: venv build bench-floor
 
 # 1, 1,000 and 10,000 domains in one run (SCALE_SIZES, SCALE_DURATION, SCALE_REPS, SCALE_BLOCKED
 # in bench/scale.py): time to ready, RSS, /stats lines, on_configure per VM, requests/s. Writes
-# bench/results/scale.md. About 2 minutes.
+# bench/results/scale.md. About 4 minutes (2 of them callgrind).
 scale: venv build
+	cargo build --release --example hot_path
 	$(VENV_PY) bench/scale.py
 
 # Instructions, hostcalls and copies per request of the filter's logic (native harness under

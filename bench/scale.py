@@ -13,13 +13,16 @@ rendered with `origin-pull render --out-dir` (render's defaults: ECDS delivery) 
              log line; 4 VMs: two on the main thread, one per worker)
   rps        requests/s through Envoy (wrk -t1 -c32, 1 KiB object from nginx) to ONE domain — the
              last one of the list, whose masters and slave are the live nginx on 127.12.0.x —
-             median of SCALE_REPS runs; at 1 and 10,000 domains
+             median of SCALE_REPS runs; at 1 and 10,000 domains, the Envoys running side by
+             side and measured in turn
   blocked    10,000 domains again, after SCALE_BLOCKED origins were blocked by client requests
              to domains whose origins are dead (each request blocks up to 4: 3 masters + slave);
              the blocks counted from the filter's "blocked for" log lines; then rps as above.
 
 Writes bench/results/scale.md (and scale.json). Options (environment): SCALE_SIZES (1,1000,10000),
-SCALE_DURATION (wrk seconds, 5), SCALE_REPS (3), SCALE_BLOCKED (5000; 0 skips), SCALE_OUT.
+SCALE_DURATION (wrk seconds, 4), SCALE_REPS (5), SCALE_BLOCKED (5000; 0 skips),
+SCALE_CALLGRIND (1: also instructions per request with examples/hot_path.rs under callgrind,
+about 2 minutes; 0 skips), SCALE_OUT.
 Every number depends on the machine and its load: the report states the load averages.
 """
 
@@ -52,9 +55,10 @@ def options():
     env = os.environ
     return {
         "sizes": [int(x) for x in env.get("SCALE_SIZES", "1,1000,10000").split(",")],
-        "duration": float(env.get("SCALE_DURATION", "5")),
-        "reps": int(env.get("SCALE_REPS", "3")),
+        "duration": float(env.get("SCALE_DURATION", "4")),
+        "reps": int(env.get("SCALE_REPS", "5")),
         "blocked": int(env.get("SCALE_BLOCKED", "5000")),
+        "instructions": env.get("SCALE_CALLGRIND", "1") not in ("", "0"),
         "connections": 32,
         "out": Path(env.get("SCALE_OUT", str(REPO / "bench" / "results"))),
         "envoy": env.get("ENVOY", str(REPO / ".venv" / "bin" / "envoy")),
@@ -157,20 +161,30 @@ def configure_times(log_path):
     return [(int(d), float(t), float(p)) for d, t, p in CONFIGURED.findall(text)]
 
 
-def rps(o, port, host):
-    runs = []
+def wrk_once(o, port, host):
+    args = ["wrk", "-t1", f"-c{o['connections']}", f"-d{max(1, round(o['duration']))}s",
+            "--latency", "--timeout", "5s", "-H", f"Host: {host}",
+            f"http://{LISTEN_IP}:{port}/1k"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=o["duration"] + 60)
+    r = br.parse_wrk(p.stdout)
+    if p.returncode != 0 or r["non2xx"] or r["socket_errors"] or not r["requests"]:
+        raise RuntimeError(f"wrk to {host}: errors\n{p.stdout}{p.stderr}")
+    return r
+
+
+def interleaved_rps(o, sets):
+    """wrk against every set in turn, SCALE_REPS rounds (A B C A B C ...): a slow period of the
+    machine hits every set alike. Stores the median rps and p99 in each set's result."""
+    runs = {id(x): [] for x in sets}
     for _ in range(o["reps"]):
-        args = ["wrk", "-t1", f"-c{o['connections']}", f"-d{max(1, round(o['duration']))}s",
-                "--latency", "--timeout", "5s", "-H", f"Host: {host}",
-                f"http://{LISTEN_IP}:{port}/1k"]
-        p = subprocess.run(args, capture_output=True, text=True, timeout=o["duration"] + 60)
-        r = br.parse_wrk(p.stdout)
-        if p.returncode != 0 or r["non2xx"] or r["socket_errors"] or not r["requests"]:
-            raise RuntimeError(f"wrk to {host}: errors\n{p.stdout}{p.stderr}")
-        runs.append(r)
-    best = statistics.median(r["rps"] for r in runs)
-    p99 = statistics.median(r["p99_us"] for r in runs if r["p99_us"] is not None)
-    return {"rps": best, "p99_us": p99, "runs": [round(r["rps"]) for r in runs]}
+        for x in sets:
+            runs[id(x)].append(wrk_once(o, x["port"], x["live"]))
+    for x in sets:
+        rs = runs[id(x)]
+        x["result"].update({
+            "rps": statistics.median(r["rps"] for r in rs),
+            "p99_us": statistics.median(r["p99_us"] for r in rs if r["p99_us"] is not None),
+            "runs": [round(r["rps"]) for r in rs]})
 
 
 def block_origins(o, port, log_path, want, n):
@@ -190,7 +204,8 @@ def blocks_logged(log_path):
     return len(re.findall(r"blocked for \d+ s", Path(log_path).read_text(errors="replace")))
 
 
-def measure(o, run_dir, n, origin_port, *, block=0):
+def start_set(o, run_dir, n, origin_port, *, block=0):
+    """Renders N domains, starts Envoy on them (time to ready, RSS), blocks `block` origins."""
     label = f"{n}" + (f"-blocked{block}" if block else "")
     set_dir = run_dir / f"set-{label}"
     src = run_dir / f"plugin-{label}.json"
@@ -203,28 +218,59 @@ def measure(o, run_dir, n, origin_port, *, block=0):
         raise RuntimeError(f"render failed: {p.stderr}")
     log_path = run_dir / f"envoy-{label}.log"
     proc, ready_s = start_envoy(o, set_dir, admin, log_path)
+    time.sleep(1.0)
+    rss = br.rss_kb(proc.pid).get("VmRSS", 0) / 1024
+    live = f"d{n - 1}.scale.test"
+    first = get(port, live, "/1k")
+    assert first == 200, f"{live}: {first}; see {log_path}"
+    if block:
+        statuses = block_origins(o, port, log_path, block, n)
+        assert all(s == 502 for s in statuses), set(statuses)
+    return {"proc": proc, "port": port, "admin": admin, "log": log_path, "live": live,
+            "block": block,
+            "result": {"domains": n, "ready_s": ready_s, "rss_mb": rss, "blocked": None,
+                       "config_bytes": src.stat().st_size}}
+
+
+def finish_set(x):
+    """/stats of a set, then stops its Envoy and reads its log (flushed on exit)."""
+    result = x["result"]
     try:
-        time.sleep(1.0)
-        rss = br.rss_kb(proc.pid).get("VmRSS", 0) / 1024
-        live = f"d{n - 1}.scale.test"
-        first = get(port, live, "/1k")
-        assert first == 200, f"{live}: {first}; see {log_path}"
-        if block:
-            statuses = block_origins(o, port, log_path, block, n)
-            assert all(s == 502 for s in statuses), set(statuses)
-        result = {"domains": n, "ready_s": ready_s, "rss_mb": rss, "blocked": None,
-                  "config_bytes": src.stat().st_size}
-        result.update(rps(o, port, live) if (n in (1, max(o["sizes"])) or block) else {})
-        status, text = admin_get(admin, "/stats")
+        status, text = admin_get(x["admin"], "/stats")
         result["stats_lines"] = len(text.splitlines())
         result["filter_stats"] = sum(1 for line in text.splitlines()
                                      if line.startswith("wasmcustom.origin_pull_"))
     finally:
-        br.stop(proc)
-    result["configure"] = configure_times(log_path)
-    if block:
-        result["blocked"] = blocks_logged(log_path)
+        br.stop(x["proc"])
+    result["configure"] = configure_times(x["log"])
+    if x["block"]:
+        result["blocked"] = blocks_logged(x["log"])
     return result
+
+
+HOT_PATH = REPO / "target" / "release" / "examples" / "hot_path"
+
+
+def instructions_per_request(domains, blocked, low, high):
+    """The filter's logic per request natively under callgrind (examples/hot_path.rs, happy
+    path, 3 weighted masters + slave): with `domains - 1` other domains configured, or — when
+    `blocked` — that many other domains whose origin is blocked (a region outage).
+    (I(high) - I(low)) / (high - low), so the parse and start-up cancel out. Independent of the
+    machine's load, unlike rps."""
+    extra = [str(blocked)] if blocked else [str(domains - 1), "unblocked"]
+    counts = []
+    for n in (low, high):
+        with tempfile.NamedTemporaryFile(prefix="scale-callgrind-") as out:
+            p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}",
+                                str(HOT_PATH), "happy", "3", str(n), *extra],
+                               capture_output=True, text=True, timeout=900)
+            if p.returncode != 0:
+                raise RuntimeError(f"callgrind failed: {p.stderr[-2000:]}")
+            m = re.search(r"^summary:\s+(\d+)", Path(out.name).read_text(), re.M)
+            counts.append(int(m.group(1)))
+            copied = re.search(r"copied_bytes/request=([\d.]+)", p.stdout)
+    return {"instructions": (counts[1] - counts[0]) / (high - low),
+            "copied": float(copied.group(1)) if copied else None}
 
 
 def fmt_ms(values):
@@ -246,30 +292,38 @@ def write_report(o, results, meta):
         "`--concurrency 2`, configuration by `origin-pull render --out-dir` (ECDS). *configure* is "
         "the filter's own `on_configure` time per VM (main thread ×2, then the two workers) from "
         "its log line; *rps*: wrk -t1 -c32, 1 KiB object, one domain (the last of the list), "
-        f"median of {o['reps']} × {o['duration']:.0f} s.",
+        f"median of {o['reps']} × {o['duration']:.0f} s, the sets measured in turn (A B C A B C …) so that a "
+        "slow moment of the machine hits them alike.",
         "",
         "| domains | blocked origins | config | ready (s) | RSS (MB) | /stats lines (origin-pull's) "
-        "| configure per VM (ms) | rps | vs 1 domain | p99 |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| configure per VM (ms) | rps | vs 1 domain | p99 | instructions / request | vs 1 domain "
+        "| bytes copied into the VM / request |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
+    base_instr = base.get("instructions") if base else None
     for r in results:
         times = [t for _, t, _ in r["configure"]]
         ratio = (f"{r['rps'] / base['rps']:.2f}×" if base and r.get("rps") and base.get("rps")
                  else "—")
+        instr = r.get("instructions")
         lines.append(
-            f"| {r['domains']:,} | {r['blocked'] if r['blocked'] is not None else 0:,} | "
-            f"{r['config_bytes'] / 1e6:.2f} MB | {r['ready_s']:.2f} | {r['rss_mb']:.0f} | "
-            f"{r['stats_lines']:,} ({r['filter_stats']}) | {fmt_ms(times)} | "
-            f"{r['rps']:,.0f} | {ratio} | {br.fmt_us(r['p99_us'])} |" if r.get("rps") else
-            f"| {r['domains']:,} | 0 | {r['config_bytes'] / 1e6:.2f} MB | {r['ready_s']:.2f} | "
-            f"{r['rss_mb']:.0f} | {r['stats_lines']:,} ({r['filter_stats']}) | {fmt_ms(times)} "
-            f"| — | — | — |")
+            f"| {r['domains']:,} | {r['blocked'] or 0:,} | {r['config_bytes'] / 1e6:.2f} MB | "
+            f"{r['ready_s']:.2f} | {r['rss_mb']:.0f} | {r['stats_lines']:,} ({r['filter_stats']}) "
+            f"| {fmt_ms(times)} | "
+            + (f"{r['rps']:,.0f} | {ratio} | {br.fmt_us(r['p99_us'])} | " if r.get("rps")
+               else "— | — | — | ")
+            + (f"{instr:,.0f} | {instr / base_instr:.3f}× | {r['copied']:,.0f} |"
+               if instr and base_instr else "— | — | — |"))
     lines += [
         "",
         "Targets (issue 12): ready ≤ 2 s (goal 1 s) and RSS ≤ 200 MB at 10,000 domains; "
         "`on_configure` ≤ 100 ms per VM; rps at 10,000 domains and with 5,000 blocked origins "
         "within 5 % of 1 domain. The blocked row counts the blocks the filter logged (every "
-        "request to a dead domain blocks its masters and its slave).",
+        "request to a dead domain blocks its masters and its slave). *instructions / request*: "
+        "the filter's logic natively under callgrind (`examples/hot_path.rs`, happy path, 3 "
+        "weighted masters and a slave; next to 9,999 other domains, or — blocked row — 5,000 "
+        "other domains whose origin is blocked), load-independent: the rps columns move with "
+        "whatever else the machine runs.",
         "",
     ]
     (o["out"] / "scale.md").write_text("\n".join(lines))
@@ -306,16 +360,35 @@ def main():
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         br._PROCS.append(origin)
         br.wait_http(LIVE_MASTERS[0], origin_port, origin, path="/1k")
+        sets, timed = [], []
         for n in o["sizes"]:
-            r = measure(o, run_dir, n, origin_port)
-            br.log(f"{n} domains: ready {r['ready_s']:.2f} s, RSS {r['rss_mb']:.0f} MB, "
-                   f"/stats {r['stats_lines']} lines, configure {fmt_ms([t for _, t, _ in r['configure']])} ms"
-                   + (f", {r['rps']:.0f} rps" if r.get("rps") else ""))
-            results.append(r)
+            x = start_set(o, run_dir, n, origin_port)
+            sets.append(x)
+            if n in (1, max(o["sizes"])):
+                timed.append(x)
+            else:
+                finish_set(x)  # ready, RSS, stats and configure only
         if o["blocked"]:
-            n = max(o["sizes"])
-            r = measure(o, run_dir, n, origin_port, block=o["blocked"])
-            br.log(f"{n} domains, {r['blocked']} origins blocked: {r['rps']:.0f} rps")
+            x = start_set(o, run_dir, max(o["sizes"]), origin_port, block=o["blocked"])
+            sets.append(x)
+            timed.append(x)
+        interleaved_rps(o, timed)
+        if o["instructions"]:
+            for x in timed:
+                r = x["result"]
+                big = r["domains"] > 1
+                low, high = (2000, 6000)
+                r.update(instructions_per_request(r["domains"], x["block"], low, high))
+                br.log(f"{r['domains']} domains, {x['block']} blocked: "
+                       f"{r['instructions']:.0f} instructions/request"
+                       + (" (the parse cancels out)" if big else ""))
+        for x in sets:
+            r = x["result"] if "stats_lines" in x["result"] else finish_set(x)
+            br.log(f"{r['domains']} domains: ready {r['ready_s']:.2f} s, RSS {r['rss_mb']:.0f} MB, "
+                   f"/stats {r['stats_lines']} lines, configure "
+                   f"{fmt_ms([t for _, t, _ in r['configure']])} ms"
+                   + (f", {r['blocked']} blocked" if r.get("blocked") else "")
+                   + (f", {r['rps']:.0f} rps {r['runs']}" if r.get("rps") else ""))
             results.append(r)
     finally:
         br.stop_all()
