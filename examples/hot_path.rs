@@ -224,8 +224,8 @@ fn main() {
     host.shared
         .insert("origin_pull.probe_lease".into(), (vec![0; 16], 1));
     let mut blocks = BlockTable::default();
-    // Per-origin stats, defined once per configuration as the glue does in on_configure.
-    let metrics = Rc::new(Metrics::define(&config, &mut host));
+    // Stats as the glue makes them in on_configure (each series defined on first use).
+    let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
     // What wrk sends, plus what Envoy's connection manager adds before the filter runs.
     let client_headers: Vec<(String, String)> = [
         (":authority", "www.test.com"),
