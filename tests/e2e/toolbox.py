@@ -22,8 +22,10 @@ def start_origins(env):
     env.dead = env.dead_addr("127.0.0.63")
 
 
-def config(env, block_seconds=120):
-    return {"debug_headers": True, "domains": [{
+def config(env, block_seconds=120, per_origin=True):
+    # Per-origin request counts (what status and the dashboard's per-origin panel show) need
+    # metrics.per_origin; the filter's default counts requests per domain only.
+    return {"debug_headers": True, "metrics": {"per_origin": per_origin}, "domains": [{
         "domain": DOMAIN,
         "master": {"ips": [env.addr("m1"), env.dead]},
         "slave": {"ips": [env.addr("s1")]},
