@@ -20,7 +20,8 @@ Options (environment):
     BENCH_CONNECTIONS=32 wrk connections            BENCH_QUICK=1        1 s, 1 rep, 1 KiB, a/b/c/f/d1/d1000
     BENCH_SCENARIOS=a,b,c,f,d1,d10,d100,d1000       BENCH_SIZES=1k,1m (1m runs a, b and c)
     BENCH_PROXY_CPU=0    BENCH_CLIENT_CPU=1         BENCH_OUT=bench/results
-Writes BENCH_OUT/results.md, results.json and results.png. Installs wrk, nginx and gnuplot with
+Writes BENCH_OUT/results.md, results.json, results.png and raw/ (every wrk output the medians
+come from: raw/<scenario>-<size>/wrk-<system>-<rep>.txt). Installs wrk, nginx and gnuplot with
 apt-get when they are missing. Every process it starts is stopped by PID.
 """
 
@@ -615,9 +616,29 @@ plot "{sdat}" using 1:2 with linespoints lw 2 pt 7 title "requests/s", \\
     script = script.replace("{scaling_plot}", scaling_plot)
     sfile = out / "chart.gp"
     sfile.write_text(script)
-    p = subprocess.run(["gnuplot", str(sfile)], capture_output=True, text=True, timeout=60)
+    gnuplot = shutil.which("gnuplot")
+    if not gnuplot:
+        # --report-only may run where `make bench` never installed it: the tables still render.
+        log(f"gnuplot not found (Debian package gnuplot-nox): {out / 'results.png'} not redrawn; "
+            f"the chart script is {sfile}")
+        return
+    p = subprocess.run([gnuplot, str(sfile)], capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
         log(f"gnuplot failed: {p.stderr.strip()}")
+
+
+def keep_raw(run_dir, raw_dir):
+    """Every wrk output of the run (BENCH_OUT/raw/<scenario>-<size>/wrk-<system>-<rep>.txt) next
+    to results.json, which is computed from them: the medians can be audited and re-parsed."""
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    kept = 0
+    for src in sorted(run_dir.glob("*/wrk-*.txt")):
+        dst = raw_dir / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        kept += 1
+    log(f"kept {kept} raw wrk outputs in {raw_dir}")
+    return kept
 
 
 # --------------------------------------------------------------------------- main
@@ -673,6 +694,7 @@ def main():
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["seconds"] = round(time.monotonic() - t0)
     write_report(o, results, meta)
+    keep_raw(run_dir, o["out"] / "raw")
     shutil.rmtree(run_dir, ignore_errors=True)
     log(f"done in {meta['seconds']} s: {o['out'] / 'results.md'}, {o['out'] / 'results.png'}")
     return 0

@@ -40,6 +40,32 @@ Transfer/sec:     17.37MB
 """
 
 
+def report_only_checks(tmp, report):
+    """`run.py --report-only` re-renders results.md from the committed results.json on a machine
+    without gnuplot; `keep_raw` keeps every wrk output of a run beside results.json."""
+    out = tmp / "report-only"
+    out.mkdir()
+    shutil.copyfile(cf.REPO / "bench" / "results" / "results.json", out / "results.json")
+    nognuplot = tmp / "bin"  # PATH with python but no gnuplot
+    nognuplot.mkdir()
+    (nognuplot / "python3").symlink_to(sys.executable)
+    env = dict(os.environ, BENCH_OUT=str(out), PATH=str(nognuplot))
+    p = subprocess.run([sys.executable, str(Path(run.__file__)), "--report-only"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    md = out / "results.md"
+    report(p.returncode == 0 and md.exists() and "| Envoy + origin-pull |" in md.read_text()
+           and "gnuplot not found" in p.stdout,
+           "run.py --report-only without gnuplot renders results.md", p.stdout + p.stderr)
+    fake_run = tmp / "fake-run"
+    (fake_run / "a-1k").mkdir(parents=True)
+    (fake_run / "a-1k" / "wrk-plain-0.txt").write_text(WRK_SAMPLE)
+    (fake_run / "a-1k" / "origin.conf").write_text("not a wrk output")
+    kept = run.keep_raw(fake_run, out / "raw")
+    raw = out / "raw" / "a-1k" / "wrk-plain-0.txt"
+    report(kept == 1 and raw.exists() and run.parse_wrk(raw.read_text())["requests"] == 45123,
+           "keep_raw keeps the wrk outputs (and only them) beside results.json")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--envoy", default=str(cf.REPO / ".venv" / "bin" / "envoy"))
@@ -110,6 +136,7 @@ def main():
                            capture_output=True, text=True, timeout=120, cwd=cf.REPO)
         report(p.returncode != 0, "envoy --mode validate rejects a missing wasm module",
                p.stdout + p.stderr)
+        report_only_checks(tmp, report)
     print(f"bench smoke: {'FAILED: ' + ', '.join(failures) if failures else 'all passed'}")
     return 1 if failures else 0
 

@@ -2,12 +2,17 @@
 """Chaos scenarios under a bounded load against the real Envoy (--concurrency 2).
 
 Each scenario starts its own origins on 127.0.6.x (each with a timed request log), one Envoy,
-and a keep-alive load generator (threads, a fixed request rate), breaks something mid-load and
-measures: client-visible errors, which origin got which request (from the origins' own logs),
-requests that reached an origin during one of its block windows (the windows come from the
-filter's "blocked for N s" log lines), and Envoy's RSS.
+and a load generator that keeps its HTTP/1.1 connections alive across requests (threads, a
+fixed request rate), breaks something mid-load. The measures, kept apart from the scenarios so
+that every scenario gets all of them: client-visible errors (nothing retried; failures on reused
+connections in their own column), which origin got which request (the origins' own logs),
+requests the filter sent to an origin inside one of its block windows (windows from the filter's
+"blocked for N s" log lines; requests matched by path to Envoy's access-log start time; seen
+from the origins' logs and from Envoy's access log), wasm VM failures, and Envoy's RSS against a
+bound a 1 KiB/request leak breaks.
 
-    tests/e2e/test_chaos.py              short version of every scenario (make test)
+    tests/e2e/test_chaos.py              short version of every scenario, and the planted
+                                         faults each measure must catch (make test)
     python tests/e2e/chaos.py --duration 20 --rate 300 --out RELIABILITY.md    (make chaos)
 
 Every run is bounded (duration, request count); only processes started here are signalled.
@@ -33,15 +38,6 @@ from harness import Env, wait_for  # noqa: E402
 
 D = "www.test.com"
 NET = "127.0.6."
-# A request that reached an origin less than this after its block was logged was already on
-# its way (picked before the block, or delayed by a loaded machine): not a violation.
-BLOCK_GRACE_S = 0.5
-# The logged block time is a little later than the clock reading the block's end is computed
-# from, so a window as read from the log ends slightly late: ignore its last END_SLACK_S.
-END_SLACK_S = 0.1
-BLOCK_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\].*origin-pull: \S+: "
-                        r"(?:master|slave) origin (\S+) failed \(([a-z_0-9]+)\); blocked for (\d+) s")
-
 
 # ---------------------------------------------------------------------------- load generator
 
@@ -52,20 +48,24 @@ class Outcome(NamedTuple):
     status: object      # int, or "error"
     served_by: str      # x-served-by of the origin that answered, "" if none
     detail: str         # x-origin-pull-error, or the exception
+    reused: bool = False  # sent on a connection that had already carried a request
 
 
 class Load:
-    """`rate` requests/s for `duration` s over `threads` keep-alive connections to Envoy's
-    listener (re-read on every new connection, so an Envoy restart on a new port is followed).
-    A request that fails on a REUSED connection before any answer is retried once on a new
-    one, as every HTTP client does for idempotent requests (counted in `stale_retries`)."""
+    """`rate` requests/s for `duration` s over `threads` persistent HTTP/1.1 connections to
+    Envoy's listener, the way a CDN's clients keep them: each thread keeps its connection open
+    across requests and opens a new one only after the server closed it (`Connection: close`)
+    or it failed. The listener address is re-read on every new connection, so an Envoy restart
+    on a new port is followed. Nothing is retried: a request that fails, on a fresh or a reused
+    connection, is a client-visible error (`reused` marks the second kind)."""
 
     def __init__(self, env, rate, duration, threads=24, timeout=10.0, host=D):
         self.env, self.rate, self.duration = env, rate, duration
         self.threads, self.timeout, self.host = threads, timeout, host
         self.total = int(rate * duration)
         self.results = []
-        self.stale_retries = 0
+        self.connections = 0     # connections opened
+        self.server_closes = 0   # responses that carried Connection: close
         self._lock = threading.Lock()
         self._next = 0
         self._workers = []
@@ -101,66 +101,70 @@ class Load:
             if delay > 0:
                 time.sleep(delay)
             sent = time.time()
+            reused = conn[0] is not None and conn[1] > 0
             status, served, detail = self._one(conn, f"/chaos/{i}")
             with self._lock:
-                self.results.append(Outcome(i, sent, time.time(), status, served, detail))
+                self.results.append(Outcome(i, sent, time.time(), status, served, detail,
+                                            reused))
         if conn[0] is not None:
             conn[0].close()
 
     def _one(self, conn, path):
-        for attempt in (0, 1):
-            if conn[0] is None:
-                conn[0] = http.client.HTTPConnection(self.env.listener_ip,
-                                                     self.env.listener_port,
-                                                     timeout=self.timeout)
-                conn[1] = 0
-            reused = conn[1] > 0
-            conn[1] += 1
-            try:
-                conn[0].request("GET", path, headers={"Host": self.host})
-                r = conn[0].getresponse()
-                r.read()
-                if (r.getheader("connection") or "").lower() == "close":
-                    conn[0].close()
-                    conn[0] = None
-                return (r.status, r.getheader("x-served-by") or "",
-                        r.getheader("x-origin-pull-error") or "")
-            except (http.client.RemoteDisconnected, ConnectionResetError,
-                    BrokenPipeError) as e:
+        if conn[0] is None:
+            conn[0] = http.client.HTTPConnection(self.env.listener_ip, self.env.listener_port,
+                                                 timeout=self.timeout)
+            conn[1] = 0
+            with self._lock:
+                self.connections += 1
+        conn[1] += 1
+        try:
+            conn[0].request("GET", path, headers={"Host": self.host})
+            r = conn[0].getresponse()
+            r.read()
+            if (r.getheader("connection") or "").lower() == "close":
                 conn[0].close()
                 conn[0] = None
-                if reused and attempt == 0:
-                    with self._lock:
-                        self.stale_retries += 1
-                    continue
-                return "error", "", repr(e)
-            except Exception as e:  # noqa: BLE001 - refused, timeout...: a client error
-                conn[0].close()
-                conn[0] = None
-                return "error", "", repr(e)
-        return "error", "", "unreachable"
+                with self._lock:
+                    self.server_closes += 1
+            return (r.status, r.getheader("x-served-by") or "",
+                    r.getheader("x-origin-pull-error") or "")
+        except Exception as e:  # noqa: BLE001 - reset, refused, timeout...: a client error
+            conn[0].close()
+            conn[0] = None
+            return "error", "", repr(e)
+
+
+class RssSample(NamedTuple):
+    t: float
+    pid: int
+    mib: float
 
 
 class RssSampler:
-    """Envoy's VmRSS (MiB) every `interval` s, following a restarted Envoy's new PID."""
+    """Envoy's VmRSS (MiB) every `interval` s, with the PID (a restarted Envoy is a new one)."""
 
     def __init__(self, env, interval=0.5):
         self.env, self.interval = env, interval
-        self.samples = []  # (time, MiB)
+        self.samples = []  # RssSample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self):
+        proc = self.env.proc
+        if proc is not None:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.samples.append(RssSample(time.time(), proc.pid,
+                                                      int(line.split()[1]) / 1024))
+            except OSError:
+                pass
+
     def _run(self):
         while not self._stop.is_set():
-            proc = self.env.proc
-            if proc is not None:
-                try:
-                    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                        if line.startswith("VmRSS:"):
-                            self.samples.append((time.time(), int(line.split()[1]) / 1024))
-                except OSError:
-                    pass
+            self._sample()
             self._stop.wait(self.interval)
+        self._sample()  # after the load: the last sample covers every request
 
     def start(self):
         self._thread.start()
@@ -169,10 +173,6 @@ class RssSampler:
     def stop(self):
         self._stop.set()
         self._thread.join(timeout=5)
-
-    def summary(self):
-        values = [mib for _, mib in self.samples] or [0.0]
-        return values[0], max(values), values[-1]
 
 
 # ---------------------------------------------------------------------------- failures
@@ -239,10 +239,42 @@ class SynDrop:
         self.sock.close()
 
 
-# ---------------------------------------------------------------------------- analysis
+# ---------------------------------------------------------------------------- measures
+#
+# Each measure is a function of what a scenario recorded (the load's outcomes, the origins' timed
+# logs, Envoy's log and access log, RSS samples), separate from the scenarios that break things,
+# so a new scenario gets every measure, and each measure has a test that plants the fault it
+# must catch (tests/e2e/test_chaos.py).
 
 VM_CRASH_MARKS = ("panicked at", "failed: Uncaught", "wasm_fail", "Wasm VM failed",
                   "Failed to load Wasm")
+
+# Clock precision of the block measure. Envoy's log and its access log (%START_TIME%) stamp
+# with the same system clock, truncated to the millisecond: a request is known to have STARTED
+# after a block was written only if its start millisecond is later than the log line's (the
+# filter writes the block into shared data, then logs it). Requests started in the block's own
+# millisecond are not judged.
+CLOCK_PRECISION_S = 0.001
+# The filter reads its clock, computes the block's end (clock + block_seconds), CAS-writes the
+# table and only then logs the line: the window as read from the log may end this much later
+# than the real one. Requests reaching an origin this close to a window's end are not judged.
+END_MARGIN_S = 0.010
+# Envoy writes the access log every --file-flush-interval-msec (100 ms in the harness): the
+# measure waits until every answered request has its line, at most this long.
+ACCESS_LOG_WAIT_S = 10.0
+# The RSS goal: over the steady part of the load (after the first RSS_WARM_FRACTION of the
+# requests: they open connections and pools, and every breakage happens in them, at 30 %, with
+# its one-time allocations: new upstream connections, the wasm heap's high-water mark for the
+# requests held during a failover), Envoy may grow by at most
+# RSS_ALLOWED_KIB_PER_REQUEST per request served. A leak of 1 KiB per request grows it by twice
+# that, so it misses the goal; the figures in RELIABILITY.md state the arithmetic.
+RSS_WARM_FRACTION = 0.5
+RSS_ALLOWED_KIB_PER_REQUEST = 0.5
+LEAK_TO_CATCH_KIB = 1.0
+# An LDS reload builds a new listener and filter chain (and their wasm contexts) while the old
+# one drains: a one-time step, not a leak. Sample intervals that overlap a reload (from its
+# start to this long after it completed) are left out of the judged growth and request count.
+RSS_RELOAD_SETTLE_S = 0.5
 
 
 def vm_failures(env):
@@ -260,7 +292,8 @@ def vm_failures(env):
 
 
 def timed_requests(origin):
-    """[(unix time, method, path)] from an origin's --timed-log."""
+    """[(unix time, method, path)] from an origin's --timed-log: every request it read, routed
+    or failover callout (a black hole logs the request heads it reads without answering)."""
     path = origin.env.dir / f"origin-{origin.name}.timed"
     out = []
     if path.exists():
@@ -271,58 +304,154 @@ def timed_requests(origin):
     return out
 
 
-def block_windows(env):
-    """{origin label: [(start, end)]} from the filter's "blocked for N s" log lines."""
+BLOCK_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\].*origin-pull: \S+: "
+                        r"(?:master|slave) origin (\S+) failed \(([a-z_0-9]+)\); blocked for (\d+) s")
+
+
+def block_windows(env, cut_at=()):
+    """{origin label: [(start, end)]} from the filter's "blocked for N s" log lines. `cut_at`:
+    times the Envoy process was replaced (a new process starts with no blocks), which end every
+    window open at that time."""
     windows = {}
     for line in env.envoy_log().splitlines():
         m = BLOCK_LINE.search(line)
         if m:
             start = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-            windows.setdefault(m.group(2), []).append((start, start + int(m.group(4))))
+            end = start + int(m.group(4))
+            end = min([end] + [t for t in cut_at if t > start])
+            windows.setdefault(m.group(2), []).append((start, end))
     return windows
 
 
-ACCESS_LINE = re.compile(r'^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z\] .* upstream=(\S+) ')
+ACCESS_LINE = re.compile(r'^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z\] "(\S+) (\S+) (\S+)" '
+                         r'(\d+) .* upstream=(\S+) .* (\d+)ms$')
 
 
-def blocked_at(windows, label, t, early=0.0):
-    """Whether `label` is inside one of its block windows at `t` (see END_SLACK_S), or will be
-    within `early` seconds."""
-    return any(start - early < t < end - END_SLACK_S for start, end in windows.get(label, ()))
+class Access(NamedTuple):
+    start: float     # %START_TIME% (ms)
+    path: str
+    status: int
+    upstream: str    # %UPSTREAM_HOST%: the origin Envoy routed to ("-" for none)
+    duration: float  # s
 
 
-def avoidable(windows, label, t, origins):
-    """A request at `t` to blocked `label` while another origin was NOT blocked. (When every
-    origin is blocked the filter still tries one, by design: not counted. Log times have 1 ms
-    steps and a request starts a little before the filter decides: another origin blocked
-    within 50 ms after `t` counts as blocked.)"""
-    return blocked_at(windows, label, t) and any(
-        o != label and not blocked_at(windows, o, t, early=0.05) for o in origins)
-
-
-def routed_after_block(env, windows):
-    """Requests Envoy STARTED after an origin's block was logged and still routed to it while
-    another origin was unblocked (access log: %START_TIME%, %UPSTREAM_HOST%). Exact: no grace
-    needed, because the filter picks the origin after the request started."""
-    origins = [o.addr for o in env.origins.values()]
-    hits = 0
+def access_entries(env):
+    """Envoy's access log, parsed."""
+    out = []
     for line in env.access_log():
         m = ACCESS_LINE.match(line)
-        if not m or m.group(2) not in windows:
-            continue
-        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(
-            tzinfo=datetime.timezone.utc).timestamp()
-        hits += avoidable(windows, m.group(2), t, origins)
-    return hits
+        if m:
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            out.append(Access(t, m.group(4), int(m.group(5)), m.group(6), int(m.group(7)) / 1e3))
+    return out
 
 
-def blocked_hits(origin, windows):
-    """Requests (or, for a black hole, connections) that reached `origin` inside one of its
-    block windows, past the grace period, while another origin was unblocked."""
+def wait_access_log(env, results, timeout=ACCESS_LOG_WAIT_S):
+    """Wait (bounded) until every request of the load that got an HTTP answer has its access-log
+    line; returns the entries and how many answered requests still have none."""
+    answered = {f"/chaos/{r.index}" for r in results if r.status != "error"}
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = access_entries(env)
+        missing = len(answered - {e.path for e in entries})
+        if not missing or time.monotonic() >= deadline:
+            return entries, missing
+        time.sleep(0.1)
+
+
+def _blocked_over(windows, label, t0, t1):
+    """Whether `label` was blocked at some moment of [t0, t1]."""
+    return any(start <= t1 and end >= t0 for start, end in windows.get(label, ()))
+
+
+def avoidable(windows, label, started, reached, origins):
+    """A request that STARTED at `started` (Envoy's clock) and reached origin `label` at
+    `reached` is one the filter should have sent elsewhere: it started after `label`'s block was
+    written (see CLOCK_PRECISION_S), reached it before the block ended (see END_MARGIN_S), and
+    another origin was unblocked the whole time in between, so the filter had a choice (when
+    every origin is blocked the filter still tries one, by design)."""
+    inside = any(started >= start + CLOCK_PRECISION_S and reached < end - END_MARGIN_S
+                 for start, end in windows.get(label, ()))
+    return inside and any(o != label and not _blocked_over(windows, o, started, reached)
+                          for o in origins)
+
+
+def blocked_hits(origin, windows, starts):
+    """Requests that reached `origin` (its own timed log: routed requests, failover callouts,
+    black-hole request heads) and that the filter should have sent elsewhere (avoidable()).
+    `starts`: {path: Envoy's %START_TIME%}. Returns (hits, unmatched): unmatched are arrivals
+    inside a window whose request has no access-log line (their start is unknown)."""
     origins = [o.addr for o in origin.env.origins.values()]
-    return [t for t, _, _ in timed_requests(origin)
-            if avoidable(windows, origin.addr, t - BLOCK_GRACE_S, origins)
-            and blocked_at(windows, origin.addr, t)]
+    hits, unmatched = [], []
+    for t, _, path in timed_requests(origin):
+        if not path.startswith("/chaos/"):
+            continue
+        started = starts.get(path)
+        if started is None:
+            if any(start <= t < end for start, end in windows.get(origin.addr, ())):
+                unmatched.append(t)
+            continue
+        if avoidable(windows, origin.addr, started, t, origins):
+            hits.append(t)
+    return hits, unmatched
+
+
+def routed_after_block(env, windows, entries):
+    """Requests Envoy itself routed to a blocked origin (access log %UPSTREAM_HOST%, which also
+    sees origins that cannot log: killed, black-holed, dropping SYNs) that avoidable() counts;
+    the connect attempt happened between the start and the end of the request."""
+    origins = [o.addr for o in env.origins.values()]
+    return sum(1 for e in entries if e.path.startswith("/chaos/") and e.upstream in windows
+               and avoidable(windows, e.upstream, e.start, e.start + e.duration, origins))
+
+
+def first_index(values, fraction):
+    return min(len(values) - 1, int(len(values) * fraction)) if values else 0
+
+
+class RssVerdict(NamedTuple):
+    samples: int        # samples of the judged (last) Envoy process
+    first: float        # MiB, first sample of that process
+    peak: float
+    base: float         # MiB at the end of the warm-up (RSS_WARM_FRACTION of its requests)
+    last: float         # base + the judged growth (the last sample, unless reloads were left out)
+    requests: int       # requests answered between `base` and `last`
+    bound_mib: float    # allowed growth from base to last
+    problem: str        # "" when met
+
+
+def rss_verdict(samples, results, interval=0.5, duration=None, reloads=()):
+    """The RSS goal over the last Envoy process's samples (see RSS_ALLOWED_KIB_PER_REQUEST):
+    fails when there are too few samples to judge, or when RSS grew from the end of the warm-up
+    to the last sample by more than the bound. `reloads`: (start, end) of LDS reloads; sample
+    intervals overlapping one (see RSS_RELOAD_SETTLE_S) are not judged."""
+    if not samples:
+        return RssVerdict(0, 0, 0, 0, 0, 0, 0, "no RSS samples")
+    pid = samples[-1].pid
+    own = [x for x in samples if x.pid == pid]
+    done = sorted(r.done for r in results if r.status != "error" and r.done >= own[0].t)
+    needed = max(4, int(0.5 * (own[-1].t - own[0].t) / interval)) if duration is None \
+        else max(4, int(0.5 * duration / interval))
+    warm_t = done[first_index(done, RSS_WARM_FRACTION)] if done else own[0].t
+    judged = [x for x in own if x.t >= warm_t] or own[-1:]
+    growth, n = 0.0, 0
+    for a, b in zip(judged, judged[1:]):
+        if any(start <= b.t and end + RSS_RELOAD_SETTLE_S >= a.t for start, end in reloads):
+            continue
+        growth += b.mib - a.mib
+        n += sum(1 for t in done if a.t < t <= b.t)
+    bound = n * RSS_ALLOWED_KIB_PER_REQUEST / 1024
+    problem = ""
+    if len(samples) < needed:
+        problem = f"only {len(samples)} RSS samples (at least {needed} needed to judge)"
+    elif n == 0:
+        problem = "no request answered after the RSS warm-up: nothing to judge"
+    elif growth > bound:
+        problem = (f"Envoy RSS grew {growth:.2f} MiB over {n} requests after the warm-up "
+                   f"(bound {bound:.2f} MiB: {RSS_ALLOWED_KIB_PER_REQUEST} KiB/request)")
+    return RssVerdict(len(own), own[0].mib, max(x.mib for x in own), judged[0].mib,
+                      judged[0].mib + growth, n, bound, problem)
 
 
 class Result(NamedTuple):
@@ -330,12 +459,13 @@ class Result(NamedTuple):
     requests: int
     errors: int
     error_kinds: dict
-    blocked_hits: int
+    blocked_hits: int     # from the origins' own logs, see blocked_hits()
     blocks: int
     routed_to_blocked: int  # from Envoy's access log, see routed_after_block()
     served: dict          # origin name -> requests it logged during the load
-    rss: tuple            # (first, max, last) MiB
-    stale_retries: int
+    rss: RssVerdict
+    reused_errors: int    # requests that failed (no answer) on a connection that had already
+                          # carried a request
     rps: float
     p99_ms: float
     no_path: str          # why errors are expected ("" = a healthy path exists: zero errors)
@@ -344,24 +474,32 @@ class Result(NamedTuple):
     crash: str = ""       # the exception that stopped the scenario, if any
     tail_errors: int = 0  # errors among the last 20% of requests (after the breakage settled)
     healthy_blocks: int = -1  # blocks of origins that were healthy all along (-1: not measured)
+    connections: int = 0  # client connections opened by the load
+    unlogged: int = 0     # answered requests without an access-log line after the wait
+    unmatched: int = 0    # origin arrivals inside a block window without an access-log line
+    extra: dict = None    # scenario-specific figures (see the scenario)
 
     def problems(self):
         """Why this run misses the goal ([] when it meets it)."""
         out = [f"the scenario crashed: {self.crash}"] if self.crash else []
         if not self.no_path and self.errors:
-            out.append(f"{self.errors} client errors while a healthy path existed: "
-                       f"{self.error_kinds}")
+            out.append(f"{self.errors} client errors while a healthy path existed "
+                       f"({self.reused_errors} on reused connections): {self.error_kinds}")
         if self.blocked_hits:
             out.append(f"{self.blocked_hits} requests reached a blocked origin")
         if self.routed_to_blocked:
             out.append(f"Envoy routed {self.routed_to_blocked} requests to a blocked origin")
+        if self.unlogged:
+            out.append(f"{self.unlogged} answered requests missing from Envoy's access log")
+        if self.unmatched:
+            out.append(f"{self.unmatched} origin arrivals inside a block window could not be "
+                       f"matched to Envoy's access log")
         if self.vm_failures:
             out.append(f"wasm VM failures: {self.vm_failures}")
         if self.healthy_blocks > 0:
             out.append(f"{self.healthy_blocks} blocks of healthy origins")
-        first, peak, last = self.rss
-        if last > first * 1.5 + 30:
-            out.append(f"Envoy RSS grew from {first:.0f} to {last:.0f} MiB")
+        if self.rss.problem:
+            out.append(self.rss.problem)
         return out
 
 
@@ -378,6 +516,11 @@ class Chaos:
         self.no_path = ""
         self.notes = ""
         self.load = None
+        # Times the Envoy process was replaced: a new process starts with no blocks, so the
+        # block windows of the old one end there (False only to plant that fault in a test).
+        self.restarts = []
+        self.cut_windows_at_restart = True
+        self.reloads = []  # (start, end) of LDS reloads (see RSS_RELOAD_SETTLE_S)
 
     def __enter__(self):
         self.env.__enter__()
@@ -440,22 +583,40 @@ class Chaos:
         for r in errors:
             key = f"{r.status} {r.detail[:60]}".strip()
             kinds[key] = kinds.get(key, 0) + 1
-        windows = block_windows(env)
-        hits = sum(len(blocked_hits(o, windows)) for o in env.origins.values())
+        entries, unlogged = wait_access_log(env, results)
+        windows = block_windows(env, cut_at=self.restarts if self.cut_windows_at_restart else ())
+        starts = {}
+        for e in entries:
+            starts.setdefault(e.path, e.start)
+        hits = unmatched = 0
+        for o in env.origins.values():
+            h, u = blocked_hits(o, windows, starts)
+            hits, unmatched = hits + len(h), unmatched + len(u)
         served = {o.name: sum(1 for _, _, p in timed_requests(o) if p.startswith("/chaos/"))
                   for o in env.origins.values()}
+        extra = {}
+        if self.restarts:
+            # What the new process sent to origins the old one had blocked (it starts with no
+            # blocks): the same measures with the old windows left open.
+            old_windows = block_windows(env)
+            extra["to origins blocked before the restart"] = (
+                sum(len(blocked_hits(o, old_windows, starts)[0]) for o in env.origins.values()),
+                routed_after_block(env, old_windows, entries))
         latencies = sorted(r.done - r.sent for r in results) or [0.0]
         span = max((r.done for r in results), default=0) - min((r.sent for r in results),
                                                                default=0)
         return Result(
             name=self.name, requests=len(results), errors=len(errors), error_kinds=kinds,
             blocked_hits=hits, blocks=sum(len(v) for v in windows.values()), served=served,
-            routed_to_blocked=routed_after_block(env, windows),
-            rss=rss.summary(), stale_retries=self.load.stale_retries,
+            routed_to_blocked=routed_after_block(env, windows, entries),
+            rss=rss_verdict(rss.samples, results, rss.interval, self.duration, self.reloads),
+            reused_errors=sum(1 for r in errors if r.reused and r.status == "error"),
             rps=len(results) / span if span > 0 else 0.0,
             p99_ms=latencies[int(len(latencies) * 0.99) - 1 if len(latencies) > 1 else 0] * 1000,
             no_path=self.no_path, notes=self.notes, vm_failures=vm_failures(env),
-            tail_errors=sum(1 for r in errors if r.index >= len(results) * 0.8))
+            tail_errors=sum(1 for r in errors if r.index >= len(results) * 0.8),
+            connections=self.load.connections, unlogged=unlogged, unmatched=unmatched,
+            extra=extra)
 
 
 def scenario_kill9(c):
@@ -552,18 +713,44 @@ def scenario_reload(c, reloads=None):
             delay = t0 + 2.0 * (k + 1) - time.time()
             if delay > 0:
                 time.sleep(delay)
+            started = time.time()
             c.env.reload(cfg(k % 2 == 0), expect="success")
-            done.append(k)
+            done.append((time.time(), k % 2 == 0))
+            c.reloads.append((started, time.time()))
 
     result = c.run([(0.0, reloader)])
+    followed = switch_followed(c.load.results, done)
+    missed = [k for k, (n_expected, n) in enumerate(followed) if n_expected == 0]
     c.notes = (f"{len(done)} LDS reloads every 2 s, alternating master_slave_switch "
-               f"(served: {result.served})")
+               f"(served: {result.served}); after each reload, requests sent until the next one "
+               f"served by the role it names: {sum(e for e, _ in followed)} of "
+               f"{sum(n for _, n in followed)} (old connections drain over Envoy's drain time), "
+               f"reloads after which that role served nothing: {len(missed)}")
     assert len(done) == target, (done, target)
-    return result._replace(notes=c.notes)
+    return result._replace(notes=c.notes, extra={"switch followed": followed})
+
+
+def switch_followed(results, reloads):
+    """For each reload (time it was in effect, switch on?): (requests sent from then until the
+    next reload that the role it names served, requests sent in that time). With the switch on
+    the slave `s` serves; off, the masters."""
+    out = []
+    for k, (t, switch) in enumerate(reloads):
+        t_next = reloads[k + 1][0] if k + 1 < len(reloads) else float("inf")
+        sent = [r for r in results if t <= r.sent < t_next and r.status == 200]
+        expected = [r for r in sent if (r.served_by == "s") == switch]
+        out.append((len(expected), len(sent)))
+    return out
 
 
 def scenario_envoy_restart(c):
-    m1, m2, s = c.trio(110)
+    # m1 answers 503 (block_on_5xx: failed over to the slave, blocked) and d is dead (nothing
+    # listens: retried on another master, blocked): both are blocked before the restart, and
+    # the new process, which starts with no blocks, has to find them out again.
+    m1 = c.origin("m1", 110, status=503)
+    m2, s = c.origin("m2", 111), c.origin("s", 112)
+    dead = Env.dead_addr(f"{NET}113")
+    c.env.start(c.config([m1.addr, m2.addr, dead], s.addr, block_on_5xx=True))
     cfg = c.env.plugin_config
     c.no_path = "no listener while Envoy restarts"
     gap = {}
@@ -571,13 +758,19 @@ def scenario_envoy_restart(c):
     def restart():
         t = time.time()
         c.env.stop_envoy()
+        c.restarts.append(time.time())
         c.env.start(cfg)
         gap["s"] = time.time() - t
 
     result = c.run_breaking(restart)
-    c.notes = (f"Envoy stopped (SIGTERM) and started again at 30%: no listener for "
-               f"{gap.get('s', 0):.1f} s (connections refused/reset: the client errors), "
-               f"block state starts empty in the new process")
+    hits, routed = (result.extra or {}).get("to origins blocked before the restart", (0, 0))
+    c.notes = (f"masters m1 (answers 503, block_on_5xx), m2 and a dead one (nothing listens); "
+               f"Envoy stopped (SIGTERM) and started again at 30%: no listener for "
+               f"{gap.get('s', 0):.1f} s (connections refused/reset: the client errors). The "
+               f"new process starts with no blocks: it sent {hits} request(s) that m1's log "
+               f"shows and routed {routed} (access log, m1 and the dead master) to origins the "
+               f"old process had blocked, each failed over or retried (invisible to clients), "
+               f"before blocking them again (Envoy --concurrency 2)")
     return result._replace(notes=c.notes)
 
 
@@ -710,17 +903,21 @@ def run_scenario(name, fn, directory, envoy_bin, rate, duration, **kw):
 # ---------------------------------------------------------------------------- report
 
 def table(results):
-    lines = ["| scenario | requests | client errors | requests to blocked IPs (origin logs / "
-             "Envoy access log) | max RSS (MiB) | RSS first → last | p99 (ms) | served by | goal |",
-             "|---|---:|---:|---:|---:|---|---:|---|---|"]
+    lines = ["| scenario | requests | client errors | of which on reused connections | "
+             "requests per connection | requests to blocked IPs (origin logs / Envoy access log) "
+             "| RSS samples | RSS MiB after warm-up → last (bound) | max RSS (MiB) | p99 (ms) "
+             "| served by | goal |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|"]
     for r in results:
-        first, peak, last = r.rss
-        served = ", ".join(f"{k} {v}" for k, v in sorted(r.served.items()) if v)
+        v = r.rss
+        served = ", ".join(f"{k} {n}" for k, n in sorted(r.served.items()) if n)
         goal = "met" if not r.problems() else "MISSED: " + "; ".join(r.problems())
         errors = f"{r.errors}" + (f" ({r.no_path})" if r.no_path else "")
-        lines.append(f"| {r.name} | {r.requests} | {errors} | {r.blocked_hits} / "
-                     f"{r.routed_to_blocked} | {peak:.0f} "
-                     f"| {first:.0f} → {last:.0f} | {r.p99_ms:.0f} | {served} | {goal} |")
+        per_conn = f"{r.requests / r.connections:.0f}" if r.connections else "–"
+        lines.append(f"| {r.name} | {r.requests} | {errors} | {r.reused_errors} | {per_conn} "
+                     f"| {r.blocked_hits} / {r.routed_to_blocked} | {v.samples} "
+                     f"| {v.base:.1f} → {v.last:.1f} (+{v.bound_mib:.1f} over {v.requests}) "
+                     f"| {v.peak:.0f} | {r.p99_ms:.0f} | {served} | {goal} |")
     return "\n".join(lines)
 
 
@@ -794,33 +991,55 @@ def hostile_section():
             "| the client tries | it gets | test |\n|---|---|---|\n" + rows + "\n")
 
 
-def report(results, rate, duration, seconds):
+def report(results, rate, duration, seconds, reloads, load_note=""):
     notes = "\n".join(f"- **{r.name}**: {r.notes}."
                       + (f" Errors: {r.error_kinds}." if r.errors else "")
-                      + (f" {r.stale_retries} stale keep-alive retries." if r.stale_retries
-                         else "")
                       for r in results)
+    leak_mib = rate * duration * (1 - RSS_WARM_FRACTION) * LEAK_TO_CATCH_KIB / 1024
+    bound_mib = rate * duration * (1 - RSS_WARM_FRACTION) * RSS_ALLOWED_KIB_PER_REQUEST / 1024
     return f"""# Reliability figures
 
 Generated by `make chaos` ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC,
-{seconds:.0f} s): every scenario runs {duration:.0f} s of load at {rate} requests/s (keep-alive,
-24 client threads; the reload scenario runs until its 50 reloads are done) through one Envoy
-(`--concurrency 2`, first-byte timeout 1 s, connect timeout 0.5 s) with origins on 127.0.6.x. Do not
-edit by hand: re-run `make chaos`.
+{seconds:.0f} s; command: `make chaos CHAOS_RATE={rate} CHAOS_DURATION={duration:g} CHAOS_RELOADS={reloads}`): every scenario runs {duration:g} s of load at {rate}
+requests/s (24 client threads, each keeping one HTTP/1.1 connection open across requests; the
+reload scenario runs until its {reloads} reloads are done) through one Envoy (`--concurrency 2`,
+first-byte timeout 1 s, connect timeout 0.5 s) with origins on 127.0.6.x.{load_note} Do not edit by
+hand: re-run `make chaos`.
 
-- **client errors**: responses other than 200, and connection failures. A request that fails on
-  a reused keep-alive connection before any answer is retried once on a new connection (what
-  HTTP clients do); those retries are listed below.
-- **requests to blocked IPs**: requests (connections, for the black hole) that an origin's own
-  log records inside one of its block windows while another origin was not blocked (when every
-  origin is blocked the filter still tries one, by design), windows taken from the filter's
-  `blocked for N s` log lines, more than {BLOCK_GRACE_S} s after the block (requests already on their way are not
-  counted) and more than {END_SLACK_S} s before its end (the log line is written a little after
-  the clock reading the block's end is computed from). A killed or SYN-dropping origin cannot log anything, so the second figure counts,
-  from Envoy's access log, requests that STARTED after the block was logged and were still routed
-  to the blocked address (exact, no grace; failover callouts are not in the access log).
-- **RSS**: Envoy's VmRSS sampled every 0.5 s. Goal: last ≤ 1.5 × first + 30 MiB.
-- Goal: zero client errors while a healthy path exists, no request to a blocked IP, flat RSS.
+- **client errors**: responses other than 200, and requests that failed (reset, refused,
+  timeout) — on a fresh or on a reused keep-alive connection alike: nothing is retried by the
+  load. Errors on a connection that had already carried a request have their own column
+  (goal 0 too). **requests per connection** shows the connections were kept alive.
+- **requests to blocked IPs**, from two sources, each matched to Envoy's own start time of the
+  request (`%START_TIME%` in the access log, by its unique path), counted when the request
+  STARTED after the filter's `blocked for N s` log line and reached the origin before the
+  window's end, while another origin was unblocked the whole time in between (when every origin
+  is blocked the filter still tries one, by design):
+  - *origin logs*: every request an origin read — routed requests, failover callouts, and the
+    request heads a black hole reads without answering;
+  - *Envoy access log* (`%UPSTREAM_HOST%`): every routed request, including those to origins
+    that cannot log (killed, dropping SYNs). The measure waits until every answered request has
+    its access-log line (Envoy flushes it every 100 ms here); a missing line is itself a miss.
+
+  Clock precision: both logs stamp the same system clock in whole milliseconds, so a request
+  started in the block line's own millisecond is not judged (the filter writes the block, then
+  logs it), nor one reaching the origin in the last {END_MARGIN_S * 1000:.0f} ms of a window
+  (the filter reads its clock for the window's end before it writes and logs the block). Not
+  seen by either source: a failover callout to an origin that cannot log.
+- **RSS**: Envoy's VmRSS sampled every 0.5 s (a scenario without at least half the expected
+  samples misses the goal). Judged on the last Envoy process, from the sample after its first
+  {RSS_WARM_FRACTION:.0%} of the requests (they open the connections and pools, and every
+  breakage happens in them, at 30 %, with its one-time allocations) to a last sample taken
+  after the load: growth ≤ {RSS_ALLOWED_KIB_PER_REQUEST} KiB × requests answered in between
+  (the column shows the RSS at the start and the end of the judged part, and the bound). In the
+  reload scenario, sample intervals from a reload's start to {RSS_RELOAD_SETTLE_S} s after it
+  completed are left out, growth and requests alike: each reload builds a new listener and
+  filter chain while the old one drains, a one-time step. A leak of
+  {LEAK_TO_CATCH_KIB:g} KiB per request breaks it: at {rate} requests/s for {duration:g} s,
+  about {rate * duration * (1 - RSS_WARM_FRACTION):.0f} requests after the warm-up would leak
+  {leak_mib:.1f} MiB against a bound of {bound_mib:.1f} MiB.
+- Goal: zero client errors while a healthy path exists, no request to a blocked IP, no wasm VM
+  failure, RSS within the bound.
 
 {table(results)}
 
@@ -839,7 +1058,10 @@ def main(argv=None):
     p.add_argument("--reloads", type=int, default=50, help="reloads in the reload scenario")
     p.add_argument("--only", help="run only scenarios whose name contains this")
     p.add_argument("--out", default="RELIABILITY.md")
+    p.add_argument("--note", default=os.environ.get("CHAOS_NOTE", ""),
+                   help="said in the report, e.g. what else loaded the machine")
     args = p.parse_args(argv)
+    load_before = os.getloadavg()
     envoy_bin = harness.envoy_binary()
     if not envoy_bin:
         raise SystemExit("no envoy binary: run `make venv`")
@@ -855,14 +1077,22 @@ def main(argv=None):
                 r = run_scenario(name, fn, Path(tmp) / f"s{i}", envoy_bin, args.rate,
                                  args.duration, **kw)
             except Exception as e:  # noqa: BLE001 - report it in the table, run the others
-                r = Result(name, 0, 0, {}, 0, 0, 0, {}, (0.0, 0.0, 0.0), 0, 0.0, 0.0, "",
-                           "", [], crash=repr(e)[:300])
+                r = Result(name, 0, 0, {}, 0, 0, 0, {}, rss_verdict([], []), 0, 0.0, 0.0,
+                           "", "", [], crash=repr(e)[:300])
             print(f"    {r.requests} requests ({r.rps:.0f}/s), {r.errors} errors "
-                  f"{r.error_kinds or ''}, {r.blocked_hits} to blocked IPs, served {r.served}, "
-                  f"RSS {r.rss[0]:.0f}/{r.rss[1]:.0f}/{r.rss[2]:.0f} MiB "
+                  f"({r.reused_errors} on reused connections, {r.connections} connections) "
+                  f"{r.error_kinds or ''}, {r.blocked_hits}/{r.routed_to_blocked} to blocked "
+                  f"IPs, served {r.served}, RSS {r.rss.base:.1f} -> {r.rss.last:.1f} MiB "
+                  f"(bound +{r.rss.bound_mib:.2f}, {r.rss.samples} samples) "
                   f"{'; '.join(r.problems()) or 'goal met'}", flush=True)
             results.append(r)
-    text = report(results, args.rate, args.duration, time.time() - started)
+    load_after = os.getloadavg()
+    load_note = (f" Machine: {os.cpu_count()} CPUs, load average (1/5/15 min) "
+                 f"{' '.join(f'{x:.2f}' for x in load_before)} before and "
+                 f"{' '.join(f'{x:.2f}' for x in load_after)} after the run"
+                 + (f"; {args.note}" if args.note else "") + ".")
+    text = report(results, args.rate, args.duration, time.time() - started, args.reloads,
+                  load_note)
     Path(args.out).write_text(text, encoding="utf-8")
     print(table(results))
     print(f"wrote {args.out}")

@@ -22,8 +22,9 @@ With --hostile only:
   /__malformed/<kind>  a broken response (kinds: nocolon, spacecolon, twocl, status, nul), then close
 One line per request is appended to --log and flushed: "<name> <method> <path> <host>", and to
 --timed-log (chaos tests): "<unix time, s> <method> <path>".
---blackhole: accept TCP connections and never answer (each accepted connection is a
-"<unix time> CONNECT -" line in --timed-log); the socket is held until the client gives up.
+--blackhole: accept TCP connections and never answer (each request head read off them is a
+"<unix time> <method> <path>" line in --timed-log, a connection without one "<unix time> CONNECT -");
+the socket is held until the client gives up.
 The line "ready <name> <listen>" is printed on stdout once the socket listens.
 """
 
@@ -289,10 +290,38 @@ class OriginServer(http.server.ThreadingHTTPServer):
 
 
 def blackhole(host, port, args):
-    """Accept every connection, keep it open, never read or answer (a hung origin)."""
+    """Accept every connection, keep it open, never answer (a hung origin). The request head is
+    read (never answered) so that the timed log names each request: "<time> <method> <path>",
+    like a live origin's; a connection that sends no request head within 5 s is logged as
+    "<time> CONNECT -"."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     timed = open(args.timed_log, "a", encoding="utf-8") if args.timed_log else None
+    lock = threading.Lock()
     held = []
+
+    def log(method, path):
+        if timed:
+            with lock:
+                timed.write(f"{time.time():.3f} {method} {path}\n")
+                timed.flush()
+
+    def read_head(conn):
+        conn.settimeout(5.0)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data and len(data) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        parts = data.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) >= 2:
+            log(parts[0].decode("latin-1"), parts[1].decode("latin-1"))
+        else:
+            log("CONNECT", "-")
+
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
@@ -302,9 +331,7 @@ def blackhole(host, port, args):
             conn, _ = s.accept()
             held.append(conn)
             held = [c for c in held if c.fileno() != -1][-512:]  # bounded (dropped sockets are closed)
-            if timed:
-                timed.write(f"{time.time():.3f} CONNECT -\n")
-                timed.flush()
+            threading.Thread(target=read_head, args=(conn,), daemon=True).start()
 
 
 def main(argv=None):
