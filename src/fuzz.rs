@@ -3,6 +3,11 @@
 //! more (`PROPTEST_CASES`). The properties: nothing panics, every error names a field on one
 //! line, and whatever the client, the origins and shared data do, a request only ever goes to
 //! an origin of its own domain's configuration.
+//!
+//! Two configuration streams: `valid_config()` builds configurations every rule accepts, so
+//! every case reaches the request-flow property (asserted: `request_flow_property` fails when
+//! fewer cases than the minimum reached it); `config_value()` leans towards invalid ones (about
+//! 5 % accepted) for the parser's error shape. Each check has a test with a planted fault.
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -174,6 +179,170 @@ fn config_value(valid_leaning: bool) -> impl Strategy<Value = Value> {
         prop::collection::vec(domain_entry(valid_leaning), 0..4),
         any::<bool>(),
         prop::option::of(prop_oneof![400u32..600, 0u32..1_000]),
+    )
+        .prop_map(|(domains, debug, status)| {
+            let mut c = json!({ "domains": domains, "debug_headers": debug });
+            if let Some(s) = status {
+                c["unknown_host_status"] = json!(s);
+            }
+            c
+        })
+}
+
+// ------------------------------------------------------------------ valid configurations
+//
+// Built to satisfy every rule of the configuration reference (distinct domains and IP:PORTs,
+// weights on all IPs of a list or none with one non-zero, no weight on IPv6 or a single IP, an
+// origin domain that does not loop into its accelerated domain, no protocol on clusters, no
+// host on buckets, a switch only with a slave, values within their ranges), so that every case
+// reaches the request-flow property (`valid_configurations_reach_the_request_flow`).
+
+const VALID_DOMAINS: &[&str] = &["www.test.com", "*.test.com", "*", "img.example.org"];
+const VALID_V4: &[&str] = &["10.0.0.1", "10.0.0.2", "10.0.0.3", "127.0.6.9"];
+const VALID_PORTS: &[Option<u32>] = &[None, Some(80), Some(443), Some(8080), Some(65535)];
+
+fn valid_ips() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        // Weighted: 2..=4 distinct IPv4s, every one with a port and a weight, one non-zero.
+        (
+            prop::sample::subsequence(VALID_V4, 2..=4),
+            prop::collection::vec((prop::sample::select(VALID_PORTS), 0u32..=1_000), 4),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(ips, extra, nonzero)| {
+                let keep = nonzero.index(ips.len());
+                let list: Vec<String> = ips
+                    .iter()
+                    .zip(extra)
+                    .enumerate()
+                    .map(|(i, (ip, (port, w)))| {
+                        let w = if i == keep { w.max(1) } else { w };
+                        match port {
+                            Some(p) => format!("{ip}:{p}:{w}"),
+                            None => format!("{ip}::{w}"),
+                        }
+                    })
+                    .collect();
+                json!({ "ips": list })
+            }),
+        // Unweighted: 1..=4 distinct addresses, IPv6 allowed.
+        (
+            prop::sample::subsequence(VALID_V4, 1..=3),
+            any::<bool>(),
+            prop::sample::select(VALID_PORTS),
+        )
+            .prop_map(|(ips, v6, port)| {
+                let mut list: Vec<String> = ips
+                    .iter()
+                    .map(|ip| match port {
+                        Some(p) => format!("{ip}:{p}"),
+                        None => ip.to_string(),
+                    })
+                    .collect();
+                if v6 {
+                    list.push("[2001:db8::1]:8443".into());
+                }
+                json!({ "ips": list })
+            }),
+    ]
+}
+
+fn valid_clusters() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::subsequence(&["c1", "c2", "outbound|80||o.svc.cluster.local"][..], 1..=3),
+        any::<bool>(),
+        prop::collection::vec(0u32..=3, 3),
+    )
+        .prop_map(|(names, weighted, w)| {
+            let weighted = weighted && names.len() > 1;
+            let list: Vec<Value> = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    if weighted {
+                        json!({ "name": name, "weight": if i == 0 { w[i].max(1) } else { w[i] } })
+                    } else {
+                        json!({ "name": name })
+                    }
+                })
+                .collect();
+            json!({ "clusters": list })
+        })
+}
+
+/// A valid origin for accelerated domain `accelerated` (a domain origin never loops into it).
+fn valid_origin(accelerated: &'static str) -> impl Strategy<Value = Value> {
+    let names: &'static [&'static str] = if accelerated.ends_with("test.com") {
+        &["origin.example.com", "origin.example.com:8443"]
+    } else {
+        &["origin.test.com", "origin.example.com:8443"]
+    };
+    let domain = prop::sample::select(names).prop_map(|d| json!({ "domain": d }));
+    let bucket = prop::sample::select(&["s3.test", "s3.test:9000"][..]).prop_map(
+        |endpoint| json!({ "bucket": { "endpoint": endpoint, "bucket": "bkt", "region": "r" } }),
+    );
+    (
+        prop_oneof![4 => valid_ips(), 1 => domain, 1 => valid_clusters(), 1 => bucket],
+        prop::option::of(prop::sample::select(&["http", "https", "follow"][..])),
+        prop::option::of(prop::sample::select(&["h.example", "o.test:8080"][..])),
+    )
+        .prop_map(|(mut o, protocol, host)| {
+            if let Some(map) = o.as_object_mut() {
+                if let Some(p) = protocol.filter(|_| !map.contains_key("clusters")) {
+                    map.insert("protocol".into(), json!(p));
+                }
+                if let Some(h) = host.filter(|_| !map.contains_key("bucket")) {
+                    map.insert("host".into(), json!(h));
+                }
+            }
+            o
+        })
+}
+
+fn valid_domain(name: &'static str) -> impl Strategy<Value = Value> {
+    (
+        valid_origin(name),
+        prop::option::of(valid_origin(name)),
+        any::<bool>(),
+        prop::option::of((
+            prop::sample::subsequence(&["4xx", "5xx", "connect_error", "timeout"][..], 0..=4),
+            prop::collection::btree_set(300u32..=599, 0..3),
+            0u32..=10,
+            prop::option::of(prop::sample::select(&[1u64, 600, 8 << 20, 32 << 20][..])),
+        )),
+        prop::option::of((0u64..=86_400, any::<bool>())),
+    )
+        .prop_map(move |(master, slave, switch, failover, detection)| {
+            let mut d = json!({ "domain": name, "master": master });
+            if let Some(s) = slave {
+                d["slave"] = s;
+                d["master_slave_switch"] = json!(switch);
+            }
+            if let Some((on, codes, retries, limit)) = failover {
+                let mut f = json!({ "on": on, "status_codes": codes, "master_retries": retries });
+                if let Some(limit) = limit {
+                    f["max_response_body_bytes"] = json!(limit);
+                }
+                d["failover"] = f;
+            }
+            if let Some((secs, on_5xx)) = detection {
+                d["detection"] = json!({ "block_seconds": secs, "block_on_5xx": on_5xx });
+            }
+            d
+        })
+}
+
+/// A configuration every rule accepts: 1..=4 distinct domains, each valid.
+fn valid_config() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::subsequence(VALID_DOMAINS, 1..=4).prop_flat_map(|names| {
+            names
+                .into_iter()
+                .map(|n| valid_domain(n).boxed())
+                .collect::<Vec<_>>()
+        }),
+        any::<bool>(),
+        prop::option::of(400u32..=599),
     )
         .prop_map(|(domains, debug, status)| {
             let mut c = json!({ "domains": domains, "debug_headers": debug });
@@ -360,7 +529,14 @@ fn spoofing_headers(host: &mut FakeHost, method: &str, authority: &str) {
     ];
 }
 
-fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseError> {
+/// A fault planted in the system under test to show that the property catches it.
+type Fault = fn(&mut FakeHost);
+
+fn drive(
+    config: &Rc<PluginConfig>,
+    requests: &[Req],
+    fault: Option<Fault>,
+) -> Result<(), TestCaseError> {
     let allowed = configured_routes(config);
     let mut first = FakeHost::new(7);
     let second = first.sibling(11);
@@ -449,6 +625,9 @@ fn drive(config: &Rc<PluginConfig>, requests: &[Req]) -> Result<(), TestCaseErro
             };
             let headers = if result.no_headers { 0 } else { extra.len() };
             ex.on_callout_response(host, blocks, token, headers, result.body_size);
+        }
+        if let Some(fault) = fault {
+            fault(host);
         }
         // At most one answer to the client, and a bounded number of attempts.
         prop_assert!(host.replies.len() <= replies0 + 1);
@@ -630,8 +809,10 @@ proptest! {
         check_parse(&serde_json::to_vec(&config).unwrap_or_default())?;
     }
 
+    /// The separate invalid-leaning stream: the few configurations it gets accepted also go
+    /// through the request flow.
     #[test]
-    fn requests_only_reach_configured_origins(
+    fn random_configurations_are_judged_and_served(
         config in config_value(true),
         requests in prop::collection::vec(request(), 1..8),
     ) {
@@ -640,8 +821,106 @@ proptest! {
             // Both failover mechanisms: router-carried chains and callouts.
             let mut by_callout = parsed.clone();
             by_callout.envoy.failover = crate::config::FailoverMechanism::Callout;
-            drive(&Rc::new(parsed), &requests)?;
-            drive(&Rc::new(by_callout), &requests)?;
+            drive(&Rc::new(parsed), &requests, None)?;
+            drive(&Rc::new(by_callout), &requests, None)?;
         }
     }
+}
+
+// ------------------------------------------------------------------ the request-flow property
+
+/// Runs the request-flow property over `cases` configurations from `configs` (each with up to
+/// 8 requests) and counts the cases that reached it (their configuration was accepted). Fails
+/// when the property fails, or when fewer than `min_reached` cases reached it.
+fn request_flow_property(
+    configs: impl Strategy<Value = Value>,
+    cases: u32,
+    min_reached: usize,
+    fault: Option<Fault>,
+) -> Result<usize, String> {
+    use proptest::test_runner::{Config, TestRunner};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let reached = AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(
+            &(configs, prop::collection::vec(request(), 1..8)),
+            |(config, requests)| {
+                let bytes = serde_json::to_vec(&config).unwrap_or_default();
+                if let Some(parsed) = check_parse(&bytes)? {
+                    reached.fetch_add(1, Ordering::Relaxed);
+                    // Both failover mechanisms: router-carried chains and callouts.
+                    let mut by_callout = parsed.clone();
+                    by_callout.envoy.failover = crate::config::FailoverMechanism::Callout;
+                    drive(&Rc::new(parsed), &requests, fault)?;
+                    drive(&Rc::new(by_callout), &requests, fault)?;
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    let reached = reached.into_inner();
+    if reached < min_reached {
+        return Err(format!(
+            "only {reached} of {cases} cases reached the request-flow property (minimum {min_reached})"
+        ));
+    }
+    Ok(reached)
+}
+
+/// `PROPTEST_CASES` (`make test`: 256, `make fuzz`: FUZZ_CASES), like the `proptest!` tests.
+fn cases() -> u32 {
+    proptest::test_runner::Config::default().cases
+}
+
+#[test]
+fn valid_configurations_reach_the_request_flow() {
+    // Valid by construction: every configuration is accepted (check_parse asserts the rest),
+    // so every case reaches the property.
+    let cases = cases();
+    let strategy = valid_config().prop_map(|config| {
+        let bytes = serde_json::to_vec(&config).unwrap_or_default();
+        if let Err(e) = parse(&bytes) {
+            panic!("the valid generator made a rejected configuration: {e}\n{config}");
+        }
+        config
+    });
+    let reached = request_flow_property(strategy, cases, cases as usize, None);
+    assert_eq!(reached, Ok(cases as usize));
+}
+
+#[test]
+fn the_minimum_of_reached_cases_catches_a_generator_of_rejected_configurations() {
+    // PLANTED FAULT: the old invalid-leaning generator (about 5 % accepted) in place of the
+    // valid one: the count falls below the minimum and the run fails.
+    let result = request_flow_property(config_value(true), 64, 64, None);
+    let err = result.expect_err("the minimum did not notice rejected configurations");
+    assert!(
+        err.contains("cases reached the request-flow property"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_request_flow_property_catches_a_callout_to_an_unconfigured_origin() {
+    // PLANTED FAULT: the filter's callouts are redirected to an origin no configuration names
+    // (what a routing bug would do): the property fails on the first case that made a callout.
+    fn redirect_callouts(host: &mut FakeHost) {
+        for callout in &mut host.callouts {
+            for (name, value) in &mut callout.headers {
+                if name.eq_ignore_ascii_case(ORIGINAL_DST_HEADER) {
+                    *value = "6.6.6.6:80".into();
+                }
+            }
+            callout.cluster = "evil_cluster".into();
+        }
+    }
+    let result = request_flow_property(valid_config(), 256, 0, Some(redirect_callouts));
+    let err = result.expect_err("a callout to an unconfigured origin went unnoticed");
+    assert!(err.contains("callout to"), "{err}");
 }
