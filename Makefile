@@ -148,9 +148,9 @@ lint:
 run: venv build
 	$(VENV_PY) tests/e2e/demo.py --envoy $(ENVOY)
 
-# Detection and recovery times, passive-only vs active probes (docs/health.md); ~3 minutes.
+# Detection and recovery times, passive-only vs active probes: writes docs/health.md's table.
 health-figures: venv build
-	$(VENV_PY) tests/e2e/health_figures.py
+	$(VENV_PY) tests/e2e/health_figures.py --doc docs/health.md
 
 # The README's request-flow picture, from its graphviz source (Debian package `graphviz`).
 docs: docs/request-flow.png

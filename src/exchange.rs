@@ -13,7 +13,9 @@ use crate::chain::{
     PLAN_HEADER, RETRY_ON_HEADER,
 };
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
-use crate::failover::{classify_routed, failure_kind, is_hop_by_hop, read_callout, Answer};
+use crate::failover::{
+    classify_routed, connection_options, failure_kind, is_hop_by_hop, read_callout, Answer,
+};
 use crate::health::{BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
 use crate::metrics::{BlockSource, Metrics, OriginMetrics};
@@ -1050,7 +1052,10 @@ impl Exchange {
                         .unwrap_or_default();
                     metrics.set_masters_available(host, self.domain, |l| blocked.contains(&l));
                 }
-                // "failed (KIND); blocked for N s" is what operators and chaos.py grep for.
+                // "failed (KIND); blocked for N s" is what operators and chaos.py grep for; the
+                // exact end (ms since the epoch, the clock the block table uses) follows, since
+                // the line is written after the clock was read.
+                let until_ms = until.unwrap_or_default();
                 let why = if kind.blocks_at_once() {
                     String::new()
                 } else {
@@ -1063,7 +1068,7 @@ impl Exchange {
                 host.log(
                     LogLevel::Warn,
                     &format!(
-                        "origin-pull: {domain_name}: {} origin {label} failed ({}); blocked for {} s{why}",
+                        "origin-pull: {domain_name}: {} origin {label} failed ({}); blocked for {} s (until {until_ms} ms){why}",
                         current.role.as_str(),
                         answer.kind(),
                         detection.block_ms / 1000
@@ -1295,15 +1300,17 @@ impl Exchange {
         let replay_body = self.has_body && !self.body_overflow && self.body_complete;
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(request_headers.len() + 5);
         let replace_path = bucket_request.is_some() || path.is_some();
+        let options = connection_options(request_headers);
         for (name, value) in request_headers.iter() {
             let name = name.as_str();
+            let hop = is_hop_by_hop(name) || options.iter().any(|o| o == name);
             if name == ":authority"
                 || name == ":scheme"
                 || name == cluster_header
                 || name.starts_with("x-envoy-")
                 || (replace_path && name == ":path")
                 || (bucket_request.is_some() && is_client_header_dropped(name))
-                || (is_hop_by_hop(name) && !(replay_body && name == "content-length"))
+                || (hop && !(replay_body && name == "content-length"))
             {
                 continue;
             }
@@ -1369,9 +1376,14 @@ impl Exchange {
             _ => 502,
         };
         let debug = self.debug_headers();
+        let options = connection_options(headers);
         let mut reply: Vec<(&str, &str)> = headers
             .iter()
-            .filter(|(k, _)| !k.starts_with(':') && !is_hop_by_hop(k))
+            .filter(|(k, _)| {
+                !k.starts_with(':')
+                    && !is_hop_by_hop(k)
+                    && !options.iter().any(|o| o.eq_ignore_ascii_case(k))
+            })
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         reply.extend(debug.iter().map(|(k, v)| (*k, v.as_str())));

@@ -207,9 +207,35 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// The header names a message's `Connection` headers list: hop-by-hop for that message too
+/// (RFC 9110 §7.6.1), so never copied to the next connection. Lower-cased.
+pub fn connection_options(headers: &[(String, String)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_options_are_the_listed_names() {
+        let headers = vec![
+            ("connection".to_string(), "Keep-Alive, X-Hop ,".to_string()),
+            ("Connection".to_string(), "x-other".to_string()),
+            ("x-hop".to_string(), "secret".to_string()),
+        ];
+        assert_eq!(
+            connection_options(&headers),
+            ["keep-alive", "x-hop", "x-other"]
+        );
+        assert!(connection_options(&[]).is_empty());
+    }
 
     #[test]
     fn routed_answers() {

@@ -226,7 +226,8 @@ fn client_headers(host: &mut FakeHost, method: &str, path: &str) {
         ("x-origin-pull-cluster".into(), "origin_pull_ip_http".into()),
         ("x-envoy-original-dst-host".into(), "1.1.1.1:80".into()),
         ("x-envoy-expected-rq-timeout-ms".into(), "5000".into()),
-        ("connection".into(), "keep-alive".into()),
+        ("connection".into(), "keep-alive, x-client-hop".into()),
+        ("x-client-hop".into(), "1".into()),
         ("accept".into(), "image/*".into()),
     ];
 }
@@ -281,6 +282,7 @@ fn seeds_example_master_404_slave_200() {
     assert_eq!(call.header(ORIGINAL_DST_HEADER), Some("2.2.2.2:80"));
     assert_eq!(call.header("accept"), Some("image/*"));
     assert_eq!(call.header("connection"), None);
+    assert_eq!(call.header("x-client-hop"), None); // named by the client's Connection
     assert_eq!(call.header("x-origin-pull-cluster"), None);
     assert_eq!(call.header("x-envoy-expected-rq-timeout-ms"), None);
     assert_eq!(
@@ -297,16 +299,19 @@ fn seeds_example_master_404_slave_200() {
         &[
             ("content-type", "image/jpeg"),
             ("transfer-encoding", "chunked"),
+            ("connection", "x-slave-hop"),
+            ("x-slave-hop", "secret"),
             ("x-envoy-upstream-service-time", "2"),
         ],
         b"JPEG",
     );
-    ex.on_callout_response(&mut host, &mut blocks, call.token, 4, 4);
+    ex.on_callout_response(&mut host, &mut blocks, call.token, 6, 4);
     let reply = &host.replies[0];
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, b"JPEG");
     assert_eq!(reply.header("content-type"), Some("image/jpeg"));
     assert_eq!(reply.header("transfer-encoding"), None);
+    assert_eq!(reply.header("x-slave-hop"), None); // named by the slave's Connection
     assert_eq!(reply.header(DEBUG_ORIGIN_HEADER), Some("slave=2.2.2.2:80"));
     assert_eq!(reply.header(DEBUG_ATTEMPTS_HEADER), Some("2"));
     assert_eq!(host.filter_state["origin_pull.origin"], "2.2.2.2:80");
@@ -388,7 +393,11 @@ fn connect_error_blocks_and_retries_another_master_then_the_slave() {
             "{label} not blocked"
         );
     }
-    assert!(host.logged("blocked for 60 s"));
+    // The line names the block's exact end, from the clock the block table uses.
+    let until = host.now_ms + 60_000;
+    assert!(host.logged(&format!(
+        "failed (connect_error); blocked for 60 s (until {until} ms)"
+    )));
 }
 
 #[test]

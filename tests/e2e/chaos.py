@@ -255,9 +255,10 @@ VM_CRASH_MARKS = ("panicked at", "failed: Uncaught", "wasm_fail", "Wasm VM faile
 # filter writes the block into shared data, then logs it). Requests started in the block's own
 # millisecond are not judged.
 CLOCK_PRECISION_S = 0.001
-# The filter reads its clock, computes the block's end (clock + block_seconds), CAS-writes the
-# table and only then logs the line: the window as read from the log may end this much later
-# than the real one. Requests reaching an origin this close to a window's end are not judged.
+# The filter's block line names the block's end (`until <ms> ms`, from the clock it read before
+# writing the block). For a line without it (an older filter), the end is estimated from the
+# line's own time, which is later than that clock reading: the last END_MARGIN_S of such a
+# window are not judged.
 END_MARGIN_S = 0.010
 # Envoy writes the access log every --file-flush-interval-msec (100 ms in the harness): the
 # measure waits until every answered request has its line, at most this long.
@@ -305,7 +306,8 @@ def timed_requests(origin):
 
 
 BLOCK_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\].*origin-pull: \S+: "
-                        r"(?:master|slave) origin (\S+) failed \(([a-z_0-9]+)\); blocked for (\d+) s")
+                        r"(?:master|slave) origin (\S+) failed \(([a-z_0-9]+)\); blocked for (\d+) s"
+                        r"(?: \(until (\d+) ms\))?")
 
 
 def block_windows(env, cut_at=()):
@@ -317,7 +319,9 @@ def block_windows(env, cut_at=()):
         m = BLOCK_LINE.search(line)
         if m:
             start = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-            end = start + int(m.group(4))
+            # The filter's own end of the block when the line names it; else estimated from the
+            # line's time, which is later than the clock reading the end comes from.
+            end = int(m.group(5)) / 1000 if m.group(5) else start + int(m.group(4)) - END_MARGIN_S
             end = min([end] + [t for t in cut_at if t > start])
             windows.setdefault(m.group(2), []).append((start, end))
     return windows
@@ -365,13 +369,18 @@ def _blocked_over(windows, label, t0, t1):
     return any(start <= t1 and end >= t0 for start, end in windows.get(label, ()))
 
 
+def _ms(t):
+    return round(t * 1000)
+
+
 def avoidable(windows, label, started, reached, origins):
     """A request that STARTED at `started` (Envoy's clock) and reached origin `label` at
     `reached` is one the filter should have sent elsewhere: it started after `label`'s block was
     written (see CLOCK_PRECISION_S), reached it before the block ended (see END_MARGIN_S), and
     another origin was unblocked the whole time in between, so the filter had a choice (when
     every origin is blocked the filter still tries one, by design)."""
-    inside = any(started >= start + CLOCK_PRECISION_S and reached < end - END_MARGIN_S
+    tick = round(CLOCK_PRECISION_S * 1000)  # compared in whole milliseconds, as stamped
+    inside = any(_ms(started) >= _ms(start) + tick and _ms(reached) < _ms(end) - tick
                  for start, end in windows.get(label, ()))
     return inside and any(o != label and not _blocked_over(windows, o, started, reached)
                           for o in origins)
@@ -404,6 +413,26 @@ def routed_after_block(env, windows, entries):
     origins = [o.addr for o in env.origins.values()]
     return sum(1 for e in entries if e.path.startswith("/chaos/") and e.upstream in windows
                and avoidable(windows, e.upstream, e.start, e.start + e.duration, origins))
+
+
+def violation_details(env, windows, entries, starts, limit=5):
+    """Where each counted request fell in its window (to explain a non-zero figure)."""
+    origins = [o.addr for o in env.origins.values()]
+    found = [("access log", e.upstream, e.start, e.start + e.duration) for e in entries
+             if e.path.startswith("/chaos/") and e.upstream in windows
+             and avoidable(windows, e.upstream, e.start, e.start + e.duration, origins)]
+    for o in env.origins.values():
+        for t, _, path in timed_requests(o):
+            if path in starts and avoidable(windows, o.addr, starts[path], t, origins):
+                found.append((f"{o.name}'s log", o.addr, starts[path], t))
+    out = []
+    for source, label, started, reached in found[:limit]:
+        start, end = next((w for w in windows[label] if w[0] <= started <= w[1]),
+                          windows[label][0])
+        out.append(f"{source}: {label} started {(started - start) * 1000:.0f} ms into its "
+                   f"{end - start:.3f} s window, reached {(end - reached) * 1000:.0f} ms "
+                   f"before its end")
+    return out
 
 
 def first_index(values, fraction):
@@ -595,6 +624,9 @@ class Chaos:
         served = {o.name: sum(1 for _, _, p in timed_requests(o) if p.startswith("/chaos/"))
                   for o in env.origins.values()}
         extra = {}
+        routed = routed_after_block(env, windows, entries)
+        if hits or routed:
+            extra["requests to blocked IPs"] = violation_details(env, windows, entries, starts)
         if self.restarts:
             # What the new process sent to origins the old one had blocked (it starts with no
             # blocks): the same measures with the old windows left open.
@@ -608,7 +640,7 @@ class Chaos:
         return Result(
             name=self.name, requests=len(results), errors=len(errors), error_kinds=kinds,
             blocked_hits=hits, blocks=sum(len(v) for v in windows.values()), served=served,
-            routed_to_blocked=routed_after_block(env, windows, entries),
+            routed_to_blocked=routed,
             rss=rss_verdict(rss.samples, results, rss.interval, self.duration, self.reloads),
             reused_errors=sum(1 for r in errors if r.reused and r.status == "error"),
             rps=len(results) / span if span > 0 else 0.0,
@@ -994,6 +1026,8 @@ def hostile_section():
 def report(results, rate, duration, seconds, reloads, load_note=""):
     notes = "\n".join(f"- **{r.name}**: {r.notes}."
                       + (f" Errors: {r.error_kinds}." if r.errors else "")
+                      + ("".join(f" Request to a blocked IP: {d}." for d in
+                                 (r.extra or {}).get("requests to blocked IPs", ())))
                       for r in results)
     leak_mib = rate * duration * (1 - RSS_WARM_FRACTION) * LEAK_TO_CATCH_KIB / 1024
     bound_mib = rate * duration * (1 - RSS_WARM_FRACTION) * RSS_ALLOWED_KIB_PER_REQUEST / 1024
@@ -1021,11 +1055,12 @@ hand: re-run `make chaos`.
     that cannot log (killed, dropping SYNs). The measure waits until every answered request has
     its access-log line (Envoy flushes it every 100 ms here); a missing line is itself a miss.
 
-  Clock precision: both logs stamp the same system clock in whole milliseconds, so a request
-  started in the block line's own millisecond is not judged (the filter writes the block, then
-  logs it), nor one reaching the origin in the last {END_MARGIN_S * 1000:.0f} ms of a window
-  (the filter reads its clock for the window's end before it writes and logs the block). Not
-  seen by either source: a failover callout to an origin that cannot log.
+  A window runs from the block line's time to the end the line names (`until <ms> ms`, the
+  filter's own clock). Clock precision: Envoy's log, its access log and the filter's clock are
+  the same system clock in whole milliseconds, so a request started in the block line's own
+  millisecond is not judged (the filter writes the block, then logs it), nor one reaching the
+  origin in the window's last millisecond. Not seen by either source: a failover callout to an
+  origin that cannot log.
 - **RSS**: Envoy's VmRSS sampled every 0.5 s (a scenario without at least half the expected
   samples misses the goal). Judged on the last Envoy process, from the sample after its first
   {RSS_WARM_FRACTION:.0%} of the requests (they open the connections and pools, and every

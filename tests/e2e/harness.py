@@ -224,6 +224,9 @@ class Origin:
         return sum(1 for r in self.requests() if path is None or r["path"] == path)
 
 
+_MISSING = object()  # Env.stat's "no default given"
+
+
 class EnvoyExited(RuntimeError):
     def __init__(self, returncode, log):
         super().__init__(f"Envoy exited with status {returncode}; log tail:\n{log}")
@@ -478,9 +481,16 @@ class Env:
                 out[name] = int(value)
         return out
 
-    def stat(self, name, default=0):
-        """One counter/gauge by exact name (plugin metrics are `wasmcustom.<name>`)."""
-        return self.stats(name).get(name, default)
+    def stat(self, name, default=_MISSING):
+        """One counter/gauge by exact name (plugin metrics are `wasmcustom.<name>`). A stat Envoy
+        does not have is an error (a renamed stat must not read as 0), unless the caller says
+        absence is legitimate by passing `default` (returned then)."""
+        stats = self.stats(name)
+        if name in stats:
+            return stats[name]
+        if default is _MISSING:
+            raise KeyError(f"Envoy has no stat {name!r}")
+        return default
 
     def wait_stat(self, name, at_least, timeout=10.0):
         """Wait until stat `name` >= at_least; returns its value."""

@@ -19,6 +19,7 @@ started again on the same port. Measured:
 """
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -108,6 +109,47 @@ def fmt(v):
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
+ROWS = [  # (key, label in docs/health.md)
+    ("requests", "client requests sent"),
+    ("client_errors", "client requests that failed"),
+    ("death_to_block_s", "death → victim blocked (s)"),
+    ("death_to_last_hit_s", "death → last client request that reached it (s)"),
+    ("client_requests_hit", "client requests that hit the dead origin (each paid a connect "
+                            "failure + retry)"),
+    ("recovery_to_unblock_s", "recovery → unblocked (s)"),
+    ("recovery_to_served_s", "recovery → first client request served by it (s)"),
+    ("probes_per_origin_per_min", "probe requests per origin per minute"),
+]
+BEGIN = "<!-- health-figures:begin (written by `make health-figures`; do not edit) -->"
+END = "<!-- health-figures:end -->"
+
+
+def table(results, args, probe):
+    modes = {"passive": "passive only", "probes": "with probes"}
+    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+             f"`make health-figures` (`tests/e2e/health_figures.py --period {args.period:g} "
+             f"--block-seconds {args.block_seconds} --interval-ms {args.interval_ms} --rounds "
+             f"{args.rounds}`), one value per round; load average before the run "
+             f"{args.load_before}:", "",
+             "| measure | " + " | ".join(modes[r["mode"]] for r in results) + " |",
+             "|---|" + "---|" * len(results)]
+    for key, label in ROWS:
+        lines.append(f"| {label} | " + " | ".join(
+            ("none reached it" if key == "death_to_last_hit_s" and all(
+                v is None for v in r[key]) else fmt(r[key])) for r in results) + " |")
+    return "\n".join(lines)
+
+
+def write_doc(path, text):
+    """Replace what is between the markers in `path` with `text`."""
+    doc = Path(path).read_text(encoding="utf-8")
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{path}: markers {BEGIN!r} / {END!r} not found")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    Path(path).write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--period", type=float, default=2.0, help="seconds between client requests")
@@ -115,7 +157,10 @@ def main():
     p.add_argument("--block-seconds", type=int, default=15)
     p.add_argument("--interval-ms", type=int, default=1000)
     p.add_argument("--workdir", default=str(HERE / ".tmp" / "health-figures"))
+    p.add_argument("--doc", help="write the table into this file (docs/health.md) between "
+                   "its health-figures markers")
     args = p.parse_args()
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     probe = {"path": "/healthz", "interval_ms": args.interval_ms, "timeout_ms": min(500, args.interval_ms),
              "unhealthy_threshold": 2, "healthy_threshold": 2}
     workdir = Path(args.workdir)
@@ -130,6 +175,11 @@ def main():
     print("|---|" + "---|" * len(results))
     for k in keys:
         print(f"| {k} | " + " | ".join(fmt(r[k]) for r in results) + " |")
+    text = table(results, args, probe)
+    print(text)
+    if args.doc:
+        write_doc(args.doc, text)
+        print(f"wrote the table into {args.doc}")
     if any(r["client_errors"] for r in results):
         print("client errors seen: a dead origin leaked to a client", file=sys.stderr)
         return 1

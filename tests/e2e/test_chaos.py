@@ -142,9 +142,13 @@ def test_block_measures_count_requests_inside_a_window(tmp_path):
             "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
     def block_line(addr, at="02:00:00.000", seconds=60):
+        # Envoy writes local time; the filter's end is its clock + seconds (here 1 ms before
+        # the line's own time, as the filter reads the clock before it writes and logs).
+        t = datetime.datetime.strptime(f"2026-11-23 {at}", "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        until = round((t - 0.001 + seconds) * 1000)
         return (f"[2026-11-23 {at}][1][warning][wasm] [x] wasm log origin_pull: origin-pull: "
                 f"www.test.com: master origin {addr} failed (connect_error); "
-                f"blocked for {seconds} s\n")
+                f"blocked for {seconds} s (until {until} ms)\n")
 
     class FakeEnv:
         dir = tmp_path
@@ -168,16 +172,17 @@ def test_block_measures_count_requests_inside_a_window(tmp_path):
     windows = chaos.block_windows(env)
     assert list(windows) == ["127.0.6.9:80"]
     start, end = windows["127.0.6.9:80"][0]
-    assert end - start == 60
-    # Started: before the block, in its millisecond, 1 ms after it, inside, in the last 5 ms,
-    # after it. Only "1 ms after" and "inside" are the filter's fault.
-    starts = [start - 1, start, start + 0.001, start + 30, end - 0.005, end + 1]
+    assert abs(end - start - 59.999) < 1e-6  # the end the line names
+    # Requests started: before the block, in its millisecond, 1 ms after it, inside, 5 ms
+    # before the end, in the last millisecond, after the end. The 3rd to 5th are the filter's
+    # fault (each reaches the origin 2 ms after it started; the access log stamps whole ms).
+    starts = [start - 1, start, start + 0.001, start + 30, end - 0.005, end - 0.0005, end + 1]
     env.access = [f'[{utc(t)}] "GET www.test.com /chaos/{i}" 200 - details=via_upstream '
                   f'upstream=127.0.6.9:80 origin=127.0.6.9:80 role=master attempts=1 '
                   f'failed_over=false 0ms' for i, t in enumerate(starts)]
     entries = chaos.access_entries(env)
-    assert [e.path for e in entries] == [f"/chaos/{i}" for i in range(6)]
-    assert chaos.routed_after_block(env, windows, entries) == 2
+    assert [e.path for e in entries] == [f"/chaos/{i}" for i in range(7)]
+    assert chaos.routed_after_block(env, windows, entries) == 3
     by_path = {e.path: e.start for e in entries}
     # The origin's log: each request arrives 2 ms after it started; plus a request whose start
     # is unknown (no access-log line) inside the window.
@@ -185,7 +190,9 @@ def test_block_measures_count_requests_inside_a_window(tmp_path):
         "".join(f"{t + 0.002} GET /chaos/{i}\n" for i, t in enumerate(starts))
         + f"{start + 5} GET /chaos/99\n")
     hits, unmatched = chaos.blocked_hits(env.origins["m"], windows, by_path)
-    assert len(hits) == 2 and len(unmatched) == 1
+    assert len(hits) == 3 and len(unmatched) == 1
+    details = chaos.violation_details(env, windows, entries, by_path, limit=10)
+    assert len(details) == 6 and "ms into its 59.999 s window" in details[0], details
     # A failover callout picked long after the request started still counts when it reaches
     # the blocked origin inside the window.
     assert chaos.avoidable(windows, "127.0.6.9:80", start + 1, start + 1.9, ["127.0.6.10:80"])
@@ -197,6 +204,10 @@ def test_block_measures_count_requests_inside_a_window(tmp_path):
     # A restart ends the windows of the old process.
     cut = chaos.block_windows(env, cut_at=[start + 10])
     assert cut["127.0.6.9:80"] == [(start, start + 10)]
+    # A line without the filter's end (an older filter): estimated, minus END_MARGIN_S.
+    env.log = env.log.replace(" (until", " (no").replace(" ms)\n", ")\n")
+    start, end = chaos.block_windows(env)["127.0.6.9:80"][0]
+    assert abs(end - start - (60 - chaos.END_MARGIN_S)) < 1e-6
 
 
 def rss_samples(per_request_kib, requests=600, duration=5.0, base_mib=100.0, pid=7):

@@ -1,12 +1,12 @@
 """Scenario e: the Host header (default and override), https and follow origins against a TLS
 origin on loopback (the harness makes a self-signed CA), and domain origins through the STRICT_DNS
-cluster the routing contract names. Origins use 127.0.0.60-127.0.0.69 and 127.0.0.1 (localhost).
+clusters `origin-pull render` writes (HTTP and HTTPS, resolving `localhost`). Origins use
+127.0.0.60-127.0.0.69 and 127.0.0.1 (localhost).
 
 `follow` towards https is covered by unit tests (exchange::tests::host_override_and_follow_protocol):
 the test listener is plain HTTP, so here `follow` is checked for plain clients.
 """
 
-import envoy_config as ec
 from harness import TLS_NAME, free_port
 
 D = "www.test.com"
@@ -74,10 +74,9 @@ def test_follow_uses_the_clients_plain_scheme(env):
 
 
 def test_domain_master_and_domain_slave(make_env):
+    # The STRICT_DNS clusters are render's own (`localhost` resolves here): no test cluster.
     port_m, port_s = free_port("127.0.0.1"), free_port("127.0.0.1")
-    clusters = [ec.strict_dns_cluster(f"origin_pull|http|localhost|{p}", "localhost", p)
-                for p in (port_m, port_s)]
-    env = make_env(extra_clusters=clusters)
+    env = make_env()
     m = env.start_origin("m", ip="127.0.0.1", port=port_m, routes={"/miss": 404})
     s = env.start_origin("s", ip="127.0.0.1", port=port_s)
     env.start(cfg({"domain": f"localhost:{port_m}"}, {"domain": f"localhost:{port_s}"}))
@@ -87,3 +86,32 @@ def test_domain_master_and_domain_slave(make_env):
     r = env.request(D, "/miss")
     assert (r.status, r.headers["x-served-by"]) == (200, "s")
     assert r.headers["x-origin-pull-origin"] == f"slave=localhost:{port_s}"
+    # /hit and /miss through the master's rendered cluster, the failover through the slave's.
+    for p, n in ((port_m, 2), (port_s, 1)):
+        assert env.stat(f"cluster.origin_pull|http|localhost|{p}.upstream_rq_total") == n
+
+
+def test_https_domain_origin_through_the_rendered_dns_cluster(env):
+    """Render's HTTPS STRICT_DNS cluster end to end: DNS (`localhost`), TLS with SNI and the
+    certificate checked against the origin's `host` (auto_sni / auto_san_validation), the
+    harness CA passed to render's --ca-file. A wrong `host` fails the certificate check."""
+    port = free_port("127.0.0.1")
+    tls = env.start_origin("tls", ip="127.0.0.1", port=port, tls=True)
+    slave = env.start_origin("slave", ip="127.0.0.67")
+    master = {"domain": f"localhost:{port}", "protocol": "https", "host": TLS_NAME}
+    env.start(cfg(master))
+    assert env.extra_clusters == []
+    cluster = f"cluster.origin_pull|https|localhost|{port}"
+    r = env.request(D, "/secure")
+    assert (r.status, r.headers["x-served-by"], r.headers["x-seen-host"]) == \
+        (200, "tls", TLS_NAME), r
+    assert r.headers["x-origin-pull-origin"] == f"master=localhost:{port}"
+    assert env.stat(f"{cluster}.upstream_rq_total") == 1
+    assert env.stat(f"{cluster}.ssl.handshake") >= 1
+    # The name in the certificate must match the Host sent: another host fails the TLS
+    # handshake (a connect error) and the slave serves.
+    env.reload(cfg(dict(master, host="other.test"), {"ips": [slave.addr]}), expect="success")
+    r = env.request(D, "/secure2")
+    assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+    assert env.stat(f"{cluster}.ssl.fail_verify_san") >= 1
+    assert tls.count() == 1

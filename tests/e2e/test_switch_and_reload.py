@@ -49,19 +49,20 @@ def test_reloads_under_load_lose_no_request(make_env):
 
     duration, max_requests, threads = 20.0, 100_000, 4
     stop = threading.Event()
-    results = []  # (status, served_by) per request
+    results = []  # (status, served_by, sent, done) per request
     lock = threading.Lock()
 
     def client(k):
         n = 0
         while not stop.is_set() and n < max_requests // threads:
+            sent = time.monotonic()
             try:
                 r = env.request(D, f"/load/{k}/{n}", timeout=10)
                 outcome = (r.status, r.headers.get("x-served-by"))
             except Exception as e:  # a connection error is a failed request too
                 outcome = ("error", repr(e))
             with lock:
-                results.append(outcome)
+                results.append((*outcome, sent, time.monotonic()))
             n += 1
 
     workers = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(threads)]
@@ -70,13 +71,17 @@ def test_reloads_under_load_lose_no_request(make_env):
     for w in workers:
         w.start()
     reloads = 0
+    applied = [(started, started, False)]  # (reload started, in effect, switch) per config
     try:
         while time.monotonic() - started < duration:
             time.sleep(2.0)
             reloads += 1
             weights = (reloads % 3 + 1, 3 - reloads % 3, b.addr)
+            t = time.monotonic()
             env.reload(config(a.addr, s.addr, switch=reloads % 2 == 1, weights=weights),
                        expect="success")
+            applied.append((t, time.monotonic(), reloads % 2 == 1))
+        time.sleep(1.0)  # the last configuration serves for a while too
     finally:
         stop.set()
         for w in workers:
@@ -90,8 +95,14 @@ def test_reloads_under_load_lose_no_request(make_env):
     assert env.reloads_applied() - ok0 == reloads
     assert len(results) >= 500
     assert failed == [], failed[:10]
-    # Both roles actually served during the run (the switch took effect).
-    assert {r[1] for r in results} == names
+    # The switch took effect EACH time: every request sent (on its own new connection) after a
+    # reload was in effect and answered before the next one started was served by the role
+    # that configuration names (with the switch on the slave `s`, off the masters `a`/`b`).
+    for k, (_, in_effect, switch) in enumerate(applied):
+        next_start = applied[k + 1][0] if k + 1 < len(applied) else float("inf")
+        window = [r[1] for r in results if r[2] > in_effect and r[3] < next_start]
+        want = {"s"} if switch else {"a", "b"}
+        assert window and set(window) <= want, (k, switch, window[:20])
 
 
 def keep_alive_run(env, m, s, switch_after, total):
