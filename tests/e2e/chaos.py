@@ -796,12 +796,17 @@ def scenario_envoy_restart(c):
 
     result = c.run_breaking(restart)
     hits, routed = (result.extra or {}).get("to origins blocked before the restart", (0, 0))
+    back = c.restarts[0] if c.restarts else float("inf")
+    after = [e for e in access_entries(c.env) if e.start >= back and e.path.startswith("/chaos/")]
+    to_m1 = sum(1 for e in after if e.upstream == m1.addr)
+    to_dead = sum(1 for e in after if e.upstream == dead)
     c.notes = (f"masters m1 (answers 503, block_on_5xx), m2 and a dead one (nothing listens); "
                f"Envoy stopped (SIGTERM) and started again at 30%: no listener for "
                f"{gap.get('s', 0):.1f} s (connections refused/reset: the client errors). The "
-               f"new process starts with no blocks: it sent {hits} request(s) that m1's log "
-               f"shows and routed {routed} (access log, m1 and the dead master) to origins the "
-               f"old process had blocked, each failed over or retried (invisible to clients), "
+               f"new process starts with no blocks: measured against the old process's block "
+               f"windows it sent {hits} request(s) that m1's log shows and routed {routed} "
+               f"(access log: {to_m1} to m1, {to_dead} to the dead master) to origins the old "
+               f"process had blocked, each failed over or retried (invisible to clients), "
                f"before blocking them again (Envoy --concurrency 2)")
     return result._replace(notes=c.notes)
 
