@@ -756,8 +756,12 @@ def scenario_reload(c, reloads=None):
     c.notes = (f"{len(done)} LDS reloads every 2 s, alternating master_slave_switch "
                f"(served: {result.served}); after each reload, requests sent until the next one "
                f"served by the role it names: {sum(e for e, _ in followed)} of "
-               f"{sum(n for _, n in followed)} (old connections drain over Envoy's drain time), "
-               f"reloads after which that role served nothing: {len(missed)}")
+               f"{sum(n for _, n in followed)}, reloads after which that role served nothing: "
+               f"{len(missed)}. The others went over kept-alive connections accepted by the "
+               f"previous listener, which keeps its configuration while Envoy drains it "
+               f"(gradually, over --drain-time-s, 2 s here, about the reload interval): no "
+               f"request failed, but a switch reaches kept-alive clients only as their "
+               f"connections close")
     assert len(done) == target, (done, target)
     return result._replace(notes=c.notes, extra={"switch followed": followed})
 
@@ -802,8 +806,10 @@ def scenario_envoy_restart(c):
     to_dead = sum(1 for e in after if e.upstream == dead)
     c.notes = (f"masters m1 (answers 503, block_on_5xx), m2 and a dead one (nothing listens); "
                f"Envoy stopped (SIGTERM) and started again at 30%: no listener for "
-               f"{gap.get('s', 0):.1f} s (connections refused/reset: the client errors). The "
-               f"new process starts with no blocks: measured against the old process's block "
+               f"{gap.get('s', 0):.1f} s. The client errors: every kept-alive connection to the "
+               f"stopped process fails on its next request (the reused-connection column, one "
+               f"per client thread), and new connections are refused until the new process "
+               f"listens (nothing retries them). The new process starts with no blocks: measured against the old process's block "
                f"windows it sent {hits} request(s) that m1's log shows and routed {routed} "
                f"(access log: {to_m1} to m1, {to_dead} to the dead master) to origins the old "
                f"process had blocked, each failed over or retried (invisible to clients), "
