@@ -563,7 +563,10 @@ fn timeouts_of_three_requests_block_one_does_not() {
         );
         assert_eq!(blocked(&host, "www.test.com", "1.1.1.1:80"), n == 3, "{n}");
     }
-    assert!(host.logged("failed (timeout); blocked for 60 s (3 failed requests within 10 s)"));
+    let until = host.now_ms + 60_000;
+    assert!(host.logged(&format!(
+        "failed (timeout); blocked for 60 s (until {until} ms) (3 failed requests within 10 s)"
+    )));
 }
 
 /// Issue 13 item 4: one client-chosen URL (slow, or reset by the origin) must not block a

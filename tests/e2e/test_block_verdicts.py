@@ -123,8 +123,9 @@ def test_repeated_timeouts_from_distinct_requests_block(make_env):
         if block_lines(env):
             break
     assert wait_for(lambda: block_lines(env), 5)
-    assert "failed (timeout); blocked for 60 s (3 failed requests within 10 s)" in \
-        block_lines(env)[0]
+    line = block_lines(env)[0]
+    assert "failed (timeout); blocked for 60 s (until " in line, line
+    assert line.endswith(" ms) (3 failed requests within 10 s)"), line
     assert m1.count() == 3, m1.count()
 
 
