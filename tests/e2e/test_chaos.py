@@ -61,9 +61,11 @@ def test_a_healthy_path_means_zero_client_errors(tmp_path, envoy_bin, fn_name):
         assert r.blocks >= 1, "the failing origin was never blocked"
     if fn_name in ("scenario_kill9", "scenario_blackhole", "scenario_syn_drop",
                    "scenario_slow"):
-        # Connection failures and timeouts are retried on the other master, not the slave.
+        # The failing master is blocked and the load moves to the other master; with the
+        # router failover (the default) only the requests that failed on m1 before its block
+        # went to the slave: a few, never the bulk.
         assert r.served["m2"] > r.served["m1"], r.served
-        assert r.served["s"] == 0, r.served
+        assert r.served["s"] <= max(5, r.requests // 20), r.served
     if fn_name in ("scenario_5xx", "scenario_masters_down"):
         assert r.served["s"] > 0, r.served
     if fn_name == "scenario_syn_drop":
@@ -78,8 +80,8 @@ def test_no_healthy_path_gives_quick_defined_502s(tmp_path, envoy_bin):
     assert r.errors > 0
     # Nothing but the filter's own answer: no hang, no Envoy 503, no connection error.
     assert set(r.error_kinds) == {"502 origin-unreachable"}, r.error_kinds
-    # Killed origins refuse connections at once: no request waits for a timeout. The route
-    # timeout is 1 s, so a p99 at or above it would mean requests hung until it fired.
+    # Killed origins refuse connections at once: no request waits for a timeout. The
+    # first-byte timeout is 1 s, so a p99 at or above it would mean requests hung until it fired.
     assert r.p99_ms < 1000, r.p99_ms
 
 
@@ -105,10 +107,11 @@ def test_envoy_restart_what_an_operator_sees(tmp_path, envoy_bin):
     assert r.tail_errors == 0, r
     # PLANTED FAULT for the block measures: the new process starts with no blocks, so measured
     # against the old process's windows (not ended at the restart) it is a filter routing to
-    # blocked origins. Both sources must see it: m1's own log (it answers 503) and Envoy's
-    # access log (m1 and the dead master).
-    hits, routed = r.extra["to origins blocked before the restart"]
-    assert hits >= 1 and routed >= 1, r.extra
+    # blocked origins: m1's own log (it answers 503) must show it. (Envoy's access log names
+    # only a request's last upstream host, which under the router failover is the slave after
+    # m1's 503; that source's detection is shown on recorded lines in the test below.)
+    hits, _ = r.extra["to origins blocked before the restart"]
+    assert hits >= 1, r.extra
 
 
 def test_block_contention_on_two_workers_loses_no_block(tmp_path, envoy_bin):
