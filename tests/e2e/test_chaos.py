@@ -183,8 +183,12 @@ def test_block_measures_count_requests_inside_a_window(tmp_path):
     env.access = [f'[{utc(t)}] "GET www.test.com /chaos/{i}" 200 - details=via_upstream '
                   f'upstream=127.0.6.9:80 origin=127.0.6.9:80 role=master attempts=1 '
                   f'failed_over=false 0ms' for i, t in enumerate(starts)]
+    # The same, failed over (its logged host is the last attempt's): not judged.
+    env.access += [line.replace("/chaos/", "/chaos/9").replace("attempts=1", "attempts=2")
+                   for line in env.access]
     entries = chaos.access_entries(env)
-    assert [e.path for e in entries] == [f"/chaos/{i}" for i in range(7)]
+    assert [e.path for e in entries][:7] == [f"/chaos/{i}" for i in range(7)]
+    assert [e.attempts for e in entries] == ["1"] * 7 + ["2"] * 7
     assert chaos.routed_after_block(env, windows, entries) == 3
     by_path = {e.path: e.start for e in entries}
     # The origin's log: each request arrives 2 ms after it started; plus a request whose start
