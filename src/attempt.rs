@@ -237,7 +237,9 @@ impl AttemptObserver {
             .collect();
         self.metrics
             .set_masters_available(host, self.domain, |l| blocked.contains(&l));
-        // "failed (KIND); blocked for N s" is what operators and chaos.py grep for.
+        // "failed (KIND); blocked for N s" is what operators and chaos.py grep for; the exact
+        // end (ms since the epoch, the block table's clock) follows, as in exchange.rs.
+        let until_ms = until.unwrap_or_default();
         let why = if kind.blocks_at_once() {
             String::new()
         } else {
@@ -250,7 +252,7 @@ impl AttemptObserver {
         host.log(
             LogLevel::Warn,
             &format!(
-                "origin-pull: {}: {} origin {} failed ({}); blocked for {} s{why}",
+                "origin-pull: {}: {} origin {} failed ({}); blocked for {} s (until {until_ms} ms){why}",
                 domain.name,
                 self.role.as_str(),
                 self.label,
