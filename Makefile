@@ -38,7 +38,7 @@ DIST          ?= dist
 
 export ENVOY
 
-.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check scale
+.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-ablation bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check scale
 
 # Every Debian package make test / make run / make release need (only the missing ones; sudo
 # when not root; no system service is started), the wasm target and clippy/rustfmt: what .ci/run
@@ -123,6 +123,24 @@ bench: venv build bench-floor
 scale: venv build
 	cargo build --release --example hot_path
 	$(VENV_PY) bench/scale.py
+
+# What each per-request piece costs in Envoy: the module built once per bench-only `ablate-*`
+# feature (Cargo.toml; each turns one piece off, `all` every one) into target/ablation, never the
+# release module, then every variant side by side with the floor and the shipped module in one
+# run (scenario a, 1 KiB). Writes bench/results/ablation.md.
+ABLATIONS    := filter-state metrics block-read header-map status upstream
+ABLATION_DIR := target/ablation
+ABLATION_WASM = $(ABLATION_DIR)/$(WASM_TARGET)/release/origin_pull.wasm
+bench-ablation: venv build bench-floor
+	@set -e; for a in $(ABLATIONS) all; do \
+		if [ $$a = all ]; then f=$$(echo $(ABLATIONS) | sed 's/[^ ]*/ablate-&/g; s/ /,/g'); else f=ablate-$$a; fi; \
+		CARGO_TARGET_DIR=$(ABLATION_DIR) cargo build --quiet --release --target $(WASM_TARGET) --lib --features $$f; \
+		if command -v $(WASM_OPT) >/dev/null 2>&1; then \
+			$(WASM_OPT) $(WASM_OPT_FLAGS) $(ABLATION_WASM) -o $(ABLATION_DIR)/origin_pull-$$a.wasm; \
+		else cp $(ABLATION_WASM) $(ABLATION_DIR)/origin_pull-$$a.wasm; fi; \
+		echo "ablation module: $(ABLATION_DIR)/origin_pull-$$a.wasm ($$f)"; \
+	done
+	BENCH_SCENARIOS=ablation BENCH_SIZES=1k $(VENV_PY) bench/run.py
 
 # Instructions, hostcalls and copies per request of the filter's logic (native harness under
 # callgrind; installs valgrind when missing). Writes bench/results/hot-path.md.

@@ -33,6 +33,14 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import envoy_config as ec  # noqa: E402
 
 FLOOR_WASM = REPO / "target" / "bench-floor" / "wasm32-wasip1" / "release" / "bench_floor.wasm"
+# `make bench-ablation`: the module built with one bench-only `ablate-*` feature each (Cargo.toml),
+# system `ab-<name>` = the shipped setup with target/ablation/origin_pull-<name>.wasm.
+ABLATION_DIR = REPO / "target" / "ablation"
+ABLATIONS = ("filter-state", "metrics", "block-read", "header-map", "status", "upstream", "all")
+
+
+def ablation_wasm(system):
+    return ABLATION_DIR / f"origin_pull-{system[3:]}.wasm"
 HOST = "www.test.com"
 ENVOY_SYSTEMS = ("plain", "floor", "odst", "native", "originpull", "opcallout")
 SYSTEMS = ("direct", "plain", "floor", "odst", "native", "originpull", "opcallout", "nginx")
@@ -173,6 +181,14 @@ NATIVE_CIRCUIT_BREAKERS = {"thresholds": [{"priority": "DEFAULT", "max_retries":
 
 def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
     """A static Envoy bootstrap (dict) for one Envoy system of the scenario."""
+    if system.startswith("ab-") and system[3:] in ABLATIONS:
+        # An ablation variant: the shipped setup, only the module differs.
+        origin_pull_wasm = origin_pull_wasm or ablation_wasm(system)
+        system_ports = dict(topo.ports)
+        system_ports["originpull"] = topo.ports[system]
+        system_ports["admin:originpull"] = topo.ports[f"admin:{system}"]
+        topo = Topology(topo.masters, topo.slave, topo.listen_ip, system_ports, dead=topo.dead)
+        return envoy_config("originpull", topo, origin_pull_wasm=origin_pull_wasm)
     if system not in ENVOY_SYSTEMS:
         raise ValueError(system)
     admin_port = topo.ports[f"admin:{system}"]

@@ -19,6 +19,9 @@ Options (environment):
     BENCH_DURATION=3     seconds per wrk run        BENCH_REPS=3         repetitions (median)
     BENCH_CONNECTIONS=32 wrk connections            BENCH_QUICK=1        1 s, 1 rep, 1 KiB, a/b/c/f/d1/d1000
     BENCH_SCENARIOS=a,b,c,f,d1,d10,d100,d1000       BENCH_SIZES=1k,1m (1m runs a, b and c)
+    BENCH_SCENARIOS=ablation (`make bench-ablation`, which builds the variants): scenario a with
+        plain, floor, origin-pull, its callout failover and every target/ablation/*.wasm;
+        writes BENCH_OUT/ablation.md and ablation.json only
     BENCH_PROXY_CPU=0    BENCH_CLIENT_CPU=1         BENCH_OUT=bench/results
 Writes BENCH_OUT/results.md, results.json, results.png and raw/ (every wrk output the medians
 come from: raw/<scenario>-<size>/wrk-<system>-<rep>.txt). Installs wrk, nginx and gnuplot with
@@ -50,7 +53,8 @@ LISTEN_IP = "127.5.0.1"
 SLAVE_IP = "127.5.0.2"
 DEAD_IP = "127.5.9.9"
 DST_HEADER = "x-envoy-original-dst-host"  # what origin-pull sets for the ORIGINAL_DST cluster
-SIZE_SCENARIOS = {"1k": ("a", "b", "c", "f", "d1", "d10", "d100", "d1000"), "1m": ("a", "b", "c")}
+SIZE_SCENARIOS = {"1k": ("a", "b", "c", "f", "d1", "d10", "d100", "d1000", "ablation"),
+                  "1m": ("a", "b", "c")}
 SYSTEM_LABEL = {
     "direct": "direct to origin",
     "plain": "Envoy plain route",
@@ -61,6 +65,17 @@ SYSTEM_LABEL = {
     "opcallout": "Envoy + origin-pull, callout failover",
     "nginx": "nginx (upstream backup)",
 }
+ABLATION_LABEL = {
+    "filter-state": "no access-log filter-state writes",
+    "metrics": "no stat increments",
+    "block-read": "no per-domain block-key read",
+    "header-map": "no header-map copy (3 headers read one by one)",
+    "status": "no response :status read",
+    "upstream": "upstream (per-attempt) instance does nothing",
+    "all": "all of the above off",
+}
+for _name, _what in ABLATION_LABEL.items():
+    SYSTEM_LABEL[f"ab-{_name}"] = f"origin-pull − {_what}"
 SCENARIO_LABEL = {
     "a": "(a) happy path, 3 weighted masters",
     "b": "(b) 10 % of paths 404 on master, 200 on slave",
@@ -68,6 +83,7 @@ SCENARIO_LABEL = {
     "f": "(f) failover latency, 1 connection, every path 404 on master",
     "d1": "(d) 1 master IP", "d10": "(d) 10 master IPs",
     "d100": "(d) 100 master IPs", "d1000": "(d) 1000 master IPs",
+    "ablation": "ablation: happy path (a), the module with one piece switched off at a time",
 }
 
 _PROCS = []
@@ -287,7 +303,7 @@ def topology(scenario, origin_port, ports):
         n = int(scenario[1:])
         masters = [(ip, origin_port, 1) for ip in master_ips(n)]
         return cf.Topology(masters, (SLAVE_IP, origin_port), LISTEN_IP, ports)
-    ips = master_ips(3)
+    ips = master_ips(3)  # (a) and the ablation
     dead = ()
     if scenario == "c":
         ips[0] = DEAD_IP
@@ -297,6 +313,9 @@ def topology(scenario, origin_port, ports):
 
 
 def systems_of(scenario):
+    if scenario == "ablation":
+        variants = tuple(f"ab-{a}" for a in cf.ABLATIONS if cf.ablation_wasm(f"ab-{a}").exists())
+        return ("plain", "floor", "originpull", "opcallout") + variants
     if scenario.startswith("d"):
         return ("originpull",)
     if scenario != "a":
@@ -493,6 +512,46 @@ def write_report(o, results, meta):
     lines += targets_section(results, o)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     chart(o, results)
+
+
+def write_ablation_report(o, results, meta):
+    """ablation.md: what each piece of the module costs, as the gap it leaves when switched off."""
+    out = o["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    res = results.get("ablation-1k", {})
+    floor, op = res.get("floor", {}), res.get("originpull", {})
+    lines = [
+        "# origin-pull ablation (what each per-request piece costs in Envoy)", "",
+        f"Command: `make bench-ablation`{meta['command'][len('make bench'):]}  ",
+        f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']}  ",
+        f"Load average before / after: {meta['load_before']} / {meta['load_after']}  ",
+        f"Note: {meta['note']}  ",
+        f"Tools: {meta['envoy']}; {meta['wrk']}  ",
+        f"Settings: scenario (a) — 3 weighted masters + slave, 1 KiB — wrk -t1 -c{o['connections']}, "
+        f"{o['duration']:g} s per run, {o['reps']} repetitions interleaved, median; Envoy "
+        f"--concurrency 1 on CPU {o['proxy_cpu']}, wrk and the origin nginx on CPU {o['client_cpu']}.", "",
+        "Each `origin-pull − …` row is the shipped setup with a module built with one bench-only "
+        "`ablate-*` cargo feature (Cargo.toml; never in a release module): that piece switched off. "
+        "Its price is the CPU per request it saves against `Envoy + origin-pull` of the same run "
+        "(Δ CPU). `callout failover` is the same module with `envoy.failover: callout`: no composite "
+        "cluster, no routing headers for the attempts and no upstream instance on the happy path.", "",
+        "| system | rps | ×floor | p50 | p99 | +p99 over floor | CPU/req | Δ CPU vs origin-pull | over floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s, r in res.items():
+        add = (r["p99_us"] - floor["p99_us"]) if (r.get("p99_us") and floor.get("p99_us")) else None
+        cpu, cop, cfl = r.get("cpu_us"), op.get("cpu_us"), floor.get("cpu_us")
+        delta = f"{cpu - cop:+.1f} µs" if cpu and cop and s not in ("originpull", "plain", "floor") else "–"
+        over = f"{cpu - cfl:+.1f} µs" if cpu and cfl else "–"
+        lines.append(
+            f"| {SYSTEM_LABEL[s]} | {r['rps']:.0f} | {ratio(r['rps'], floor.get('rps'))} | "
+            f"{fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | "
+            f"{'–' if add is None else ('+' if add >= 0 else '−') + fmt_us(abs(add))} | "
+            f"{fmt_us(cpu)} | {delta} | {over} |")
+    lines.append("")
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
 def targets_section(results, o):
@@ -693,6 +752,12 @@ def main():
         stop_all()
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["seconds"] = round(time.monotonic() - t0)
+    if o["scenarios"] == ["ablation"]:
+        # Its own file: the committed results.md of `make bench` stays as it was.
+        write_ablation_report(o, results, meta)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log(f"done in {meta['seconds']} s: {o['out'] / 'ablation.md'}")
+        return 0
     write_report(o, results, meta)
     keep_raw(run_dir, o["out"] / "raw")
     shutil.rmtree(run_dir, ignore_errors=True)

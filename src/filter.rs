@@ -50,6 +50,26 @@ fn micros_now() -> u128 {
         .map_or(0, |d| d.as_micros())
 }
 
+/// The bench-only switches this module was built with (Cargo.toml `ablate-*`; empty in every
+/// real build): logged at start, so an ablation module can never pass unnoticed.
+const ABLATED: &[(&str, bool)] = &[
+    ("filter-state", cfg!(feature = "ablate-filter-state")),
+    ("metrics", cfg!(feature = "ablate-metrics")),
+    ("block-read", cfg!(feature = "ablate-block-read")),
+    ("header-map", cfg!(feature = "ablate-header-map")),
+    ("status", cfg!(feature = "ablate-status")),
+    ("upstream", cfg!(feature = "ablate-upstream")),
+];
+
+fn ablated() -> String {
+    ABLATED
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn seed() -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::getrandom(&mut bytes).is_err() {
@@ -130,6 +150,10 @@ impl Host for EnvoyHost {
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        if cfg!(feature = "ablate-block-read") && key.starts_with(crate::health::DOMAIN_KEY_PREFIX)
+        {
+            return (None, None);
+        }
         hostcalls::get_shared_data(key).unwrap_or((None, None))
     }
 
@@ -198,6 +222,9 @@ impl Host for EnvoyHost {
     }
 
     fn set_filter_state(&mut self, key: &str, value: &str) {
+        if cfg!(feature = "ablate-filter-state") {
+            return;
+        }
         // Failure only loses access-log attribution; the request itself is unaffected.
         let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
     }
@@ -221,6 +248,9 @@ impl Host for EnvoyHost {
     }
 
     fn increment_metric(&mut self, id: u32, delta: i64) {
+        if cfg!(feature = "ablate-metrics") {
+            return;
+        }
         // A lost increment only skews a stat; the request itself is unaffected.
         let _ = hostcalls::increment_metric(id, delta);
     }
@@ -363,6 +393,13 @@ impl RootContext for OriginPullRoot {
             .unwrap_or_default();
         let upstream = root_id == UPSTREAM_ROOT_ID;
         self.state.upstream.set(upstream);
+        let ablated = ablated();
+        if !ablated.is_empty() {
+            EnvoyHost.log(
+                LogLevel::Warn,
+                &format!("origin-pull: BENCH-ONLY ablation build, not for use: {ablated} off"),
+            );
+        }
         if upstream {
             // Its configuration is the downstream instance's (see APPLIED).
             EnvoyHost.log(
@@ -507,7 +544,19 @@ impl HttpContext for OriginPullStream {
         };
         // One hostcall for everything: the host, scheme and method, and the copy a failover
         // replays (Envoy hides the request headers once the response is under way).
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let headers = if cfg!(feature = "ablate-header-map") {
+            [":authority", ":scheme", ":method", ":path"]
+                .iter()
+                .filter_map(|name| {
+                    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+                        .ok()
+                        .flatten()
+                        .map(|v| (name.to_string(), v))
+                })
+                .collect()
+        } else {
+            hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+        };
         let header = |name: &str| {
             headers
                 .iter()
@@ -595,11 +644,15 @@ impl HttpContext for OriginPullStream {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u32>().ok())
-            .unwrap_or(0);
+        let status = if cfg!(feature = "ablate-status") {
+            200
+        } else {
+            hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
         // Envoy's failure replies (connect error, timeout, no cluster...) are all 4xx/5xx:
         // a 2xx/3xx needs no flags, which saves a hostcall on the happy path.
         let response_flags = if (200..400).contains(&status) {
@@ -702,6 +755,9 @@ impl Context for OriginPullAttempt {
 
 impl HttpContext for OriginPullAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if cfg!(feature = "ablate-upstream") {
+            return Action::Continue;
+        }
         let attempt = self
             .get_http_request_header(ATTEMPT_COUNT_HEADER)
             .and_then(|v| v.parse::<usize>().ok())
