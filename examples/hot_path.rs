@@ -2,6 +2,16 @@
 //! instructions; wall time on a shared machine is too noisy to compare small changes).
 //!
 //!     hot_path <happy|miss10|dead> <master IPs> <requests> [other domains] [unblocked]
+//!     hot_path <router-happy|router-404|router-connect> <master IPs> <requests> [legacy]
+//!
+//! The `router-*` cases follow a request of a domain with a slave through the router failover
+//! (`envoy.failover: router`, the default) as the glue does it in Envoy: the listener's filter
+//! AND the upstream instance, once per attempt (happy: attempt 1 answers 200; 404: the master
+//! answers 404, the slave 200; connect: the master refuses the connection — `block_seconds: 0`
+//! so that every request fails over — the slave answers 200). `legacy` models the glue before
+//! issue 14 (Envoy's attempt count read, the clock read for attempt 1, the answered attempt
+//! marked in a response header that the listener's filter reads and removes); it is meant to
+//! be run against the `src/` of that time (bb0f8e9) for the "before" column.
 //!
 //! `other domains`: that many more domains, each with one origin that a connect failure has
 //! blocked before the measured requests (a region outage); default 0. With `unblocked` they
@@ -17,7 +27,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use origin_pull::attempt::AttemptObserver;
 use origin_pull::bucket::BucketStats;
+use origin_pull::chain::PLAN_HEADER;
 use origin_pull::config::parse;
 use origin_pull::exchange::{Exchange, RequestInfo, ResponseStep};
 use origin_pull::failover::flags;
@@ -171,12 +183,135 @@ impl Host for CostHost {
     }
 }
 
+/// One request through the router failover: the glue's hostcalls are counted here (`host.call()`
+/// where the glue calls Envoy), the logic's by `CostHost`.
+fn router_request(
+    host: &mut CostHost,
+    blocks: &mut BlockTable,
+    config: &Rc<origin_pull::config::PluginConfig>,
+    metrics: &Rc<Metrics>,
+    headers: &[(String, String)],
+    scenario: &str,
+    legacy: bool,
+) {
+    // Listener filter, request phase: one get_map.
+    host.call();
+    host.copy(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let request = RequestInfo {
+        authority: find(":authority"),
+        scheme: find(":scheme"),
+        method: find(":method"),
+        path: "",
+        has_body: false,
+        worker: "w1",
+        stats: BucketStats::default(),
+        metrics: Some(metrics),
+    };
+    let Some(mut exchange) = Exchange::start(config, blocks, host, &request) else {
+        return;
+    };
+    exchange.keep_request_headers(headers.to_vec());
+    assert!(exchange.routes_chain(), "the bench domain fails over through the router");
+    let chain = exchange.chain_headers();
+    for _ in &chain {
+        host.call(); // set_header / remove
+    }
+    let plan = chain
+        .iter()
+        .find(|(k, _)| k == PLAN_HEADER)
+        .and_then(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let sent_ms = host.now_ms;
+    // The attempts, each seen by the upstream instance.
+    let outcomes: &[Option<u32>] = match scenario {
+        "router-404" => &[Some(404), Some(200)],
+        "router-connect" => &[None, Some(200)],
+        _ => &[Some(200)],
+    };
+    let mut answered = None;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let k = i + 1;
+        host.call(); // the plan header
+        host.copy(plan.len());
+        if legacy {
+            host.call(); // x-envoy-attempt-count
+            host.copy(1);
+        }
+        host.call(); // x-envoy-expected-rq-timeout-ms
+        host.copy(4);
+        let started = if legacy || k > 1 {
+            host.now_ms() // the clock (counted by CostHost)
+        } else {
+            sent_ms // the listener filter's reading, from the worker's in-flight entry
+        };
+        let Some((mut observer, start)) =
+            AttemptObserver::start_at(config, metrics, host, &plan, k, Some(5000), started)
+        else {
+            continue;
+        };
+        for _ in start.authority.iter().chain(start.own_address.iter()) {
+            host.call();
+        }
+        if start.last {
+            host.call(); // the plan removed
+            for _ in 2..=k {
+                host.call(); // the other attempts' addresses removed
+            }
+        }
+        match outcome {
+            Some(status) => {
+                host.call(); // :status
+                host.copy(3);
+                if legacy {
+                    host.call(); // x-origin-pull-attempt set
+                }
+                observer.on_response(host, blocks, *status);
+                host.call(); // x-origin-pull-failover set or removed
+                answered = Some(k);
+            }
+            None => {
+                // Refused: on_done reads the transport failure reason and the local address.
+                host.call();
+                host.copy(40);
+                host.call();
+                observer.on_done(host, blocks, true, false);
+            }
+        }
+    }
+    // Listener filter, response phase: :status; the mark only from the header in legacy glue.
+    host.call();
+    host.copy(3);
+    if legacy {
+        host.call(); // x-origin-pull-attempt read
+        host.copy(1);
+        host.call(); // and removed
+    }
+    if answered.is_some_and(|a| a > 1) {
+        for _ in 0..6 {
+            host.call(); // hop-by-hop headers removed from a failed-over answer
+        }
+    }
+    exchange.on_chain_response(host, 200, 0, answered);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let scenario = args.get(1).map_or("happy", String::as_str).to_string();
+    let router = scenario.starts_with("router-");
+    let legacy = router && args.get(4).map(String::as_str) == Some("legacy");
     let ips: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let requests: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let blocked: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let blocked: usize = if router {
+        0
+    } else {
+        args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0)
+    };
     let block_them = args.get(5).map(String::as_str) != Some("unblocked");
 
     let weighted = ips > 1;
@@ -199,8 +334,17 @@ fn main() {
             )
         })
         .collect();
+    // The happy/miss10/dead cases model the callout glue (`envoy.failover: callout`); the
+    // router cases the default.
+    let mechanism = if router { "router" } else { "callout" };
+    // A refused master is never blocked here, so that every request fails over.
+    let detection = if scenario == "router-connect" {
+        r#","detection":{"block_seconds":0}"#
+    } else {
+        ""
+    };
     let text = format!(
-        r#"{{"domains":[{{"domain":"www.test.com","master":{{"ips":[{}]}},"slave":{{"ips":["127.255.0.1:80"]}}}}{others}]}}"#,
+        r#"{{"envoy":{{"failover":"{mechanism}"}},"domains":[{{"domain":"www.test.com","master":{{"ips":[{}]}},"slave":{{"ips":["127.255.0.1:80"]}}{detection}}}{others}]}}"#,
         master.join(",")
     );
     let Ok(config) = parse(text.as_bytes()) else {
@@ -270,6 +414,18 @@ fn main() {
             calls0 = HOSTCALLS.with(|c| c.get());
             copied0 = COPIED.with(|c| c.get());
             allocs0 = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        if router {
+            router_request(
+                &mut host,
+                &mut blocks,
+                &config,
+                &metrics,
+                &client_headers,
+                &scenario,
+                legacy,
+            );
+            continue;
         }
         // The glue's request phase: one get_map, two set_header.
         host.call();

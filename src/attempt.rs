@@ -65,6 +65,29 @@ impl AttemptObserver {
         attempt: usize,
         first_byte_timeout_ms: Option<u64>,
     ) -> Option<(AttemptObserver, AttemptStart)> {
+        let now = host.now_ms();
+        Self::start_at(
+            config,
+            metrics,
+            host,
+            plan,
+            attempt,
+            first_byte_timeout_ms,
+            now,
+        )
+    }
+
+    /// [`AttemptObserver::start`] with the attempt's start time known (the glue gives attempt
+    /// 1 the downstream filter's clock reading of the same request: no clock hostcall).
+    pub fn start_at(
+        config: &Rc<PluginConfig>,
+        metrics: &Rc<Metrics>,
+        host: &mut impl Host,
+        plan: &str,
+        attempt: usize,
+        first_byte_timeout_ms: Option<u64>,
+        started_ms: u64,
+    ) -> Option<(AttemptObserver, AttemptStart)> {
         let (domain_name, request, planned) = read_plan(plan, attempt)?;
         // A domain's name is also a host it answers for (`*.x.com`, `*` included): one lookup,
         // whatever the number of domains; the name must match (a reload may have changed it).
@@ -101,7 +124,7 @@ impl AttemptObserver {
             request,
             attempt,
             judged: false,
-            started_ms: host.now_ms(),
+            started_ms,
             first_byte_timeout_ms,
             retry_possible: read_plan(plan, attempt + 1).is_some(),
         };

@@ -131,6 +131,9 @@ pub struct Exchange {
     chain: Vec<Attempt>,
     /// The last answer judged (to say why no origin's answer can be relayed).
     last_answer: Option<Answer>,
+    /// The domain's block key said a block may be active when the request arrived (only then
+    /// are the drawn origins' own keys read, also when planning a routed failover).
+    blocks_possible: bool,
 }
 
 impl Exchange {
@@ -183,6 +186,7 @@ impl Exchange {
             failed_softly: false,
             chain: Vec::new(),
             last_answer: None,
+            blocks_possible: false,
         };
         let Some(first) = exchange.first_attempt(blocks, host) else {
             // Unreachable with a validated configuration (some weight is non-zero); never route blind.
@@ -238,10 +242,13 @@ impl Exchange {
         let max = domain.max_chain();
         let has_slave = domain.slave.is_some();
         let first = self.current();
-        let now = host.now_ms();
+        // The same instant as the first pick (one clock read per request); origins' block keys
+        // only when the domain's key said a block may be active (it is raised before them).
+        let now = first.sent_ms;
+        let respect = self.blocks_possible;
         let next = match (first.role, has_slave) {
             (Role::Master, true) => self
-                .choose(Role::Slave, blocks, host, true, now)
+                .choose(Role::Slave, blocks, host, respect, now)
                 .or_else(|| self.choose(Role::Slave, blocks, host, false, now))
                 .map(|target| Attempt {
                     role: Role::Slave,
@@ -262,7 +269,7 @@ impl Exchange {
             self.tried.push(next);
         } else if first.role == Role::Master && !has_slave {
             while self.tried.len() < max {
-                match self.choose(Role::Master, blocks, host, true, now) {
+                match self.choose(Role::Master, blocks, host, respect, now) {
                     Some(target) => self.tried.push(Attempt {
                         role: Role::Master,
                         target,
@@ -283,6 +290,13 @@ impl Exchange {
     /// Whether Envoy's router carries this request's failover (see [`Exchange::chain_headers`]).
     pub fn routes_chain(&self) -> bool {
         !self.chain.is_empty()
+    }
+
+    /// A routed failover's request id (the plan carries it) and when its first attempt was
+    /// picked (ms): what the glue shares with the upstream instance of the same worker.
+    pub fn chain_id(&self) -> Option<(u64, u64)> {
+        let first = self.chain.first()?;
+        Some((self.request_id?, first.sent_ms))
     }
 
     /// The request headers a routed failover needs, to set (`Some`) or remove (`None`): the
@@ -453,15 +467,17 @@ impl Exchange {
         }
     }
 
-    fn first_attempt(&self, blocks: &mut BlockTable, host: &mut impl Host) -> Option<Attempt> {
-        let domain = self.domain()?;
+    fn first_attempt(&mut self, blocks: &mut BlockTable, host: &mut impl Host) -> Option<Attempt> {
         let now = host.now_ms();
+        let domain = self.domain()?;
         // Block state only changes the outcome when there is an alternative to go to, and a
         // domain with `block_seconds: 0` never skips an origin. One 8-byte read tells whether
         // any origin of the domain is blocked; only then are origins' own keys read.
         let health_matters = (domain.master.targets.len() > 1 || domain.slave.is_some())
             && domain.detection.block_ms > 0
             && blocks.domain_has_blocks(host, &domain.name, now);
+        self.blocks_possible = health_matters;
+        let domain = self.domain()?;
         if let Some(target) = self.choose(Role::Master, blocks, host, health_matters, now) {
             return Some(Attempt {
                 role: Role::Master,

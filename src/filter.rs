@@ -3,6 +3,8 @@
 #![allow(unsafe_code)] // `proxy_wasm::main!` expands to an exported `#[no_mangle]` entry point.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -15,12 +17,12 @@ use proxy_wasm::types::{
 use crate::attempt::AttemptObserver;
 use crate::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 use crate::chain::{
-    ATTEMPT_COUNT_HEADER, ATTEMPT_RESPONSE_HEADER, EXPECTED_TIMEOUT_HEADER, FAILOVER_MARK_HEADER,
+    read_plan, ATTEMPT_COUNT_HEADER, ATTEMPT_RESPONSE_HEADER, EXPECTED_TIMEOUT_HEADER, FAILOVER_MARK_HEADER,
     PLAN_HEADER, UPSTREAM_ROOT_ID,
 };
 use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
-use crate::health::BlockTable;
+use crate::health::{BlockTable, SlotHasher};
 use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
 use crate::metrics::{Metrics, Registry};
 use crate::mirror::{CopyBack, CopyJob};
@@ -41,6 +43,26 @@ thread_local! {
     /// Stat ids this VM defined, by name: outlives root contexts (a reload reuses the VM), so a
     /// name is defined once per VM whatever the reloads (Envoy gives a new id per definition).
     static REGISTRY: Rc<RefCell<Registry>> = Rc::new(RefCell::new(Registry::default()));
+    /// Routed failovers in flight on this worker, by the request id their plan carries. The
+    /// downstream filter registers one; the upstream instance (same VM, same thread) counts
+    /// its attempts and notes which one was answered. So neither side reads or writes a header
+    /// for that (Envoy's attempt count, the answered-attempt mark): hostcalls saved on every
+    /// request of a domain with a slave. Without an entry (none registered) the headers are
+    /// used as before.
+    static CHAINS: RefCell<HashMap<u64, ChainLink, BuildHasherDefault<SlotHasher>>> =
+        RefCell::new(HashMap::default());
+}
+
+/// One routed failover in flight (see `CHAINS`).
+#[derive(Debug, Clone, Copy, Default)]
+struct ChainLink {
+    /// Attempts whose upstream instance has started (Envoy's attempt count of the latest).
+    started: usize,
+    /// When the downstream filter picked the first origin (attempt 1's start).
+    sent_ms: u64,
+    /// The attempt whose origin answered, and whether its status was invalid (shown to the
+    /// router as 502); reset when a later attempt starts.
+    answered: Option<(usize, bool)>,
 }
 
 /// Microseconds on the wall clock (WASI), for the configure-time log line.
@@ -485,11 +507,13 @@ impl RootContext for OriginPullRoot {
                 state: self.state.clone(),
                 observer: None,
                 attempt: 0,
+                link: None,
             }));
         }
         Some(Box::new(OriginPullStream {
             state: self.state.clone(),
             exchange: None,
+            chain_id: None,
         }))
     }
 
@@ -501,6 +525,16 @@ impl RootContext for OriginPullRoot {
 struct OriginPullStream {
     state: Rc<RootState>,
     exchange: Option<Exchange>,
+    /// The request id of this stream's routed failover, registered in `CHAINS`.
+    chain_id: Option<u64>,
+}
+
+impl Drop for OriginPullStream {
+    fn drop(&mut self) {
+        if let Some(id) = self.chain_id.take() {
+            CHAINS.with(|c| c.borrow_mut().remove(&id));
+        }
+    }
 }
 
 impl Context for OriginPullStream {
@@ -604,6 +638,18 @@ impl HttpContext for OriginPullStream {
             for (name, value) in exchange.chain_headers() {
                 self.set_http_request_header(&name, value.as_deref());
             }
+            if let Some((id, sent_ms)) = exchange.chain_id() {
+                CHAINS.with(|c| {
+                    c.borrow_mut().insert(
+                        id,
+                        ChainLink {
+                            sent_ms,
+                            ..ChainLink::default()
+                        },
+                    )
+                });
+                self.chain_id = Some(id);
+            }
         } else if let Some((route, host_override)) = exchange.route() {
             // Always overwrite or remove: a client's copy of a routing header is never obeyed.
             self.set_http_request_header(exchange.cluster_header(), Some(&route.cluster));
@@ -665,14 +711,26 @@ impl HttpContext for OriginPullStream {
                 .map_or(0, u64::from_le_bytes)
         };
         let step = if exchange.routes_chain() {
-            // Set by the upstream instance on an origin's answer; absent on Envoy's own replies.
-            let mark =
+            // Noted by the upstream instance when an origin answered (in `CHAINS`, or, when it
+            // found no entry, as a response header); absent on Envoy's own replies.
+            let noted = self
+                .chain_id
+                .and_then(|id| CHAINS.with(|c| c.borrow().get(&id).and_then(|l| l.answered)));
+            let mark = if noted.is_some() {
+                None
+            } else {
                 hostcalls::get_map_value(MapType::HttpResponseHeaders, ATTEMPT_RESPONSE_HEADER)
                     .ok()
-                    .flatten();
-            let (attempt, status) = match mark.as_deref().map(parse_attempt_mark) {
-                Some((attempt, true)) => (attempt, 0), // the origin's status was invalid
-                Some((attempt, false)) => (attempt, status),
+                    .flatten()
+            };
+            let answered = noted.or_else(|| {
+                mark.as_deref()
+                    .map(parse_attempt_mark)
+                    .and_then(|(a, invalid)| a.map(|a| (a, invalid)))
+            });
+            let (attempt, status) = match answered {
+                Some((attempt, true)) => (Some(attempt), 0), // the origin's status was invalid
+                Some((attempt, false)) => (Some(attempt), status),
                 None => (None, status),
             };
             if mark.is_some() {
@@ -731,6 +789,8 @@ struct OriginPullAttempt {
     state: Rc<RootState>,
     observer: Option<AttemptObserver>,
     attempt: usize,
+    /// The request's entry in `CHAINS` (its request id), when the downstream filter made one.
+    link: Option<u64>,
 }
 
 impl Context for OriginPullAttempt {
@@ -758,28 +818,50 @@ impl HttpContext for OriginPullAttempt {
         if cfg!(feature = "ablate-upstream") {
             return Action::Continue;
         }
-        let attempt = self
-            .get_http_request_header(ATTEMPT_COUNT_HEADER)
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(1);
+        let plan = self.get_http_request_header(PLAN_HEADER);
+        // The attempt number and its start from the downstream filter's entry (no hostcall);
+        // Envoy's attempt count and the clock only without one.
+        let request = plan.as_deref().and_then(|p| read_plan(p, 1)).map(|(_, id, _)| id);
+        let link = request.and_then(|id| {
+            CHAINS.with(|c| {
+                let mut chains = c.borrow_mut();
+                let link = chains.get_mut(&id)?;
+                link.started += 1;
+                link.answered = None;
+                Some((id, link.started, link.sent_ms))
+            })
+        });
+        let (attempt, started_ms) = match link {
+            Some((id, attempt, sent_ms)) => {
+                self.link = Some(id);
+                (attempt, if attempt == 1 { sent_ms } else { EnvoyHost.now_ms() })
+            }
+            None => (
+                self.get_http_request_header(ATTEMPT_COUNT_HEADER)
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(1),
+                EnvoyHost.now_ms(),
+            ),
+        };
         self.attempt = attempt;
         let Some((config, metrics)) = APPLIED.with(|a| a.borrow().clone()) else {
             return Action::Continue;
         };
-        let Some(plan) = self.get_http_request_header(PLAN_HEADER) else {
+        let Some(plan) = plan else {
             return Action::Continue;
         };
         // The router's per-try (first-byte) timeout for this attempt.
         let first_byte_ms = self
             .get_http_request_header(EXPECTED_TIMEOUT_HEADER)
             .and_then(|v| v.parse::<u64>().ok());
-        if let Some((observer, start)) = AttemptObserver::start(
+        if let Some((observer, start)) = AttemptObserver::start_at(
             &config,
             &metrics,
             &mut EnvoyHost,
             &plan,
             attempt,
             first_byte_ms,
+            started_ms,
         ) {
             if let Some(authority) = start.authority {
                 self.set_http_request_header(":authority", Some(&authority));
@@ -809,14 +891,28 @@ impl HttpContext for OriginPullAttempt {
                 .get_http_response_header(":status")
                 .and_then(|s| s.parse::<u32>().ok())
                 .unwrap_or(0);
-            let mut mark = self.attempt.to_string();
-            if !(100..=599).contains(&status) {
+            let invalid = !(100..=599).contains(&status);
+            if invalid {
                 // Envoy's codec lets e.g. "HTTP/1.1 2000" through: shown to the router as a
                 // 502, it fails over like any 5xx and is never relayed as such.
                 self.set_http_response_header(":status", Some("502"));
-                mark.push_str(";invalid");
             }
-            self.set_http_response_header(ATTEMPT_RESPONSE_HEADER, Some(&mark));
+            let noted = self.link.is_some_and(|id| {
+                CHAINS.with(|c| {
+                    c.borrow_mut()
+                        .get_mut(&id)
+                        .map(|link| link.answered = Some((self.attempt, invalid)))
+                        .is_some()
+                })
+            });
+            if !noted {
+                let mark = if invalid {
+                    format!("{};invalid", self.attempt)
+                } else {
+                    self.attempt.to_string()
+                };
+                self.set_http_response_header(ATTEMPT_RESPONSE_HEADER, Some(&mark));
+            }
             let retry = match self.observer.as_mut() {
                 Some(observer) => {
                     let mut blocks = self.state.blocks.borrow_mut();
