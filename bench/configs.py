@@ -24,6 +24,7 @@ would dominate all the ratios); `debug_headers` is off.
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,10 +37,14 @@ FLOOR_WASM = REPO / "target" / "bench-floor" / "wasm32-wasip1" / "release" / "be
 # `make bench-ablation`: the module built with one bench-only `ablate-*` feature each (Cargo.toml),
 # system `ab-<name>` = the shipped setup with target/ablation/origin_pull-<name>.wasm.
 ABLATION_DIR = REPO / "target" / "ablation"
-ABLATIONS = ("filter-state", "metrics", "block-read", "header-map", "status", "upstream", "all")
+ABLATIONS = ("filter-state", "metrics", "block-read", "header-map", "status", "upstream", "all",
+             "baseline")
 
 
 def ablation_wasm(system):
+    if system == "ab-baseline":
+        # BENCH_BASELINE_WASM: another build of the module (e.g. main's) for a before/after.
+        return Path(os.environ.get("BENCH_BASELINE_WASM", "/nonexistent")).resolve()
     return ABLATION_DIR / f"origin_pull-{system[3:]}.wasm"
 HOST = "www.test.com"
 ENVOY_SYSTEMS = ("plain", "floor", "odst", "native", "originpull", "opcallout")

@@ -25,6 +25,14 @@ CASES = [("happy", 3, 0, False), ("miss10", 3, 0, False), ("dead", 3, 0, False),
          ("dead", 3, 5000, True)]
 LABEL = {"happy": "(a) happy path", "miss10": "(b) 10 % of paths fail over",
          "dead": "(c) one of the masters dead"}
+# Router failover (the default), listener filter + upstream instance per request (issue 14).
+ROUTER_CASES = [("router-happy", "happy path (attempt 1 answers 200)"),
+                ("router-404", "404 failover (master 404, slave 200)"),
+                ("router-connect", "connect-error failover (master refuses, slave 200)")]
+# PROFILE_BEFORE_HARNESS: the same examples/hot_path.rs built against an older src/ (e.g. main
+# before issue 14, with `AttemptObserver::start_at` split off `start`), run with `legacy` (the
+# glue of that time): the "before" column.
+BEFORE = os.environ.get("PROFILE_BEFORE_HARNESS")
 
 
 def ensure_valgrind():
@@ -66,6 +74,21 @@ def main():
             print(f"{scenario:7} {ips:5} IPs, {others:5} other domains ({state}): {per:8.0f} "
                   f"instructions/request, {calls} hostcalls, {copied} bytes copied, "
                   f"{allocs} allocations", flush=True)
+    router_rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scenario, label in ROUTER_CASES:
+            low, _ = instructions([scenario, 3, LOW], tmp)
+            high, summary = instructions([scenario, 3, HIGH], tmp)
+            per = (high - low) / (HIGH - LOW)
+            calls = re.search(r"hostcalls/request=([\d.]+)", summary).group(1)
+            before = "–"
+            if BEFORE:
+                p = subprocess.run([BEFORE, scenario, "3", "2000", "legacy"], capture_output=True,
+                                   text=True, timeout=300, check=True)
+                before = re.search(r"hostcalls/request=([\d.]+)", p.stdout).group(1)
+            router_rows.append((label, per, before, calls))
+            print(f"{scenario:15} {per:8.0f} instructions/request, hostcalls {before} -> {calls}",
+                  flush=True)
     lines = [
         "# Hot path cost (native harness, callgrind)",
         "",
@@ -89,6 +112,24 @@ def main():
         state = "blocked" if blocked else "-" if not others else "not blocked"
         lines.append(f"| {LABEL[scenario]} | {ips} | {others} | {state} | {per:.0f} | {calls} "
                      f"| {copied} | {allocs} |")
+    lines += [
+        "",
+        "The rows above model the callout glue (`envoy.failover: callout`). Below, the default",
+        "router failover of a domain with a slave (3 weighted masters): the listener's filter AND",
+        "the module's upstream instance, once per attempt, with every hostcall either makes",
+        "(`hot_path router-<case> 3 <n>`). Before = main before issue 14 (bb0f8e9): the same",
+        "harness built against that `src/` and run with `legacy` (the glue of that time: Envoy's",
+        "attempt count and the clock read by every attempt, the answered attempt marked in a",
+        "response header that the listener's filter reads and removes; the planned slave's block",
+        "key read on every request)"
+        + (f" — `PROFILE_BEFORE_HARNESS={BEFORE} make profile`." if BEFORE else
+           " — set PROFILE_BEFORE_HARNESS to fill it."),
+        "",
+        "| router failover, 1 request | instructions / request (logic, native) | hostcalls before | hostcalls now |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, per, before, calls in router_rows:
+        lines.append(f"| {label} | {per:.0f} | {before} | {calls} |")
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "hot-path.md").write_text("\n".join(lines) + "\n")

@@ -21,7 +21,8 @@ Options (environment):
     BENCH_SCENARIOS=a,b,c,f,d1,d10,d100,d1000       BENCH_SIZES=1k,1m (1m runs a, b and c)
     BENCH_SCENARIOS=ablation (`make bench-ablation`, which builds the variants): scenario a with
         plain, floor, origin-pull, its callout failover and every target/ablation/*.wasm;
-        writes BENCH_OUT/ablation.md and ablation.json only
+        writes BENCH_OUT/ablation.md and ablation.json only; BENCH_BASELINE_WASM=<module> adds
+        another build of the module (e.g. main's) as one more row
     BENCH_PROXY_CPU=0    BENCH_CLIENT_CPU=1         BENCH_OUT=bench/results
 Writes BENCH_OUT/results.md, results.json, results.png and raw/ (every wrk output the medians
 come from: raw/<scenario>-<size>/wrk-<system>-<rep>.txt). Installs wrk, nginx and gnuplot with
@@ -73,9 +74,11 @@ ABLATION_LABEL = {
     "status": "no response :status read",
     "upstream": "upstream (per-attempt) instance does nothing",
     "all": "all of the above off",
+    "baseline": "baseline module (BENCH_BASELINE_WASM), nothing off",
 }
 for _name, _what in ABLATION_LABEL.items():
-    SYSTEM_LABEL[f"ab-{_name}"] = f"origin-pull − {_what}"
+    SYSTEM_LABEL[f"ab-{_name}"] = (f"origin-pull − {_what}" if _name != "baseline"
+                                   else f"origin-pull {_what}")
 SCENARIO_LABEL = {
     "a": "(a) happy path, 3 weighted masters",
     "b": "(b) 10 % of paths 404 on master, 200 on slave",

@@ -181,3 +181,21 @@ fn request_cost_does_not_grow_with_blocked_origins() {
          {copied_before} with none"
     );
 }
+
+/// Issue 14: with nothing blocked, a request of a domain with a slave (its failover planned for
+/// Envoy's router, the default) reads ONE shared key, its domain's — not also the planned
+/// slave's (the domain key is raised before any origin's, so it alone says "nothing blocked").
+#[test]
+fn a_planned_failover_with_nothing_blocked_reads_only_the_domain_key() {
+    let text = r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2","127.0.0.3"]},"slave":{"ips":["127.0.0.4"]}}]}"#;
+    let config = Rc::new(parse(text.as_bytes()).expect("valid configuration"));
+    let mut host = CountingHost {
+        now_ms: 1_700_000_000_000,
+        rng: 7,
+        ..CountingHost::default()
+    };
+    let mut blocks = BlockTable::default();
+    let exchange = Exchange::start(&config, &mut blocks, &mut host, &request("www.test.com"));
+    assert!(exchange.is_some_and(|e| e.routes_chain()), "failover planned");
+    assert_eq!(host.reads.get(), 1, "shared-data reads for one request");
+}
