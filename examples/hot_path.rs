@@ -217,7 +217,10 @@ fn router_request(
         return;
     };
     exchange.keep_request_headers(headers.to_vec());
-    assert!(exchange.routes_chain(), "the bench domain fails over through the router");
+    assert!(
+        exchange.routes_chain(),
+        "the bench domain fails over through the router"
+    );
     let chain = exchange.chain_headers();
     for _ in &chain {
         host.call(); // set_header / remove

@@ -17,8 +17,8 @@ use proxy_wasm::types::{
 use crate::attempt::AttemptObserver;
 use crate::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 use crate::chain::{
-    read_plan, ATTEMPT_COUNT_HEADER, ATTEMPT_RESPONSE_HEADER, EXPECTED_TIMEOUT_HEADER, FAILOVER_MARK_HEADER,
-    PLAN_HEADER, UPSTREAM_ROOT_ID,
+    read_plan, ATTEMPT_COUNT_HEADER, ATTEMPT_RESPONSE_HEADER, EXPECTED_TIMEOUT_HEADER,
+    FAILOVER_MARK_HEADER, PLAN_HEADER, UPSTREAM_ROOT_ID,
 };
 use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
@@ -821,7 +821,10 @@ impl HttpContext for OriginPullAttempt {
         let plan = self.get_http_request_header(PLAN_HEADER);
         // The attempt number and its start from the downstream filter's entry (no hostcall);
         // Envoy's attempt count and the clock only without one.
-        let request = plan.as_deref().and_then(|p| read_plan(p, 1)).map(|(_, id, _)| id);
+        let request = plan
+            .as_deref()
+            .and_then(|p| read_plan(p, 1))
+            .map(|(_, id, _)| id);
         let link = request.and_then(|id| {
             CHAINS.with(|c| {
                 let mut chains = c.borrow_mut();
@@ -834,7 +837,14 @@ impl HttpContext for OriginPullAttempt {
         let (attempt, started_ms) = match link {
             Some((id, attempt, sent_ms)) => {
                 self.link = Some(id);
-                (attempt, if attempt == 1 { sent_ms } else { EnvoyHost.now_ms() })
+                (
+                    attempt,
+                    if attempt == 1 {
+                        sent_ms
+                    } else {
+                        EnvoyHost.now_ms()
+                    },
+                )
             }
             None => (
                 self.get_http_request_header(ATTEMPT_COUNT_HEADER)

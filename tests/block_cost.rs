@@ -196,6 +196,9 @@ fn a_planned_failover_with_nothing_blocked_reads_only_the_domain_key() {
     };
     let mut blocks = BlockTable::default();
     let exchange = Exchange::start(&config, &mut blocks, &mut host, &request("www.test.com"));
-    assert!(exchange.is_some_and(|e| e.routes_chain()), "failover planned");
+    assert!(
+        exchange.is_some_and(|e| e.routes_chain()),
+        "failover planned"
+    );
     assert_eq!(host.reads.get(), 1, "shared-data reads for one request");
 }

@@ -18,6 +18,10 @@ def test_routes_to_single_master_and_rejects_unknown_host(env):
     assert b"no origin is configured for host 'unknown.example'" in r.body
     assert "x-served-by" not in r.headers
     assert m1.count() == 1  # the unknown host never reached an origin
+    # The module under test is a real build: a bench-only `ablate-*` build says so at start.
+    lines = env.wasm_log_lines()
+    assert any("configured 1 domain(s)" in l for l in lines), lines
+    assert not any("BENCH-ONLY" in l for l in lines), lines
 
 
 def test_access_log_names_the_origin(env):
