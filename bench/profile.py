@@ -121,7 +121,9 @@ def main():
         "harness built against that `src/` and run with `legacy` (the glue of that time: Envoy's",
         "attempt count and the clock read by every attempt, the answered attempt marked in a",
         "response header that the listener's filter reads and removes; the planned slave's block",
-        "key read on every request)"
+        "key read on every request; that harness: `git archive bb0f8e9 | tar -x -C DIR`, the",
+        "`AttemptObserver::start_at` split of src/attempt.rs applied, this examples/hot_path.rs",
+        "copied in, `cargo build --release --example hot_path`)"
         + (f" — `PROFILE_BEFORE_HARNESS={BEFORE} make profile`." if BEFORE else
            " — set PROFILE_BEFORE_HARNESS to fill it."),
         "",
