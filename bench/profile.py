@@ -117,11 +117,11 @@ def main():
         "The rows above model the callout glue (`envoy.failover: callout`). Below, the default",
         "router failover of a domain with a slave (3 weighted masters): the listener's filter AND",
         "the module's upstream instance, once per attempt, with every hostcall either makes",
-        "(`hot_path router-<case> 3 <n>`). Before = main before issue 14 (bb0f8e9): the same",
+        "(`hot_path router-<case> 3 <n>`). Before = main before issue 14 (20dd92a): the same",
         "harness built against that `src/` and run with `legacy` (the glue of that time: Envoy's",
         "attempt count and the clock read by every attempt, the answered attempt marked in a",
         "response header that the listener's filter reads and removes; the planned slave's block",
-        "key read on every request; that harness: `git archive bb0f8e9 | tar -x -C DIR`, the",
+        "key read on every request; that harness: `git archive 20dd92a | tar -x -C DIR`, the",
         "`AttemptObserver::start_at` split of src/attempt.rs applied, this examples/hot_path.rs",
         "copied in, `cargo build --release --example hot_path`)"
         + (f" — `PROFILE_BEFORE_HARNESS={BEFORE} make profile`." if BEFORE else

@@ -11,7 +11,7 @@
 //! so that every request fails over — the slave answers 200). `legacy` models the glue before
 //! issue 14 (Envoy's attempt count read, the clock read for attempt 1, the answered attempt
 //! marked in a response header that the listener's filter reads and removes); it is meant to
-//! be run against the `src/` of that time (bb0f8e9) for the "before" column.
+//! be run against the `src/` of that time (20dd92a) for the "before" column.
 //!
 //! `other domains`: that many more domains, each with one origin that a connect failure has
 //! blocked before the measured requests (a region outage); default 0. With `unblocked` they
