@@ -165,7 +165,7 @@ def native_retry_policy():
         "retry_priority": {
             "name": "envoy.retry_priorities.previous_priorities",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",  # noqa: E501
                 "update_frequency": 1,
             },
         },

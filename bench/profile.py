@@ -105,7 +105,7 @@ def main():
         "blocked by a connect failure before the measured requests (a region outage) or not; the",
         "request's own domain has a blocked origin in the (c) rows (its dead master).",
         "",
-        "| scenario | master IPs | other domains | their origins | instructions / request | hostcalls / request | bytes copied into the VM / request | allocations / request |",
+        "| scenario | master IPs | other domains | their origins | instructions / request | hostcalls / request | bytes copied into the VM / request | allocations / request |",  # noqa: E501
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for scenario, ips, others, blocked, per, calls, copied, allocs in rows:

@@ -500,7 +500,7 @@ def write_report(o, results, meta):
             plain = (ref or {}).get("plain", {})
             floor = (ref or {}).get("floor", {})
             lines += [f"### {SCENARIO_LABEL[sc]} — {size} object", "",
-                      "| system | rps | ×plain | ×floor | p50 | p99 | +p99 | CPU/req | non-2xx | socket errors | RSS MiB |",
+                      "| system | rps | ×plain | ×floor | p50 | p99 | +p99 | CPU/req | non-2xx | socket errors | RSS MiB |",  # noqa: E501
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for s, r in res.items():
                 add = (r["p99_us"] - plain["p99_us"]) if (r.get("p99_us") and plain.get("p99_us")) else None

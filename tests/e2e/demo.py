@@ -198,7 +198,7 @@ def main():
             f"    {SWITCH_ON}\n"
             f"    undo: {SWITCH_OFF}\n"
             f"Following the access log; Ctrl-C stops Envoy and the origins.\n")
-        with open(access, "r", errors="replace") as f:
+        with open(access, errors="replace") as f:
             f.seek(0, 2)
             while eproc.poll() is None:  # bounded by Envoy's life and Ctrl-C
                 line = f.readline()

@@ -255,7 +255,7 @@ class Env:
 
     def __init__(self, tmp_path, plugin_config=None, origins=(), *, extra_clusters=(),
                  concurrency=2, drain_time_s=2, route_timeout=None, connect_timeout=None,
-                 first_byte_timeout=None, idle_timeout=None, extra_envoy_args=(), envoy=None, vm_env=None, process_env=None,
+                 first_byte_timeout=None, idle_timeout=None, extra_envoy_args=(), envoy=None, vm_env=None, process_env=None,  # noqa: E501
                  log_level="info", wasm_log_level="debug", delivery="ecds"):
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def run(mode, workdir, period, block_seconds, probe, rounds_wanted):
                 wait_for(lambda: env.stat(gauge) == 0, block_seconds + 20, interval=0.05,
                          what="victim unblocked")
                 t_unblock = time.monotonic()
-                wait_for(lambda: any(s >= t_restart and who == "victim" for s, _, who, _ in log),
+                wait_for(lambda: any(s >= t_restart and who == "victim" for s, _, who, _ in log),  # noqa: B023 (called at once)
                          block_seconds + 20, interval=0.05, what="victim serving again")
                 t_back = min(s for s, _, who, _ in log if s >= t_restart and who == "victim")
                 hits = [s for s, _, _, att in log if t_death <= s < t_restart and att >= 2]

@@ -223,7 +223,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def handle_one_request(self):
         try:
             super().handle_one_request()
-        except (ConnectionError, ssl.SSLError, socket.timeout):
+        except (TimeoutError, ConnectionError, ssl.SSLError):
             self.close_connection = True
 
     def __getattr__(self, name):

@@ -16,8 +16,8 @@ a valid signature of a known access key (a wrong secret gets 403 SignatureDoesNo
 import json
 import os
 import re
-import sys
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 

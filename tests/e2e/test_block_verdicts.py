@@ -14,9 +14,9 @@ Origins use 127.0.7.x.
 import time
 
 import pytest
-from harness import wait_for
 
 import chaos
+from harness import wait_for
 
 CONNECT_FAILS = "cluster.origin_pull_ip_http.upstream_cx_connect_fail"
 

@@ -145,7 +145,7 @@ def test_block_measures_count_requests_inside_a_window(tmp_path):
     (no vacuous zeros), unless every other origin was blocked (then the filter tries one by
     design)."""
     def utc(t):
-        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime(
             "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
     def block_line(addr, at="02:00:00.000", seconds=60):

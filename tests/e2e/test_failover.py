@@ -5,6 +5,7 @@ Origins use 127.0.0.2-127.0.0.39.
 """
 
 import pytest
+
 from harness import wait_for
 
 

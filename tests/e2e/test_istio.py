@@ -6,6 +6,7 @@ route header, same plugin configuration). No Kubernetes cluster is needed."""
 import json
 import subprocess
 
+import pydantic
 import pytest
 import yaml
 from cloudcoil.models.istio.extensions.v1alpha1 import WasmPlugin
@@ -68,7 +69,7 @@ def test_the_schema_check_can_fail():
     doc = render_istio(EXAMPLES[0])[0]
     typo = json.loads(json.dumps(doc))
     typo["spec"]["failStrategy"] = "FAIL_SOMETIMES"
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         check_schema(typo)
     unknown = json.loads(json.dumps(doc))
     unknown["spec"]["pluginConfg"] = {}

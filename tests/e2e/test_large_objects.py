@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from harness import wait_for
 from origin import big_sha256
 

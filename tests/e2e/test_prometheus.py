@@ -5,8 +5,9 @@ sent (the labels come from the stats_tags render writes into the bootstrap)."""
 import re
 import time
 
-import toolbox
 from test_monitoring import defined_metrics
+
+import toolbox
 from toolbox import DOMAIN, Prometheus
 
 

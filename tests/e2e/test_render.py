@@ -56,7 +56,7 @@ def test_static_bootstrap_serves_and_fails_over(env, tmp_path, envoy_bin):
 def test_reload_to_a_domain_origin_brings_its_cluster_through_cds(env):
     ip_origin = env.start_origin("ip", ip="127.0.7.4")
     port = free_port("127.0.0.1")
-    dom = env.start_origin("dom", ip="127.0.0.1", port=port)
+    _dom = env.start_origin("dom", ip="127.0.0.1", port=port)
     env.start({"domains": [{"domain": D, "master": {"ips": [ip_origin.addr]}}]})
     assert env.request(D, "/a").headers["x-served-by"] == "ip"
     cluster = f"origin_pull|http|localhost|{port}"

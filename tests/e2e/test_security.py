@@ -56,7 +56,7 @@ def test_domain_origin_removes_a_spoofed_original_dst(make_env):
     env = make_env(extra_clusters=[ec.strict_dns_cluster(f"origin_pull|http|localhost|{port}",
                                                          "localhost", port)])
     secret = env.start_origin("secret", ip="127.0.0.78")
-    origin = env.start_origin("origin", ip="127.0.0.1", port=port)
+    _origin = env.start_origin("origin", ip="127.0.0.1", port=port)
     env.start({"domains": [{"domain": D, "master": {"domain": f"localhost:{port}"}}]})
     r = env.request(D, "/p", headers=spoofing(secret))
     assert (r.status, r.headers["x-served-by"], r.headers["x-seen-dst"]) == (200, "origin", "-")

@@ -70,8 +70,7 @@ def test_status_says_when_the_admin_endpoint_is_unreachable():
 def test_status_says_when_envoy_runs_no_origin_pull_filter(tmp_path, envoy_bin):
     port = free_port("127.0.0.1")
     boot = tmp_path / "bare.yaml"
-    boot.write_text("admin:\n  address:\n    socket_address: {address: 127.0.0.1, port_value: %d}\n"
-                    % port)
+    boot.write_text(f"admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: {port}}}\n")
     proc = _spawn([envoy_bin, "-c", str(boot), "--disable-hot-restart", "-l", "warning"],
                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "envoy.log", "wb"),
                   stdin=subprocess.DEVNULL)

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from harness import REPO, free_port, wait_for, _spawn, _stop_proc
+from harness import REPO, _spawn, _stop_proc, free_port, wait_for
 
 DOMAIN = "www.test.com"
 CLI = Path(os.environ.get("ORIGIN_PULL_CLI") or REPO / "target" / "release" / "origin-pull")
@@ -49,7 +49,7 @@ def drive(env, missing=5, after=7):
         raise AssertionError("the dead master was never picked in 200 requests")
     wait_for(lambda: any(f"origin {dead} failed" in l for l in env.wasm_log_lines()), 5,
              what="the block of the dead master in the filter log")
-    for i in range(missing):
+    for _ in range(missing):
         r = env.request(DOMAIN, "/missing")
         assert (r.status, r.headers["x-served-by"]) == (200, "s1"), r
         assert r.headers["x-origin-pull-attempts"] == "2", "the blocked master was tried"
