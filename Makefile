@@ -4,6 +4,7 @@
 #   make run     build the filter, start demo origins + Envoy, show a failover (Ctrl-C stops)
 #   make test    unit tests + Envoy config validation + end-to-end tests against a real Envoy
 #   make lint    rustfmt + clippy (native and wasm32-wasip1)
+#   make check   before pushing: make lint + ruff (Python tests/bench/tools) + the docs' links
 #   make release dist/: the .wasm, its sha256, the native origin-pull command, the .wasm as an OCI image
 #   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
 #   make scale   1, 1,000 and 10,000 domains: time to ready, RSS, stats, configure time, rps
@@ -38,7 +39,7 @@ DIST          ?= dist
 
 export ENVOY
 
-.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-ablation bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check scale
+.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-ablation bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check docs-links ruff check scale
 
 # Every Debian package make test / make run / make release need (only the missing ones; sudo
 # when not root; no system service is started), the wasm target and clippy/rustfmt: what .ci/run
@@ -176,10 +177,23 @@ docs: docs/request-flow.png
 docs/request-flow.png: docs/request-flow.dot
 	dot -Tpng -Gdpi=110 $< -o $@
 
-# The picture's source must render (the PNG is committed; `make docs` refreshes it).
-docs-check:
+# The picture's source must render (the PNG is committed; `make docs` refreshes it), and every
+# relative link and #anchor of README.md, CONTRIBUTING.md and docs/*.md must resolve.
+docs-check: docs-links
 	dot -Tpng docs/request-flow.dot -o /dev/null
 	test -s docs/request-flow.png
+
+docs-links:
+	$(PYTHON) tools/check_links.py
+
+# The Python tests', benchmarks' and tools' linter (rules in ruff.toml; ruff comes from PyPI
+# through requirements-test.txt).
+ruff: venv
+	$(VENV)/bin/ruff check tests bench tools
+
+# What a contributor runs before pushing (CI runs it too): formatting and clippy for the host
+# and the wasm target, ruff, the docs' links.
+check: lint ruff docs-links
 
 # Release artifacts in dist/: the filter, its sha256 (Istio's WasmPlugin `sha256`), the native
 # command, the version + git revision both were built from (the filter logs it at start), and

@@ -919,7 +919,7 @@ def scenario_hostile_client(c, hostile_rate=4):
     hostile = {}
     # The attack stops early enough for its slowest request (1 s route timeout + 2.5 s from the
     # other master) to end while the normal load still runs: on an idle domain, failures of
-    # `failure_threshold` distinct requests within the window do block (README).
+    # `failure_threshold` distinct requests within the window do block (docs/behaviour.md).
     attack_s = max(1.0, c.duration - 4.5)
 
     def attack():

@@ -85,7 +85,7 @@ def test_one_resetting_request_blocks_no_origin(env, mechanism):
     assert r.status == 502 and r.headers["x-origin-pull-error"] == "origin-unreachable", r
     assert_asked_once(mechanism, m1, m2, s)
     if mechanism == "callout":
-        # The router path gives no verdict on a reset at all (README "Failover mechanism").
+        # The router path gives no verdict on a reset at all (docs/behaviour.md "Failover mechanism").
         assert wait_for(lambda: sum("failed (reset)" in l for l in env.wasm_log_lines()) >= 3, 5)
     assert block_lines(env) == []
     assert_everyone_still_serves(env, m1, m2, s)

@@ -82,7 +82,7 @@ def test_a_misplaced_secret_is_never_printed(tmp_path, envoy_bin, name):
     out = e.stdout + e.stderr
     assert e.returncode != 0 and c.expected in out, out[-3000:]
     # (At debug level Envoy itself prints the listener's configuration, plugin JSON included:
-    # that is Envoy's config dump, the reason the README prefers `*_env` credentials.)
+    # that is Envoy's config dump, the reason docs/buckets.md prefers `*_env` credentials.)
     for where, text in [("check", p.stdout + p.stderr), ("envoy log", out)]:
         assert MISPLACED_SECRET not in text, f"the secret appears in the {where}"
         assert MISPLACED_SECRET[:12] not in text, f"part of the secret appears in the {where}"

@@ -114,7 +114,7 @@ def test_healthy_master_streams_1gib_to_a_slow_client_for_over_60s(env):
 
 def test_silent_master_fails_over_within_the_first_byte_timeout_and_is_blocked(env):
     """A master that accepts and never answers: each request fails over after the first-byte
-    timeout (render default 10 s, README "Timeouts"), and once `detection.failure_threshold`
+    timeout (render default 10 s, docs/behaviour.md "Timeouts"), and once `detection.failure_threshold`
     (default 3) distinct requests timed out on it within the window, it is blocked and the next
     request goes straight to the slave."""
     master = env.start_origin("master", ip="127.0.0.71", extra_args=["--blackhole"])

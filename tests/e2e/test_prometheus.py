@@ -48,8 +48,8 @@ def test_promql_answers_equal_the_traffic_sent(env, tmp_path):
         assert prom.query(f"origin_pull_masters_available{{{d}}}")[0][1] == 1
 
 
-def test_the_readme_grep_returns_only_the_filters_own_series(env):
-    # README/demo: `curl -s …/stats/prometheus | grep '^origin_pull_'`. Envoy's own stats of the
+def test_the_documented_grep_returns_only_the_filters_own_series(env):
+    # docs/observability.md and the demo: `curl -s …/stats/prometheus | grep '^origin_pull_'`. Envoy's own stats of the
     # origin_pull_* clusters also contain "origin_pull" (as a label value) but never match.
     toolbox.start_origins(env)
     env.start(toolbox.config(env))

@@ -43,5 +43,5 @@ def test_the_printed_switch_commands_flip_and_restore_the_shipped_configuration(
     assert plugin()["domains"][0]["domain"] == "www.test.com"
     subprocess.run(["bash", "-c", demo.SWITCH_OFF], cwd=tmp_path, check=True, timeout=10)
     assert (tmp_path / "envoy" / "ecds.json").read_bytes() == original
-    # README shows the same command.
-    assert demo.SWITCH_ON in (REPO / "README.md").read_text()
+    # docs/deploy.md shows the same command.
+    assert demo.SWITCH_ON in (REPO / "docs" / "deploy.md").read_text()
