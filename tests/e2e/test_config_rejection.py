@@ -103,7 +103,7 @@ def test_lds_reload_keeps_the_previous_configuration_for_every_case(env):
             # The filter refused it (on_configure false) and said why, naming the field: in
             # what Envoy logged for THIS reload (an earlier case's message does not count).
             assert result == "rejected", (c.name, result)
-            wait_for(lambda: c.expected in env.envoy_log()[log_before:], 5,
+            wait_for(lambda: c.expected in env.envoy_log()[log_before:], 5,  # noqa: B023 (called at once)
                      what=f"{c.name}: {c.expected!r} logged for this reload")
         else:
             # A protobuf string cannot carry invalid UTF-8: Envoy refuses the file itself.

@@ -77,8 +77,8 @@ def test_domain_master_and_domain_slave(make_env):
     # The STRICT_DNS clusters are render's own (`localhost` resolves here): no test cluster.
     port_m, port_s = free_port("127.0.0.1"), free_port("127.0.0.1")
     env = make_env()
-    m = env.start_origin("m", ip="127.0.0.1", port=port_m, routes={"/miss": 404})
-    s = env.start_origin("s", ip="127.0.0.1", port=port_s)
+    _m = env.start_origin("m", ip="127.0.0.1", port=port_m, routes={"/miss": 404})
+    _s = env.start_origin("s", ip="127.0.0.1", port=port_s)
     env.start(cfg({"domain": f"localhost:{port_m}"}, {"domain": f"localhost:{port_s}"}))
     r = env.request(D, "/hit")
     assert (r.status, r.headers["x-served-by"], r.headers["x-seen-host"]) == (200, "m", D)
