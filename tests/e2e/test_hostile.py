@@ -160,7 +160,7 @@ def test_slave_hop_by_hop_headers_are_not_relayed(world):
     assert r.headers.get("connection", "keep-alive").lower() in ("keep-alive", "close")
     assert r.headers["x-end-to-end"] == "kept"
     # NOT asserted here: with the router failover (the default) Envoy relays `x-hop`, which the
-    # slave's `Connection: x-hop` makes hop-by-hop (a known gap, see README); the callout
+    # slave's `Connection: x-hop` makes hop-by-hop (a known gap, see docs/behaviour.md); the callout
     # failover drops it (next test).
 
 
