@@ -11,7 +11,7 @@ use crate::config::{OriginKind, PluginConfig, Scheme};
 use crate::exchange::slot_of;
 use crate::exchange::Role;
 use crate::failover::{failure_kind, Answer};
-use crate::health::{BlockOutcome, BlockTable};
+use crate::health::{passive_block_line, BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
 use crate::metrics::{BlockSource, Metrics};
 use crate::verdict::Failure;
@@ -249,38 +249,18 @@ impl AttemptObserver {
         if let Some(m) = origin {
             m.blocked(host, BlockSource::Passive, until);
         }
-        let now = host.now_ms();
-        let blocked: Vec<&str> = domain
-            .master
-            .targets
-            .iter()
-            .flat_map(|t| t.routes.iter())
-            .map(|r| r.label.as_str())
-            .filter(|l| blocks.is_blocked(host, &domain.name, l, now))
-            .collect();
         self.metrics
-            .set_masters_available(host, self.domain, |l| blocked.contains(&l));
-        // "failed (KIND); blocked for N s" is what operators and chaos.py grep for; the exact
-        // end (ms since the epoch, the block table's clock) follows, as in exchange.rs.
-        let until_ms = until.unwrap_or_default();
-        let why = if kind.blocks_at_once() {
-            String::new()
-        } else {
-            format!(
-                " ({} failed requests within {} s)",
-                rule.threshold,
-                rule.window_ms / 1000
-            )
-        };
+            .refresh_masters_available(host, blocks, self.domain);
         host.log(
             LogLevel::Warn,
-            &format!(
-                "origin-pull: {}: {} origin {} failed ({}); blocked for {} s (until {until_ms} ms){why}",
-                domain.name,
+            &passive_block_line(
+                &domain.name,
                 self.role.as_str(),
-                self.label,
+                &self.label,
                 answer.kind(),
-                detection.block_ms / 1000
+                detection.block_ms,
+                until.unwrap_or_default(),
+                (!kind.blocks_at_once()).then_some(&rule),
             ),
         );
     }

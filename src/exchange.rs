@@ -16,7 +16,7 @@ use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
 use crate::failover::{
     classify_routed, connection_options, failure_kind, is_hop_by_hop, read_callout, Answer,
 };
-use crate::health::{BlockOutcome, BlockTable};
+use crate::health::{passive_block_line, BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
 use crate::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::mirror::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch};
@@ -1053,41 +1053,18 @@ impl Exchange {
                     m.blocked(host, BlockSource::Passive, until);
                 }
                 if let Some(metrics) = &self.metrics {
-                    // Blocks are per domain: the masters of this domain that are blocked now.
-                    let now = host.now_ms();
-                    let blocked: Vec<&str> = self
-                        .set(Role::Master)
-                        .map(|set| {
-                            set.targets
-                                .iter()
-                                .flat_map(|t| t.routes.iter())
-                                .map(|r| r.label.as_str())
-                                .filter(|l| blocks.is_blocked(host, &domain_name, l, now))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    metrics.set_masters_available(host, self.domain, |l| blocked.contains(&l));
+                    metrics.refresh_masters_available(host, blocks, self.domain);
                 }
-                // "failed (KIND); blocked for N s" is what operators and chaos.py grep for; the
-                // exact end (ms since the epoch, the clock the block table uses) follows, since
-                // the line is written after the clock was read.
-                let until_ms = until.unwrap_or_default();
-                let why = if kind.blocks_at_once() {
-                    String::new()
-                } else {
-                    format!(
-                        " ({} failed requests within {} s)",
-                        rule.threshold,
-                        rule.window_ms / 1000
-                    )
-                };
                 host.log(
                     LogLevel::Warn,
-                    &format!(
-                        "origin-pull: {domain_name}: {} origin {label} failed ({}); blocked for {} s (until {until_ms} ms){why}",
+                    &passive_block_line(
+                        &domain_name,
                         current.role.as_str(),
+                        &label,
                         answer.kind(),
-                        detection.block_ms / 1000
+                        detection.block_ms,
+                        until.unwrap_or_default(),
+                        (!kind.blocks_at_once()).then_some(&rule),
                     ),
                 );
             } else if host.log_enabled(LogLevel::Debug) {

@@ -310,6 +310,31 @@ impl BlockTable {
     }
 }
 
+/// The warning logged when a passive failure blocks an origin. "failed (KIND); blocked for N s"
+/// is what operators and chaos.py grep for; the exact end (ms since the epoch, the block table's
+/// clock) follows, then, for a block by `strike_rule` (not at once), its threshold.
+pub fn passive_block_line(
+    domain: &str,
+    role: &str,
+    label: &str,
+    answer: &str,
+    block_ms: u64,
+    until_ms: u64,
+    strike_rule: Option<&Rule>,
+) -> String {
+    let why = strike_rule.map_or(String::new(), |rule| {
+        format!(
+            " ({} failed requests within {} s)",
+            rule.threshold,
+            rule.window_ms / 1000
+        )
+    });
+    format!(
+        "origin-pull: {domain}: {role} origin {label} failed ({answer}); blocked for {} s (until {until_ms} ms){why}",
+        block_ms / 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

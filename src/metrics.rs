@@ -36,6 +36,7 @@ use std::rc::Rc;
 use crate::config::{PluginConfig, Scheme};
 use crate::exchange::Role;
 use crate::failover::Answer;
+use crate::health::BlockTable;
 use crate::host::{Host, LogLevel, MetricKind};
 
 /// The tags the shipped bootstrap extracts, in the order they appear in a name.
@@ -410,6 +411,22 @@ impl Metrics {
         labels
     }
 
+    /// Sets domain `d`'s `origin_pull_masters_available` from the block table: its master
+    /// addresses not blocked now (one place for the exchange, the attempt observer and probes).
+    pub fn refresh_masters_available(&self, host: &mut impl Host, blocks: &BlockTable, d: usize) {
+        let Some(domain) = self.domain_name(d) else {
+            return;
+        };
+        let now = host.now_ms();
+        let any = blocks.domain_has_blocks(host, domain, now);
+        let blocked: Vec<&str> = self
+            .master_labels(d)
+            .into_iter()
+            .filter(|l| any && blocks.is_blocked(host, domain, l, now))
+            .collect();
+        self.set_masters_available(host, d, |l| blocked.contains(&l));
+    }
+
     /// Sets a domain's `origin_pull_masters_available` (master addresses not blocked),
     /// defining it on first use.
     pub fn set_masters_available(
@@ -603,16 +620,12 @@ impl OriginMetrics<'_> {
         }
     }
 
-    /// Master address labels of this origin's domain.
-    pub fn domain_master_labels(&self) -> Vec<&str> {
-        self.metrics.master_labels(self.key.0 as usize)
-    }
-
-    /// Sets this origin's domain's `origin_pull_masters_available` (see
-    /// [`Metrics::set_masters_available`]).
-    pub fn set_masters_available(&self, host: &mut impl Host, is_blocked: impl Fn(&str) -> bool) {
+    /// Sets this origin's domain's `origin_pull_masters_available` from the block table (see
+    /// [`Metrics::refresh_masters_available`]); after a probe blocked or unblocked the origin it
+    /// is defined, if it was not, and every VM keeps it current from then on.
+    pub fn refresh_masters_available(&self, host: &mut impl Host, blocks: &BlockTable) {
         self.metrics
-            .set_masters_available(host, self.key.0 as usize, is_blocked);
+            .refresh_masters_available(host, blocks, self.key.0 as usize);
     }
 
     /// `Some(until_ms)` while blocked (an unknown end may be given as any non-zero value).

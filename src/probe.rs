@@ -215,16 +215,7 @@ impl Prober {
                 g.record(host, until);
             }
             for d in metrics.availability_domains() {
-                let Some(domain) = metrics.domain_name(d) else {
-                    continue;
-                };
-                let any = blocks.domain_has_blocks(host, domain, now);
-                let blocked: Vec<&str> = metrics
-                    .master_labels(d)
-                    .into_iter()
-                    .filter(|l| any && blocks.is_blocked(host, domain, l, now))
-                    .collect();
-                metrics.set_masters_available(host, d, |label| blocked.contains(&label));
+                metrics.refresh_masters_available(host, blocks, d);
             }
         }
         if !holding {
@@ -398,7 +389,7 @@ fn judge(
             if let Some(m) = origin {
                 let until = blocks.blocked_until(host, &target.domain_name, &target.label);
                 m.blocked(host, BlockSource::Probe, until);
-                availability(host, blocks, &m, &target.domain_name);
+                m.refresh_masters_available(host, blocks);
             }
         }
         target.saw_blocked = true;
@@ -413,23 +404,11 @@ fn judge(
             );
             if let Some(m) = origin {
                 m.unblocked(host);
-                availability(host, blocks, &m, &target.domain_name);
+                m.refresh_masters_available(host, blocks);
             }
         }
         target.saw_blocked = false;
     }
-}
-
-/// The domain's `origin_pull_masters_available` after a probe blocked or unblocked one of its
-/// origins (defined then, if it was not: every VM keeps it current from then on).
-fn availability(host: &mut impl Host, blocks: &BlockTable, origin: &OriginMetrics, domain: &str) {
-    let now = host.now_ms();
-    let blocked: Vec<&str> = origin
-        .domain_master_labels()
-        .into_iter()
-        .filter(|l| blocks.is_blocked(host, domain, l, now))
-        .collect();
-    origin.set_masters_available(host, |l| blocked.contains(&l));
 }
 
 fn answer_text(answer: Answer) -> String {
