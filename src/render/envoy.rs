@@ -277,21 +277,35 @@ fn chain_cluster(spec: &ChainSpec, opts: &Options) -> Node {
 /// The module's upstream instance: same VM (`vm_id`, code) as the listener's filter, whose
 /// configuration it uses, so it carries none itself.
 fn upstream_wasm_filter(opts: &Options) -> Node {
+    wasm_filter_entry(UPSTREAM_ROOT_ID, None, opts)
+}
+
+/// An `envoy.filters.http.wasm` entry of the origin-pull module with `root_id`, and the plugin
+/// configuration text when it carries one. A broken VM must never let a request through
+/// unrouted: `fail_open` is false.
+fn wasm_filter_entry(root_id: &str, plugin_config_text: Option<&str>, opts: &Options) -> Node {
+    let mut config = vec![
+        ("name".into(), "origin_pull".into()),
+        ("root_id".into(), root_id.into()),
+        ("fail_open".into(), false.into()),
+        ("vm_config".into(), vm_config(opts)),
+    ];
+    if let Some(text) = plugin_config_text {
+        config.push((
+            "configuration".into(),
+            typed(
+                "type.googleapis.com/google.protobuf.StringValue",
+                vec![("value".into(), Node::Text(text.into()))],
+            ),
+        ));
+    }
     map([
         ("name", "envoy.filters.http.wasm".into()),
         (
             "typed_config",
             typed(
                 "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                entries(map([(
-                    "config",
-                    map([
-                        ("name", "origin_pull".into()),
-                        ("root_id", UPSTREAM_ROOT_ID.into()),
-                        ("fail_open", false.into()),
-                        ("vm_config", vm_config(opts)),
-                    ]),
-                )])),
+                entries(map([("config", Node::Map(config))])),
             ),
         ),
     ])
@@ -533,32 +547,7 @@ fn stats_config() -> Node {
 
 /// The wasm HTTP filter carrying the plugin configuration text as written.
 pub fn wasm_filter(plugin_config_text: &str, opts: &Options) -> Node {
-    map([
-        ("name", "envoy.filters.http.wasm".into()),
-        (
-            "typed_config",
-            typed(
-                "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                entries(map([(
-                    "config",
-                    map([
-                        ("name", "origin_pull".into()),
-                        ("root_id", "origin_pull".into()),
-                        // A broken VM must never let a request through unrouted.
-                        ("fail_open", false.into()),
-                        ("vm_config", vm_config(opts)),
-                        (
-                            "configuration",
-                            typed(
-                                "type.googleapis.com/google.protobuf.StringValue",
-                                vec![("value".into(), Node::Text(plugin_config_text.into()))],
-                            ),
-                        ),
-                    ]),
-                )])),
-            ),
-        ),
-    ])
+    wasm_filter_entry("origin_pull", Some(plugin_config_text), opts)
 }
 
 /// The listener (without `@type`) with the wasm filter and its configuration inline.
