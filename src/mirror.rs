@@ -12,75 +12,18 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::bucket::{self, BucketEvent, BucketStats};
-use crate::config::{OriginSet, PluginConfig, Scheme};
+pub use crate::config::{
+    Mirror, MirrorMode, OnSourceFailure, DEFAULT_MAX_COPY_BACKS_PER_MINUTE,
+    MAX_COPY_BACKS_PER_MINUTE,
+};
+use crate::config::{PluginConfig, Scheme};
 use crate::host::{Host, LogLevel};
 use crate::sigv4;
 
 /// Memory held by copy-backs of one VM (queued and in flight); past it new copies are skipped.
 pub const MAX_COPY_BACK_BYTES: u64 = 64 << 20;
-/// Default of `mirror.max_copy_backs_per_minute` (per domain and worker).
-pub const DEFAULT_MAX_COPY_BACKS_PER_MINUTE: u32 = 600;
-pub const MAX_COPY_BACKS_PER_MINUTE: u32 = 1_000_000;
 const COPY_BACK_WINDOW_MS: u64 = 60_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MirrorMode {
-    Fetch,
-    Redirect,
-}
-
-impl MirrorMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MirrorMode::Fetch => "fetch",
-            MirrorMode::Redirect => "redirect",
-        }
-    }
-}
-
-/// What the client gets when the bucket missed and the source failed too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnSourceFailure {
-    /// The bucket's miss (404 by default).
-    NotFound,
-    /// The source's own answer.
-    Source,
-    /// Fail over to the slave as for any master error.
-    Slave,
-}
-
-impl OnSourceFailure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnSourceFailure::NotFound => "not_found",
-            OnSourceFailure::Source => "source",
-            OnSourceFailure::Slave => "slave",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Mirror {
-    pub source: OriginSet,
-    pub mode: MirrorMode,
-    pub pass_query_string: bool,
-    /// Object keys (client path without the leading '/') that are mirrored; empty = all.
-    pub key_prefixes: Vec<String>,
-    /// Bucket statuses that count as a miss.
-    pub on_status: Vec<u32>,
-    pub copy_back: bool,
-    /// Copy-backs accepted per domain and worker in one minute; past it objects are served but
-    /// not stored, so clients cannot grow the bucket faster than this.
-    pub max_copy_backs_per_minute: u32,
-    pub max_copy_bytes: u64,
-    pub on_source_failure: OnSourceFailure,
-    /// `scheme://host[:port]` of the source for redirects, by client scheme.
-    pub redirect_base: [String; 2],
-    pub normalized: Value,
-}
 
 impl Mirror {
     /// Whether a bucket answer `status` to `method client_path` is a miss to mirror.
@@ -460,7 +403,9 @@ impl CopyJob {
             self.config
                 .domains
                 .get(self.domain)
-                .map_or(10_000, |d| d.failover.timeout_ms),
+                .map_or(crate::config::DEFAULT_CALLOUT_TIMEOUT_MS, |d| {
+                    d.failover.timeout_ms
+                }),
         )
     }
 }

@@ -2,9 +2,10 @@
 //! Parsed here, compiled into [`Probe`]; `crate::probe` runs them.
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{ConfigError, Ctx};
+use super::error::Ctx;
+use super::ConfigError;
 use crate::address::validate_host_header;
 
 pub const DEFAULT_PROBE_PATH: &str = "/";
@@ -50,29 +51,6 @@ impl Probe {
         self.expected
             .iter()
             .any(|(low, high)| (*low..=*high).contains(&status))
-    }
-
-    pub(super) fn normalized(&self) -> Value {
-        let expected: Vec<Value> = self
-            .expected
-            .iter()
-            .map(|&(low, high)| {
-                if low == high {
-                    json!(low)
-                } else {
-                    json!(format!("{}xx", low / 100))
-                }
-            })
-            .collect();
-        json!({
-            "path": self.path,
-            "interval_ms": self.interval_ms,
-            "timeout_ms": self.timeout_ms,
-            "expected_statuses": expected,
-            "host": self.host,
-            "unhealthy_threshold": self.unhealthy_threshold,
-            "healthy_threshold": self.healthy_threshold,
-        })
     }
 }
 

@@ -1,0 +1,64 @@
+//! Plugin configuration: parse (serde, unknown fields rejected) → validate → compile into an
+//! immutable [`PluginConfig`] whose per-request lookups need no parsing or formatting.
+//! Every error names the domain, the field and the offending value.
+//!
+//! - `raw`: the document → raw serde structs (fast path, and a tracked path for errors);
+//! - `validate`: raw → compiled, top level, domains, failover, detection;
+//! - `origin` (`ips`, `domain`, `clusters`), `bucket`, `mirror`, `probe`: one module per part;
+//! - `types`: the compiled structs, and the per-request host lookup;
+//! - `show`: `check`'s output, derived from the compiled structs;
+//! - `error`: [`ConfigError`] and the context that names domain and field;
+//! - `strict_json`: duplicate-key detection on the input.
+
+mod bucket;
+mod error;
+mod mirror;
+mod origin;
+mod probe;
+mod raw;
+mod show;
+mod strict_json;
+mod types;
+mod validate;
+
+pub use error::ConfigError;
+pub use mirror::{
+    Mirror, MirrorMode, OnSourceFailure, DEFAULT_MAX_COPY_BACKS_PER_MINUTE,
+    MAX_COPY_BACKS_PER_MINUTE,
+};
+pub use origin::{dns_cluster_name, parse_dns_cluster_name};
+pub use probe::Probe;
+pub use raw::{parse, parse_with_env};
+pub use types::{
+    Detection, Domain, EnvoyNames, FailoverMechanism, FailoverPolicy, MetricsSettings, OriginKind,
+    OriginSet, PluginConfig, Protocol, Route, Scheme, Target,
+};
+
+/// Reads a variable of the VM's environment (`vm_config.environment_variables`).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub const DEFAULT_MAX_COPY_BYTES: u64 = 8 << 20;
+/// Shown instead of a secret in `check` output and in error messages.
+pub const REDACTED: &str = "(redacted)";
+
+pub const DEFAULT_BLOCK_SECONDS: u64 = 60;
+pub const MAX_BLOCK_SECONDS: u64 = 86_400;
+/// Timeouts, resets after connect (and 5xx with `block_on_5xx`) from this many distinct
+/// requests within the window block an origin (see `verdict`).
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+pub const DEFAULT_FAILURE_WINDOW_SECONDS: u64 = 10;
+pub const MAX_FAILURE_WINDOW_SECONDS: u64 = 3_600;
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
+pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 8 << 20;
+/// Envoy's default async-client buffer limit (`http.async_response_buffer_limit`): a larger
+/// callout response never reaches the filter, so a larger limit could not be honoured.
+pub const MAX_RESPONSE_BODY: u64 = 32 << 20;
+pub const MAX_REQUEST_BODY: u64 = 16 << 20;
+pub const DEFAULT_MASTER_RETRIES: u32 = 2;
+pub const MAX_MASTER_RETRIES: u32 = 10;
+pub const DEFAULT_CALLOUT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-origin-pull-cluster";
+pub const DEFAULT_IP_CLUSTER_HTTP: &str = "origin_pull_ip_http";
+pub const DEFAULT_IP_CLUSTER_HTTPS: &str = "origin_pull_ip_https";
+
+#[cfg(test)]
+mod tests;

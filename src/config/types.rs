@@ -1,0 +1,348 @@
+//! The compiled configuration: typed, immutable structs whose per-request lookups need no
+//! parsing or formatting. Nothing here holds the document it came from.
+
+use std::collections::HashMap;
+
+use super::bucket::CredentialSources;
+use super::mirror::Mirror;
+use super::probe::Probe;
+use super::{DEFAULT_BLOCK_SECONDS, DEFAULT_FAILURE_THRESHOLD, DEFAULT_FAILURE_WINDOW_SECONDS};
+use crate::bucket::Bucket;
+
+// ---------------------------------------------------------------- compiled form
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Https,
+    Follow,
+}
+
+impl OriginKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginKind::Ips => "ips",
+            OriginKind::Domain => "domain",
+            OriginKind::Clusters => "clusters",
+            OriginKind::Bucket => "bucket",
+        }
+    }
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Follow => "follow",
+        }
+    }
+}
+
+/// The scheme actually used towards an origin for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http = 0,
+    Https = 1,
+}
+
+impl Scheme {
+    pub fn from_request(scheme: &str) -> Scheme {
+        if scheme.eq_ignore_ascii_case("https") {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
+    }
+    pub(super) fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginKind {
+    Ips,
+    Domain,
+    Clusters,
+    Bucket,
+}
+
+/// Everything Envoy needs to send one request to one origin, precomputed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Value of the cluster-selection header.
+    pub cluster: String,
+    /// `IP:PORT` for `x-envoy-original-dst-host`; `None` removes the header.
+    pub original_dst: Option<String>,
+    /// Key in the shared block table and the name shown in logs, debug headers, filter state.
+    pub label: String,
+    /// Scheme towards the origin; `None` for cluster origins, whose transport socket decides.
+    pub scheme: Option<Scheme>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub weight: u32,
+    /// Indexed by [`Scheme`] of the client request (only differs for `follow`).
+    pub routes: [Route; 2],
+}
+
+impl Target {
+    pub fn route(&self, scheme: Scheme) -> &Route {
+        match scheme {
+            Scheme::Http => &self.routes[0],
+            Scheme::Https => &self.routes[1],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OriginSet {
+    pub kind: OriginKind,
+    pub protocol: Protocol,
+    pub host: Option<String>,
+    pub targets: Vec<Target>,
+    /// Active health probe of every target (`None`: passive detection only).
+    pub probe: Option<Probe>,
+    /// Running sums of the weights, for weighted picks by binary search.
+    pub cumulative_weights: Vec<u64>,
+    /// Set for `bucket` origins (one target). Boxed: rare, and large to move around.
+    pub bucket: Option<Box<Bucket>>,
+    /// What the targets do not keep of the origin as written (for `check`'s output).
+    pub(super) source: OriginSource,
+    /// `probe` was given on this origin set (not inherited from `detection.probe`).
+    pub(super) own_probe: bool,
+}
+
+/// The parts of an origin set as written that its compiled targets cannot give back.
+#[derive(Debug, Clone)]
+pub(crate) enum OriginSource {
+    Ips,
+    Domain(HostPort),
+    Clusters,
+    Bucket {
+        endpoint: HostPort,
+        credentials: Option<CredentialSources>,
+    },
+}
+
+/// A host name with the port as written (`None`: the scheme's default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostPort {
+    pub name: String,
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+impl OriginSet {
+    pub fn total_weight(&self) -> u64 {
+        self.cumulative_weights.last().copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverPolicy {
+    pub on_4xx: bool,
+    pub on_5xx: bool,
+    pub on_connect_error: bool,
+    pub on_timeout: bool,
+    pub status_codes: Vec<u32>,
+    pub methods: Vec<String>,
+    pub max_request_body_bytes: u64,
+    pub max_response_body_bytes: u64,
+    pub master_retries: u32,
+    pub timeout_ms: u64,
+}
+
+impl FailoverPolicy {
+    pub fn status_triggers(&self, status: u32) -> bool {
+        (self.on_4xx && (400..500).contains(&status))
+            || (self.on_5xx && (500..600).contains(&status))
+            || self.status_codes.contains(&status)
+    }
+    pub fn method_allowed(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detection {
+    /// 0 disables blocking.
+    pub block_ms: u64,
+    pub block_on_5xx: bool,
+    /// Strikes (timeouts, resets after connect, 5xx with `block_on_5xx`) from distinct
+    /// requests within `failure_window_ms` that block; connect failures block at once.
+    pub failure_threshold: u32,
+    pub failure_window_ms: u64,
+}
+
+impl Default for Detection {
+    fn default() -> Detection {
+        Detection {
+            block_ms: DEFAULT_BLOCK_SECONDS * 1000,
+            block_on_5xx: false,
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            failure_window_ms: DEFAULT_FAILURE_WINDOW_SECONDS * 1000,
+        }
+    }
+}
+
+impl Detection {
+    /// The blocking rule in the form `verdict` judges by.
+    pub fn rule(&self) -> crate::verdict::Rule {
+        crate::verdict::Rule {
+            block_ms: self.block_ms,
+            threshold: self.failure_threshold,
+            window_ms: self.failure_window_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: String,
+    /// Already swapped when `master_slave_switch` is set.
+    pub master: OriginSet,
+    pub slave: Option<OriginSet>,
+    pub switched: bool,
+    pub failover: FailoverPolicy,
+    pub detection: Detection,
+    /// Mirror back-to-origin of the (bucket) master. Boxed: rare, and large to move around.
+    pub mirror: Option<Box<Mirror>>,
+    /// `x-envoy-retry-on` for a routed failover (`None`: no condition fails over). See `chain`.
+    pub retry_on: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyNames {
+    pub cluster_header: String,
+    pub ip_cluster_http: String,
+    pub ip_cluster_https: String,
+    /// How a request reaches the slave (or another master): see [`FailoverMechanism`].
+    pub failover: FailoverMechanism,
+}
+
+/// `envoy.failover`: who re-sends a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverMechanism {
+    /// Envoy's router retries the request on a composite cluster (one sub-cluster per attempt):
+    /// every answer streams, whatever its size. Buckets and mirrors still use callouts.
+    Router,
+    /// The filter re-sends the request with an HTTP callout and relays the buffered answer
+    /// (at most `max_response_body_bytes`).
+    Callout,
+}
+
+impl FailoverMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMechanism::Router => "router",
+            FailoverMechanism::Callout => "callout",
+        }
+    }
+}
+
+/// Which stat series the filter defines (see `src/metrics.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Also count requests (and probe successes) per origin, not only per domain.
+    pub per_origin: bool,
+    /// Cap on per-origin series per VM.
+    pub max_origin_series: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub domains: Vec<Domain>,
+    pub(super) exact: HashMap<String, usize>,
+    /// Keyed by the suffix including its leading dot (`.example.com`).
+    pub(super) wildcards: HashMap<String, usize>,
+    pub(super) default: Option<usize>,
+    pub unknown_host_status: u32,
+    pub debug_headers: bool,
+    pub envoy: EnvoyNames,
+    pub metrics: MetricsSettings,
+    /// Some origin is a bucket (or a mirror is configured): the glue then reads `:path`.
+    pub uses_buckets: bool,
+}
+
+// ---------------------------------------------------------------- lookups
+
+impl PluginConfig {
+    /// The settings for a request's host (`:authority`): exact name, then the longest
+    /// `*.suffix`, then the `*` default. Port, case and one trailing dot are ignored.
+    pub fn domain_for_host(&self, authority: &str) -> Option<&Domain> {
+        self.domain_index(authority)
+            .and_then(|i| self.domains.get(i))
+    }
+
+    /// Index into `domains` of the settings for `authority` (see [`Self::domain_for_host`]).
+    pub fn domain_index(&self, authority: &str) -> Option<usize> {
+        let host = strip_port(authority);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let index = self.exact.get(host).copied().or_else(|| {
+            if self.wildcards.is_empty() {
+                return None;
+            }
+            host.match_indices('.')
+                .find_map(|(dot, _)| host.get(dot..).and_then(|s| self.wildcards.get(s)).copied())
+        });
+        index.or(self.default)
+    }
+
+    /// Every cluster name the Envoy configuration must define for this plugin configuration.
+    pub fn required_clusters(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .domains
+            .iter()
+            .flat_map(|d| {
+                std::iter::once(&d.master)
+                    .chain(d.slave.as_ref())
+                    .chain(d.mirror.as_ref().map(|m| &m.source))
+            })
+            .flat_map(|o| o.targets.iter())
+            .flat_map(|t| t.routes.iter().map(|r| r.cluster.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 literal is kept whole.
+pub(super) fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => authority.get(..=end).unwrap_or(authority),
+            None => authority,
+        };
+    }
+    match authority.rfind(':') {
+        Some(colon) if !authority[..colon].contains(':') => &authority[..colon],
+        _ => authority,
+    }
+}
