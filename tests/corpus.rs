@@ -28,3 +28,22 @@ fn every_invalid_configuration_is_rejected_with_its_message() {
     }
     assert!(checked >= 40, "only {checked} cases");
 }
+
+/// `origin-pull check`'s document for a configuration with every origin kind, credentials
+/// inline and from the environment, probes, a redirect mirror and the switch: byte for byte the
+/// output recorded before `check` was derived from the compiled configuration
+/// (tests/corpus/check/every-kind.out).
+#[test]
+fn check_output_of_every_origin_kind_is_unchanged() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/check");
+    let bytes = std::fs::read(dir.join("every-kind.json")).unwrap();
+    let env = |name: &str| match name {
+        "KID" => Some("AK".to_string()),
+        "SEC" => Some("S".to_string()),
+        _ => None,
+    };
+    let config = origin_pull::config::parse_with_env(&bytes, &env).unwrap();
+    let shown = serde_json::to_string_pretty(&config.check_document()).unwrap();
+    let expected = std::fs::read_to_string(dir.join("every-kind.out")).unwrap();
+    assert_eq!(shown, expected.trim_end());
+}

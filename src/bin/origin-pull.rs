@@ -133,25 +133,16 @@ fn check(path: &str) -> ExitCode {
         }
     };
     match origin_pull::config::parse(&bytes) {
-        Ok(config) => {
-            let mut out = config.normalized();
-            if let Some(map) = out.as_object_mut() {
-                map.insert(
-                    "required_envoy_clusters".into(),
-                    config.required_clusters().into(),
-                );
+        Ok(config) => match serde_json::to_string_pretty(&config.check_document()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
             }
-            match serde_json::to_string_pretty(&out) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("origin-pull: cannot print the configuration: {e}");
-                    ExitCode::from(2)
-                }
+            Err(e) => {
+                eprintln!("origin-pull: cannot print the configuration: {e}");
+                ExitCode::from(2)
             }
-        }
+        },
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE

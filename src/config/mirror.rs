@@ -4,15 +4,15 @@
 use super::error::Ctx;
 use super::origin::{compile_origin, effective_scheme};
 use super::raw::RawMirror;
-use super::{
-    ConfigError, EnvLookup, EnvoyNames, OriginKind, OriginSet, Scheme, DEFAULT_MAX_COPY_BYTES,
-    MAX_RESPONSE_BODY,
-};
+use super::{ConfigError, EnvLookup, EnvoyNames, OriginKind, OriginSet, Scheme, MAX_RESPONSE_BODY};
 use crate::address::parse_domain_entry;
 
 /// Default of `mirror.max_copy_backs_per_minute` (per domain and worker).
 pub const DEFAULT_MAX_COPY_BACKS_PER_MINUTE: u32 = 600;
 pub const MAX_COPY_BACKS_PER_MINUTE: u32 = 1_000_000;
+pub const DEFAULT_MAX_COPY_BYTES: u64 = 8 << 20;
+/// Default of `mirror.on_status`: the bucket's answer for a missing object.
+pub const DEFAULT_MIRROR_ON_STATUS: u32 = 404;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MirrorMode {
@@ -128,12 +128,14 @@ pub(super) fn compile_mirror(
             ));
         }
     }
-    let on_status = raw.on_status.unwrap_or_else(|| vec![404]);
+    let on_status = raw
+        .on_status
+        .unwrap_or_else(|| vec![DEFAULT_MIRROR_ON_STATUS]);
     if on_status.is_empty() {
         return Err(ctx.err(
             "on_status",
             Some("[]".into()),
-            "the list is empty; the default is [404]",
+            format!("the list is empty; the default is [{DEFAULT_MIRROR_ON_STATUS}]"),
         ));
     }
     for (i, status) in on_status.iter().enumerate() {

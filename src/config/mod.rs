@@ -23,8 +23,8 @@ mod validate;
 
 pub use error::ConfigError;
 pub use mirror::{
-    Mirror, MirrorMode, OnSourceFailure, DEFAULT_MAX_COPY_BACKS_PER_MINUTE,
-    MAX_COPY_BACKS_PER_MINUTE,
+    Mirror, MirrorMode, OnSourceFailure, DEFAULT_MAX_COPY_BACKS_PER_MINUTE, DEFAULT_MAX_COPY_BYTES,
+    DEFAULT_MIRROR_ON_STATUS, MAX_COPY_BACKS_PER_MINUTE,
 };
 pub use origin::{dns_cluster_name, parse_dns_cluster_name};
 pub use probe::Probe;
@@ -36,7 +36,6 @@ pub use types::{
 
 /// Reads a variable of the VM's environment (`vm_config.environment_variables`).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-pub const DEFAULT_MAX_COPY_BYTES: u64 = 8 << 20;
 /// Shown instead of a secret in `check` output and in error messages.
 pub const REDACTED: &str = "(redacted)";
 
@@ -56,6 +55,10 @@ pub const MAX_REQUEST_BODY: u64 = 16 << 20;
 pub const DEFAULT_MASTER_RETRIES: u32 = 2;
 pub const MAX_MASTER_RETRIES: u32 = 10;
 pub const DEFAULT_CALLOUT_TIMEOUT_MS: u64 = 10_000;
+pub const MIN_CALLOUT_TIMEOUT_MS: u64 = 100;
+pub const MAX_CALLOUT_TIMEOUT_MS: u64 = 300_000;
+/// Status of the answer to a host no domain entry matches.
+pub const DEFAULT_UNKNOWN_HOST_STATUS: u32 = 404;
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-origin-pull-cluster";
 pub const DEFAULT_IP_CLUSTER_HTTP: &str = "origin_pull_ip_http";
 pub const DEFAULT_IP_CLUSTER_HTTPS: &str = "origin_pull_ip_https";

@@ -15,6 +15,19 @@ impl PluginConfig {
         // Serializing borrowed strings and numbers into a map cannot fail.
         serde_json::to_value(ConfigView::from(self)).unwrap_or(Value::Null)
     }
+
+    /// `origin-pull check`'s document: the normalized configuration and every cluster the
+    /// Envoy configuration must define for it.
+    pub fn check_document(&self) -> Value {
+        let mut out = self.normalized();
+        if let Some(map) = out.as_object_mut() {
+            map.insert(
+                "required_envoy_clusters".into(),
+                self.required_clusters().into(),
+            );
+        }
+        out
+    }
 }
 
 #[derive(Serialize)]

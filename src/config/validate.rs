@@ -15,8 +15,10 @@ use super::{
     MetricsSettings, OriginKind, OriginSet, PluginConfig, DEFAULT_BLOCK_SECONDS,
     DEFAULT_CALLOUT_TIMEOUT_MS, DEFAULT_CLUSTER_HEADER, DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_FAILURE_WINDOW_SECONDS, DEFAULT_IP_CLUSTER_HTTP, DEFAULT_IP_CLUSTER_HTTPS,
-    DEFAULT_MASTER_RETRIES, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY, MAX_BLOCK_SECONDS,
+    DEFAULT_MASTER_RETRIES, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
+    DEFAULT_UNKNOWN_HOST_STATUS, MAX_BLOCK_SECONDS, MAX_CALLOUT_TIMEOUT_MS,
     MAX_FAILURE_WINDOW_SECONDS, MAX_MASTER_RETRIES, MAX_REQUEST_BODY, MAX_RESPONSE_BODY,
+    MIN_CALLOUT_TIMEOUT_MS,
 };
 use crate::address::{normalize_host_name, validate_host_name};
 
@@ -37,7 +39,9 @@ pub(super) fn compile(
             "the list is empty; configure at least one accelerated domain",
         ));
     }
-    let unknown_host_status = raw.unknown_host_status.unwrap_or(404);
+    let unknown_host_status = raw
+        .unknown_host_status
+        .unwrap_or(DEFAULT_UNKNOWN_HOST_STATUS);
     if !(400..=599).contains(&unknown_host_status) {
         return Err(top.err(
             "unknown_host_status",
@@ -413,11 +417,11 @@ fn compile_failover(raw: Option<RawFailover>, ctx: &Ctx) -> Result<FailoverPolic
         policy.master_retries = retries;
     }
     if let Some(ms) = raw.timeout_ms {
-        if !(100..=300_000).contains(&ms) {
+        if !(MIN_CALLOUT_TIMEOUT_MS..=MAX_CALLOUT_TIMEOUT_MS).contains(&ms) {
             return Err(ctx.err(
                 "timeout_ms",
                 Some(ms.to_string()),
-                "must be 100..=300000 milliseconds",
+                format!("must be {MIN_CALLOUT_TIMEOUT_MS}..={MAX_CALLOUT_TIMEOUT_MS} milliseconds"),
             ));
         }
         policy.timeout_ms = ms;
