@@ -2,10 +2,10 @@
 //! the signing credentials, given inline or by the name of a VM environment variable.
 
 use super::error::Ctx;
-use super::origin::effective_scheme;
+use super::origin::dns_routes;
 use super::raw::RawBucket;
 use super::types::{HostPort, OriginSource};
-use super::{dns_cluster_name, ConfigError, EnvLookup, Protocol, Route, Scheme, REDACTED};
+use super::{ConfigError, EnvLookup, Protocol, Route, REDACTED};
 use crate::address::parse_domain_entry;
 use crate::bucket::{Addressing, Bucket};
 use crate::sigv4::{Secret, Signer};
@@ -93,18 +93,9 @@ pub(super) fn compile_bucket(
         Some(port) => format!("{host}:{port}"),
         None => host.clone(),
     };
-    let routes = [Scheme::Http, Scheme::Https].map(|client| {
-        let scheme = effective_scheme(protocol, client);
-        let port = entry.port.unwrap_or(scheme.default_port());
-        Route {
-            cluster: dns_cluster_name(scheme, &host, port),
-            original_dst: None,
-            label: match addressing {
-                Addressing::VirtualHosted => format!("{host}:{port}"),
-                Addressing::Path => format!("{host}:{port}/{name}"),
-            },
-            scheme: Some(scheme),
-        }
+    let routes = dns_routes(protocol, &host, entry.port, |port| match addressing {
+        Addressing::VirtualHosted => format!("{host}:{port}"),
+        Addressing::Path => format!("{host}:{port}/{name}"),
     });
     let (signer, credentials) = match raw.credentials {
         None => (None, None),

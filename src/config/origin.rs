@@ -84,15 +84,8 @@ pub(super) fn compile_origin(
                 ),
             ));
         }
-        let routes = [Scheme::Http, Scheme::Https].map(|client| {
-            let scheme = effective_scheme(protocol, client);
-            let port = entry.port.unwrap_or(scheme.default_port());
-            Route {
-                cluster: dns_cluster_name(scheme, &entry.name, port),
-                original_dst: None,
-                label: format!("{}:{port}", entry.name),
-                scheme: Some(scheme),
-            }
+        let routes = dns_routes(protocol, &entry.name, entry.port, |port| {
+            format!("{}:{port}", entry.name)
         });
         let source = OriginSource::Domain(HostPort {
             name: entry.name,
@@ -131,6 +124,26 @@ pub(super) fn compile_origin(
         bucket,
         source,
         own_probe: false,
+    })
+}
+
+/// The route per client scheme to a host Envoy resolves by name (a DNS cluster per scheme and
+/// port); `label` names the origin for a port.
+pub(super) fn dns_routes(
+    protocol: Protocol,
+    host: &str,
+    port: Option<u16>,
+    label: impl Fn(u16) -> String,
+) -> [Route; 2] {
+    [Scheme::Http, Scheme::Https].map(|client| {
+        let scheme = effective_scheme(protocol, client);
+        let port = port.unwrap_or(scheme.default_port());
+        Route {
+            cluster: dns_cluster_name(scheme, host, port),
+            original_dst: None,
+            label: label(port),
+            scheme: Some(scheme),
+        }
     })
 }
 

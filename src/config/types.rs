@@ -79,7 +79,7 @@ pub enum OriginKind {
 /// Everything Envoy needs to send one request to one origin, precomputed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// Value of the cluster-selection header.
+    /// The cluster-selection header to send.
     pub cluster: String,
     /// `IP:PORT` for `x-envoy-original-dst-host`; `None` removes the header.
     pub original_dst: Option<String>,
