@@ -10,8 +10,6 @@ use super::error::one_line;
 use super::probe::RawProbe;
 use super::{strict_json, validate, ConfigError, EnvLookup, PluginConfig, REDACTED};
 
-// ---------------------------------------------------------------- raw (serde) form
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPluginConfig<'a> {
@@ -152,6 +150,8 @@ pub(super) struct RawDetection {
     #[serde(default)]
     pub(super) probe: Option<Box<RawProbe>>,
 }
+
+// ---------------------------------------------------------------- the document → raw
 
 /// Parses with the process environment (the VM's `vm_config.environment_variables` in Envoy).
 pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {

@@ -9,24 +9,11 @@ use super::probe::Probe;
 use super::{DEFAULT_BLOCK_SECONDS, DEFAULT_FAILURE_THRESHOLD, DEFAULT_FAILURE_WINDOW_SECONDS};
 use crate::bucket::Bucket;
 
-// ---------------------------------------------------------------- compiled form
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http,
     Https,
     Follow,
-}
-
-impl OriginKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OriginKind::Ips => "ips",
-            OriginKind::Domain => "domain",
-            OriginKind::Clusters => "clusters",
-            OriginKind::Bucket => "bucket",
-        }
-    }
 }
 
 impl Protocol {
@@ -74,6 +61,17 @@ pub enum OriginKind {
     Domain,
     Clusters,
     Bucket,
+}
+
+impl OriginKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginKind::Ips => "ips",
+            OriginKind::Domain => "domain",
+            OriginKind::Clusters => "clusters",
+            OriginKind::Bucket => "bucket",
+        }
+    }
 }
 
 /// Everything Envoy needs to send one request to one origin, precomputed.
