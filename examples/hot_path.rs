@@ -2,16 +2,13 @@
 //! instructions; wall time on a shared machine is too noisy to compare small changes).
 //!
 //!     hot_path <happy|miss10|dead> <master IPs> <requests> [other domains] [unblocked]
-//!     hot_path <router-happy|router-404|router-connect> <master IPs> <requests> [legacy]
+//!     hot_path <router-happy|router-404|router-connect> <master IPs> <requests>
 //!
 //! The `router-*` cases follow a request of a domain with a slave through the router failover
 //! (`envoy.failover: router`, the default) as the glue does it in Envoy: the listener's filter
 //! AND the upstream instance, once per attempt (happy: attempt 1 answers 200; 404: the master
 //! answers 404, the slave 200; connect: the master refuses the connection — `block_seconds: 0`
-//! so that every request fails over — the slave answers 200). `legacy` models the glue before
-//! issue 14 (Envoy's attempt count read, the clock read for attempt 1, the answered attempt
-//! marked in a response header that the listener's filter reads and removes); it is meant to
-//! be run against the `src/` of that time (20dd92a) for the "before" column.
+//! so that every request fails over — the slave answers 200).
 //!
 //! `other domains`: that many more domains, each with one origin that a connect failure has
 //! blocked before the measured requests (a region outage); default 0. With `unblocked` they
@@ -29,7 +26,7 @@ use std::time::Duration;
 
 use origin_pull::attempt::AttemptObserver;
 use origin_pull::bucket::BucketStats;
-use origin_pull::chain::PLAN_HEADER;
+use origin_pull::chain::{read_plan_id, PLAN_HEADER};
 use origin_pull::config::parse;
 use origin_pull::exchange::{Exchange, RequestInfo, ResponseStep};
 use origin_pull::failover::flags;
@@ -184,7 +181,8 @@ impl Host for CostHost {
 }
 
 /// One request through the router failover: the glue's hostcalls are counted here (`host.call()`
-/// where the glue calls Envoy), the logic's by `CostHost`.
+/// where the glue calls Envoy), the logic's by `CostHost`. `first_byte_read` is the worker's
+/// cached per-try timeout reading (src/filter.rs `FIRST_BYTE`): when it was last read.
 fn router_request(
     host: &mut CostHost,
     blocks: &mut BlockTable,
@@ -192,7 +190,7 @@ fn router_request(
     metrics: &Rc<Metrics>,
     headers: &[(String, String)],
     scenario: &str,
-    legacy: bool,
+    first_byte_read: &mut Option<u64>,
 ) {
     // Listener filter, request phase: one get_map.
     host.call();
@@ -225,12 +223,15 @@ fn router_request(
     for _ in &chain {
         host.call(); // set_header / remove
     }
-    let plan = chain
+    let plan_id = chain
         .iter()
         .find(|(k, _)| k == PLAN_HEADER)
         .and_then(|(_, v)| v.clone())
         .unwrap_or_default();
-    let sent_ms = host.now_ms;
+    // Kept in the worker's in-flight map (no hostcall).
+    let Some(plan) = exchange.chain_plan().map(Rc::new) else {
+        return;
+    };
     // The attempts, each seen by the upstream instance.
     let outcomes: &[Option<u32>] = match scenario {
         "router-404" => &[Some(404), Some(200)],
@@ -240,24 +241,29 @@ fn router_request(
     let mut answered = None;
     for (i, outcome) in outcomes.iter().enumerate() {
         let k = i + 1;
-        host.call(); // the plan header
-        host.copy(plan.len());
-        if legacy {
-            host.call(); // x-envoy-attempt-count
-            host.copy(1);
-        }
-        host.call(); // x-envoy-expected-rq-timeout-ms
-        host.copy(4);
-        let started = if legacy || k > 1 {
-            host.now_ms() // the clock (counted by CostHost)
-        } else {
-            sent_ms // the listener filter's reading, from the worker's in-flight entry
-        };
-        let Some((mut observer, start)) =
-            AttemptObserver::start_at(config, metrics, host, &plan, k, Some(5000), started)
-        else {
+        host.call(); // the plan's id
+        host.copy(plan_id.len());
+        let Some(id) = read_plan_id(&plan_id) else {
             continue;
         };
+        std::hint::black_box(id);
+        let started = if k > 1 {
+            host.now_ms() // the clock (counted by CostHost)
+        } else {
+            plan.sent_ms // the listener filter's reading, from the worker's in-flight entry
+        };
+        let fresh = first_byte_read.is_some_and(|at| started >= at && started - at < 1000);
+        if k > 1 || !fresh {
+            host.call(); // x-envoy-expected-rq-timeout-ms
+            host.copy(4);
+            if k == 1 {
+                *first_byte_read = Some(started);
+            }
+        }
+        let Some(mut observer) = AttemptObserver::start(&plan, host, k, Some(5000), started) else {
+            continue;
+        };
+        let start = observer.start_headers();
         for _ in start.authority.iter().chain(start.own_address.iter()) {
             host.call();
         }
@@ -271,9 +277,6 @@ fn router_request(
             Some(status) => {
                 host.call(); // :status
                 host.copy(3);
-                if legacy {
-                    host.call(); // x-origin-pull-attempt set
-                }
                 observer.on_response(host, blocks, *status);
                 host.call(); // x-origin-pull-failover set or removed
                 answered = Some(k);
@@ -287,14 +290,9 @@ fn router_request(
             }
         }
     }
-    // Listener filter, response phase: :status; the mark only from the header in legacy glue.
+    // Listener filter, response phase: :status; the answered attempt from the in-flight entry.
     host.call();
     host.copy(3);
-    if legacy {
-        host.call(); // x-origin-pull-attempt read
-        host.copy(1);
-        host.call(); // and removed
-    }
     if answered.is_some_and(|a| a > 1) {
         for _ in 0..6 {
             host.call(); // hop-by-hop headers removed from a failed-over answer
@@ -307,7 +305,6 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let scenario = args.get(1).map_or("happy", String::as_str).to_string();
     let router = scenario.starts_with("router-");
-    let legacy = router && args.get(4).map(String::as_str) == Some("legacy");
     let ips: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let requests: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let blocked: usize = if router {
@@ -408,6 +405,7 @@ fn main() {
         }
     }
     let (mut calls0, mut copied0, mut allocs0) = (0, 0, 0);
+    let mut first_byte_read = None;
     for i in 0..requests {
         // 5 requests per millisecond (5k rps on this worker).
         if i % 5 == 0 {
@@ -426,7 +424,7 @@ fn main() {
                 &metrics,
                 &client_headers,
                 &scenario,
-                legacy,
+                &mut first_byte_read,
             );
             continue;
         }

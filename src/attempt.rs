@@ -6,14 +6,14 @@
 
 use std::rc::Rc;
 
-use crate::chain::read_plan;
-use crate::config::{OriginKind, PluginConfig, Scheme};
+use crate::chain::Plan;
+use crate::config::{OriginKind, Scheme};
 use crate::exchange::slot_of;
 use crate::exchange::Role;
 use crate::failover::{failure_kind, Answer};
 use crate::health::{passive_block_line, BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
-use crate::metrics::{BlockSource, Metrics};
+use crate::metrics::{BlockSource, OriginMetrics};
 use crate::verdict::Failure;
 
 /// An attempt that never got a connection for this long failed to connect (a connect timeout);
@@ -22,15 +22,9 @@ use crate::verdict::Failure;
 pub const CONNECT_VERDICT_MS: u64 = 200;
 
 pub struct AttemptObserver {
-    config: Rc<PluginConfig>,
-    metrics: Rc<Metrics>,
-    domain: usize,
+    plan: Rc<Plan>,
     role: Role,
     target: usize,
-    scheme: Scheme,
-    label: String,
-    /// The request's random id (from the plan): strikes count distinct requests.
-    request: u64,
     /// Envoy's attempt number (1-based).
     attempt: usize,
     judged: bool,
@@ -42,102 +36,74 @@ pub struct AttemptObserver {
 
 /// What the upstream instance does to the attempt's request headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptStart {
-    /// `Host` for this attempt when it differs from the request's.
-    pub authority: Option<String>,
+pub struct AttemptStart<'a> {
+    /// `Host` for this attempt when it differs from the one the request carries.
+    pub authority: Option<&'a str>,
     /// For an IP origin after the first attempt: its `IP:PORT`, for the origin to see in
     /// `x-envoy-original-dst-host` (attempt 1's cluster, the only one reading it, is done).
-    pub own_address: Option<String>,
+    pub own_address: Option<&'a str>,
     /// The last planned attempt: no later attempt reads the plan or the addresses.
     pub last: bool,
 }
 
 impl AttemptObserver {
-    /// An attempt starts: `plan` is the downstream filter's plan header, `attempt` Envoy's
-    /// attempt count (1-based). `None` when the request carries no plan of this configuration
-    /// (e.g. the plan was written by another configuration during a reload): then nothing is
-    /// counted for it.
+    /// Attempt `attempt` (1-based, counted by the glue) of `plan` starts at `started_ms` (the
+    /// glue gives attempt 1 the listener's clock reading of the same request: no clock
+    /// hostcall). `None` when the plan has no such attempt: then nothing is counted for it.
     pub fn start(
-        config: &Rc<PluginConfig>,
-        metrics: &Rc<Metrics>,
+        plan: &Rc<Plan>,
         host: &mut impl Host,
-        plan: &str,
-        attempt: usize,
-        first_byte_timeout_ms: Option<u64>,
-    ) -> Option<(AttemptObserver, AttemptStart)> {
-        let now = host.now_ms();
-        Self::start_at(
-            config,
-            metrics,
-            host,
-            plan,
-            attempt,
-            first_byte_timeout_ms,
-            now,
-        )
-    }
-
-    /// [`AttemptObserver::start`] with the attempt's start time known (the glue gives attempt
-    /// 1 the downstream filter's clock reading of the same request: no clock hostcall).
-    pub fn start_at(
-        config: &Rc<PluginConfig>,
-        metrics: &Rc<Metrics>,
-        host: &mut impl Host,
-        plan: &str,
         attempt: usize,
         first_byte_timeout_ms: Option<u64>,
         started_ms: u64,
-    ) -> Option<(AttemptObserver, AttemptStart)> {
-        let (domain_name, request, planned) = read_plan(plan, attempt)?;
-        // A domain's name is also a host it answers for (`*.x.com`, `*` included): one lookup,
-        // whatever the number of domains; the name must match (a reload may have changed it).
-        let domain = config.domain_index(domain_name)?;
-        let d = config
-            .domains
-            .get(domain)
-            .filter(|d| d.name == domain_name)?;
-        let (role, set) = if planned.slave {
-            (Role::Slave, d.slave.as_ref()?)
+    ) -> Option<AttemptObserver> {
+        let (step, _, _) = plan.step(attempt)?;
+        let role = if step.slave {
+            Role::Slave
         } else {
-            (Role::Master, &d.master)
+            Role::Master
         };
-        // The plan names the target by index and label; trust the label (a reload may have
-        // reordered the targets since the plan was written).
-        let matches = |i: usize| {
-            set.targets.get(i).and_then(|t| {
-                t.routes
-                    .iter()
-                    .position(|r| r.label == planned.label)
-                    .map(|s| (i, if s == 0 { Scheme::Http } else { Scheme::Https }))
-            })
-        };
-        let (target, scheme) =
-            matches(planned.target).or_else(|| (0..set.targets.len()).find_map(matches))?;
         let observer = AttemptObserver {
-            config: config.clone(),
-            metrics: metrics.clone(),
-            domain,
+            plan: plan.clone(),
             role,
-            target,
-            scheme,
-            label: planned.label.to_string(),
-            request,
+            target: step.target,
             attempt,
             judged: false,
             started_ms,
             first_byte_timeout_ms,
-            retry_possible: read_plan(plan, attempt + 1).is_some(),
+            retry_possible: attempt < plan.steps.len(),
         };
-        if let Some(m) = metrics.origin(domain, role, target, scheme) {
+        if let Some(m) = observer.origin() {
             m.request(host);
         }
-        let start = AttemptStart {
-            authority: planned.host.map(str::to_string),
-            own_address: (attempt > 1 && set.kind == OriginKind::Ips)
-                .then(|| planned.label.to_string()),
-            last: read_plan(plan, attempt + 1).is_none(),
-        };
-        Some((observer, start))
+        Some(observer)
+    }
+
+    /// What this attempt changes in the request headers (borrowed from the plan).
+    pub fn start_headers(&self) -> AttemptStart<'_> {
+        let step = self.plan.step(self.attempt);
+        AttemptStart {
+            authority: step.and_then(|(s, _, _)| s.authority.as_deref()),
+            own_address: step
+                .filter(|(_, set, _)| self.attempt > 1 && set.kind == OriginKind::Ips)
+                .map(|(_, _, route)| route.label.as_str()),
+            last: !self.retry_possible,
+        }
+    }
+
+    fn label(&self) -> &str {
+        self.plan
+            .step(self.attempt)
+            .map_or("", |(_, _, route)| route.label.as_str())
+    }
+
+    fn origin(&self) -> Option<OriginMetrics<'_>> {
+        self.plan.metrics.as_ref()?.origin(
+            self.plan.domain,
+            self.role,
+            self.target,
+            self.plan.scheme,
+        )
     }
 
     /// The origin answered this attempt with `status` (one outside 100..=599 is shown to the
@@ -159,9 +125,10 @@ impl AttemptObserver {
         let seen = if valid { status } else { 502 };
         self.retry_possible
             && self
+                .plan
                 .config
                 .domains
-                .get(self.domain)
+                .get(self.plan.domain)
                 .is_some_and(|d| d.retries_status(seen) || (!valid && d.failover.on_connect_error))
     }
 
@@ -205,23 +172,22 @@ impl AttemptObserver {
 
     fn judge(&mut self, host: &mut impl Host, blocks: &mut BlockTable, answer: Answer) {
         self.judged = true;
-        let config = self.config.clone();
-        let Some(domain) = config.domains.get(self.domain) else {
+        let plan = self.plan.clone();
+        let Some(domain) = plan.config.domains.get(plan.domain) else {
             return;
         };
-        let origin = self
-            .metrics
-            .origin(self.domain, self.role, self.target, self.scheme);
-        if let Some(m) = origin {
+        let label = self.label();
+        let origin = self.origin();
+        if let Some(m) = &origin {
             m.failure(host, answer);
         }
         let detection = domain.detection;
-        let config_id = Rc::as_ptr(&self.config) as usize;
+        let config_id = Rc::as_ptr(&plan.config) as usize;
         let slot = slot_of(
-            self.domain,
+            plan.domain,
             self.target,
             self.role == Role::Slave,
-            self.scheme == Scheme::Https,
+            plan.scheme == Scheme::Https,
         );
         let Some(kind) = failure_kind(answer, &detection) else {
             if detection.block_ms > 0 && matches!(answer, Answer::Status(_)) {
@@ -234,29 +200,30 @@ impl AttemptObserver {
             kind,
             at_ms: host.now_ms(),
             started_ms: self.started_ms,
-            request: self.request,
+            request: plan.request,
             last_answer_ms: blocks.last_answer(config_id, slot),
             // A request's later attempts never add strikes (the same rule as callouts: a URL
             // that breaks every origin accuses the URL); connect failures still block at once.
             failed_elsewhere: self.attempt > 1,
         };
         let rule = detection.rule();
-        let (_, outcome) = blocks.record_failure(host, &domain.name, &self.label, &rule, &failure);
+        let (_, outcome) = blocks.record_failure(host, &domain.name, label, &rule, &failure);
         if outcome != BlockOutcome::Blocked {
             return;
         }
-        let until = blocks.blocked_until(host, &domain.name, &self.label);
-        if let Some(m) = origin {
+        let until = blocks.blocked_until(host, &domain.name, label);
+        if let Some(m) = &origin {
             m.blocked(host, BlockSource::Passive, until);
         }
-        self.metrics
-            .refresh_masters_available(host, blocks, self.domain);
+        if let Some(metrics) = &plan.metrics {
+            metrics.refresh_masters_available(host, blocks, plan.domain);
+        }
         host.log(
             LogLevel::Warn,
             &passive_block_line(
                 &domain.name,
                 self.role.as_str(),
-                &self.label,
+                label,
                 answer.kind(),
                 detection.block_ms,
                 until.unwrap_or_default(),
@@ -269,9 +236,10 @@ impl AttemptObserver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::push_plan_token;
-    use crate::config::parse;
+    use crate::chain::PlannedStep;
+    use crate::config::{parse, PluginConfig};
     use crate::host::fake::FakeHost;
+    use crate::metrics::Metrics;
 
     fn setup() -> (Rc<PluginConfig>, Rc<Metrics>, FakeHost) {
         let config = Rc::new(
@@ -286,20 +254,48 @@ mod tests {
         (config, metrics, host)
     }
 
-    fn plan() -> String {
-        let mut plan = crate::chain::plan_head("www.test.com", 0x42);
-        push_plan_token(&mut plan, false, 1, None, "127.0.0.3:80");
-        push_plan_token(&mut plan, true, 0, Some("backup.test"), "127.0.0.5:80");
-        plan
+    /// Master `master` (index), then the slave with its own Host.
+    fn plan_of(config: &Rc<PluginConfig>, metrics: &Rc<Metrics>, master: usize) -> Rc<Plan> {
+        Rc::new(Plan {
+            config: config.clone(),
+            metrics: Some(metrics.clone()),
+            domain: 0,
+            scheme: Scheme::Http,
+            request: 0x42 + master as u64,
+            sent_ms: 0,
+            steps: vec![
+                PlannedStep {
+                    slave: false,
+                    target: master,
+                    authority: None,
+                },
+                PlannedStep {
+                    slave: true,
+                    target: 0,
+                    authority: Some("backup.test".into()),
+                },
+            ],
+        })
+    }
+
+    fn start(plan: &Rc<Plan>, host: &mut FakeHost, attempt: usize) -> AttemptObserver {
+        let now = host.now_ms;
+        AttemptObserver::start(plan, host, attempt, Some(10_000), now).unwrap()
     }
 
     #[test]
     fn a_master_404_counts_and_never_blocks() {
         let (config, metrics, mut host) = setup();
+        let plan = plan_of(&config, &metrics, 1);
         let mut blocks = BlockTable::default();
-        let (mut a, start) =
-            AttemptObserver::start(&config, &metrics, &mut host, &plan(), 1, Some(10_000)).unwrap();
-        assert_eq!(start.authority, None);
+        let mut a = start(&plan, &mut host, 1);
+        let headers = a.start_headers();
+        assert_eq!(
+            headers.authority, None,
+            "attempt 1's Host is the listener's"
+        );
+        assert_eq!(headers.own_address, None);
+        assert!(!headers.last);
         assert!(
             a.on_response(&mut host, &mut blocks, 404),
             "marked for the retry to the slave"
@@ -317,45 +313,39 @@ mod tests {
             1
         );
         assert_eq!(host.metric("origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.3:80;kind=4xx").unwrap_or(0), 1);
+        // The slave's 404 is the last planned attempt: relayed, never marked.
+        let mut b = start(&plan, &mut host, 2);
+        assert!(!b.on_response(&mut host, &mut blocks, 404));
     }
 
     #[test]
     fn no_answer_blocks_by_kind_and_a_cancelled_attempt_blocks_nothing() {
         let (config, metrics, mut host) = setup();
+        let plan = plan_of(&config, &metrics, 1);
         let mut blocks = BlockTable::default();
-        let (mut a, _) =
-            AttemptObserver::start(&config, &metrics, &mut host, &plan(), 1, Some(10_000)).unwrap();
+        let mut a = start(&plan, &mut host, 1);
         a.on_done(&mut host, &mut blocks, true, false);
         assert!(blocks.is_blocked(&host, "www.test.com", "127.0.0.3:80", host.now_ms()));
 
         // Cancelled after 3 s of a 10 s first-byte timeout: the client went away.
-        let (mut b, start) =
-            AttemptObserver::start(&config, &metrics, &mut host, &plan(), 2, Some(10_000)).unwrap();
-        assert_eq!(start.authority.as_deref(), Some("backup.test"));
-        assert_eq!(start.own_address.as_deref(), Some("127.0.0.5:80"));
-        assert!(start.last);
+        let mut b = start(&plan, &mut host, 2);
+        let headers = b.start_headers();
+        assert_eq!(headers.authority, Some("backup.test"));
+        assert_eq!(headers.own_address, Some("127.0.0.5:80"));
+        assert!(headers.last);
         host.now_ms += 3_000;
         b.on_done(&mut host, &mut blocks, false, true);
         assert!(!blocks.is_blocked(&host, "www.test.com", "127.0.0.5:80", host.now_ms()));
 
         // Silent until the first-byte timeout, on the slave (attempt 2): a request's later
         // attempts never add strikes.
-        let (mut c, _) =
-            AttemptObserver::start(&config, &metrics, &mut host, &plan(), 2, Some(10_000)).unwrap();
+        let mut c = start(&plan, &mut host, 2);
         host.now_ms += 9_990;
         c.on_done(&mut host, &mut blocks, false, true);
         assert!(!blocks.is_blocked(&host, "www.test.com", "127.0.0.5:80", host.now_ms()));
         assert_eq!(host.metric("origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.5:80;kind=timeout").unwrap_or(0), 1);
         // On the first attempt (failure_threshold 1 here): blocked.
-        let (mut d, _) = AttemptObserver::start(
-            &config,
-            &metrics,
-            &mut host,
-            "www.test.com 7 m,0,-,127.0.0.2:80 s,0,-,127.0.0.5:80",
-            1,
-            Some(10_000),
-        )
-        .unwrap();
+        let mut d = start(&plan_of(&config, &metrics, 0), &mut host, 1);
         host.now_ms += 10_000;
         d.on_done(&mut host, &mut blocks, false, true);
         assert!(blocks.is_blocked(&host, "www.test.com", "127.0.0.2:80", host.now_ms()));
@@ -364,16 +354,15 @@ mod tests {
     #[test]
     fn a_connection_never_established_is_a_connect_failure_unless_cancelled_at_once() {
         let (config, metrics, mut host) = setup();
+        let plan = plan_of(&config, &metrics, 1);
         let mut blocks = BlockTable::default();
         // A client that goes away 50 ms into the connect: no verdict.
-        let (mut a, _) =
-            AttemptObserver::start(&config, &metrics, &mut host, &plan(), 1, Some(10_000)).unwrap();
+        let mut a = start(&plan, &mut host, 1);
         host.now_ms += 50;
         a.on_done(&mut host, &mut blocks, false, false);
         assert!(!blocks.is_blocked(&host, "www.test.com", "127.0.0.3:80", host.now_ms()));
         // The connect timeout (0.5 s, SYNs dropped): blocked.
-        let (mut b, _) =
-            AttemptObserver::start(&config, &metrics, &mut host, &plan(), 1, Some(10_000)).unwrap();
+        let mut b = start(&plan, &mut host, 1);
         host.now_ms += 500;
         b.on_done(&mut host, &mut blocks, false, false);
         assert!(blocks.is_blocked(&host, "www.test.com", "127.0.0.3:80", host.now_ms()));
@@ -384,70 +373,32 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_and_default_domains_are_found_by_name() {
-        let config = Rc::new(
-            parse(
-                br#"{"domains":[{"domain":"*.test.com","master":{"ips":["127.0.0.2:80"]},"slave":{"ips":["127.0.0.5:80"]}},
-                {"domain":"*","master":{"ips":["127.0.0.3:80"]},"slave":{"ips":["127.0.0.5:80"]}},
-                {"domain":"a.test.com","master":{"ips":["127.0.0.4:80"]},"slave":{"ips":["127.0.0.5:80"]}}]}"#,
-            )
-            .unwrap(),
-        );
-        let mut host = FakeHost::new(9);
-        let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
-        for (plan, domain) in [
-            ("*.test.com 1 m,0,-,127.0.0.2:80 s,0,-,127.0.0.5:80", 0),
-            ("* 2 m,0,-,127.0.0.3:80 s,0,-,127.0.0.5:80", 1),
-            ("a.test.com 3 m,0,-,127.0.0.4:80 s,0,-,127.0.0.5:80", 2),
-        ] {
-            let (a, _) =
-                AttemptObserver::start(&config, &metrics, &mut host, plan, 1, None).unwrap();
-            assert_eq!(a.domain, domain, "{plan}");
-        }
-        // A host name that is not a configured domain's name is no plan of this configuration.
-        assert!(AttemptObserver::start(
-            &config,
-            &metrics,
-            &mut host,
-            "b.test.com 4 m,0,-,127.0.0.2:80",
-            1,
-            None
-        )
-        .is_none());
-    }
-
-    #[test]
-    fn foreign_or_broken_plans_are_ignored() {
+    fn an_attempt_outside_the_plan_is_not_observed() {
         let (config, metrics, mut host) = setup();
-        assert!(AttemptObserver::start(
-            &config,
-            &metrics,
-            &mut host,
-            "other.com 5 m,0,-,127.0.0.2:80",
-            1,
-            None
-        )
-        .is_none());
-        assert!(AttemptObserver::start(
-            &config,
-            &metrics,
-            &mut host,
-            "www.test.com 6 m,0,-,127.9.9.9:80",
-            1,
-            None
-        )
-        .is_none());
-        assert!(AttemptObserver::start(&config, &metrics, &mut host, &plan(), 3, None).is_none());
-        // A stale index is found again by its label.
-        let (a, _) = AttemptObserver::start(
-            &config,
-            &metrics,
-            &mut host,
-            "www.test.com 8 m,0,-,127.0.0.3:80",
-            1,
-            None,
-        )
-        .unwrap();
-        assert_eq!(a.target, 1);
+        let plan = plan_of(&config, &metrics, 1);
+        assert!(AttemptObserver::start(&plan, &mut host, 0, None, 0).is_none());
+        assert!(AttemptObserver::start(&plan, &mut host, 3, None, 0).is_none());
+        // A plan whose indices name no origin of its configuration.
+        let broken = Rc::new(Plan {
+            steps: vec![PlannedStep {
+                slave: false,
+                target: 7,
+                authority: None,
+            }],
+            config: config.clone(),
+            metrics: Some(metrics.clone()),
+            domain: 0,
+            scheme: Scheme::Http,
+            request: 1,
+            sent_ms: 0,
+        });
+        assert!(AttemptObserver::start(&broken, &mut host, 1, None, 0).is_none());
+        assert_eq!(
+            host.metric(
+                "origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.3:80"
+            )
+            .unwrap_or(0),
+            0
+        );
     }
 }

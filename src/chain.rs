@@ -10,17 +10,21 @@
 //!
 //! The same module runs as an upstream HTTP filter on the composite cluster, once per attempt
 //! (root id [`UPSTREAM_ROOT_ID`]): it counts the attempt against its origin, blocks an origin
-//! that did not answer, and sets the attempt's `Host`. It learns which attempt it sees from
-//! the [`PLAN_HEADER`] the downstream filter wrote and Envoy's `x-envoy-attempt-count`.
+//! that did not answer, and sets the attempt's `Host`. It finds the request's [`Plan`] (kept
+//! by the downstream filter of the same worker) by the id in [`PLAN_HEADER`] and counts the
+//! attempts itself.
+
+use std::rc::Rc;
 
 use crate::config::{
     Domain, FailoverMechanism, OriginKind, OriginSet, PluginConfig, Route, Scheme,
 };
+use crate::metrics::Metrics;
 
 /// Root id of the upstream (per-attempt) instance of the module.
 pub const UPSTREAM_ROOT_ID: &str = "origin_pull_upstream";
-/// The plan of a routed failover, read by the upstream instance:
-/// `<domain> <request id, hex> <role>,<target>,<host or ->,<label> …` (one token per attempt).
+/// The id of a routed failover's [`Plan`] (the request's random id, hex), read by the upstream
+/// instance.
 pub const PLAN_HEADER: &str = "x-origin-pull-plan";
 /// Envoy's per-request retry headers (honoured by the router when a filter sets them; Envoy
 /// removes a client's copies of `x-envoy-*` headers from external requests).
@@ -30,15 +34,9 @@ pub const RETRY_ON_HEADER: &str = "x-envoy-retry-on";
 /// exactly the statuses the domain's rules name (no per-request list of codes to parse).
 pub const FAILOVER_MARK_HEADER: &str = "x-origin-pull-failover";
 pub const MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
-/// Added by Envoy to the upstream request (virtual host `include_request_attempt_count`):
-/// 1 for the first attempt.
-pub const ATTEMPT_COUNT_HEADER: &str = "x-envoy-attempt-count";
 /// Set by Envoy's router on each attempt: the time it gives the attempt (the route's
 /// `per_try_timeout`, the first-byte timeout) in ms.
 pub const EXPECTED_TIMEOUT_HEADER: &str = "x-envoy-expected-rq-timeout-ms";
-/// Added by the upstream instance to an origin's answer: the attempt it answered (the
-/// downstream filter reads and removes it; Envoy's own local replies do not carry it).
-pub const ATTEMPT_RESPONSE_HEADER: &str = "x-origin-pull-attempt";
 /// Longest chain: the first origin plus `failover.master_retries` (at most 10).
 pub const MAX_ATTEMPTS: usize = 11;
 
@@ -247,67 +245,58 @@ impl PluginConfig {
     }
 }
 
-/// One attempt of a plan as the upstream instance reads it back.
+/// One planned attempt of a routed failover.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedAttempt<'a> {
+pub struct PlannedStep {
     pub slave: bool,
+    /// Index of the origin in its set's `targets`.
     pub target: usize,
-    /// `Host` to send on this attempt (`None`: leave the request's).
-    pub host: Option<&'a str>,
-    pub label: &'a str,
+    /// `Host` this attempt sets; `None` when the request already carries the right one (the
+    /// listener's filter set attempt 1's, and each attempt leaves its own for the next).
+    pub authority: Option<String>,
 }
 
-/// Appends one attempt token to a plan header value.
-pub fn push_plan_token(
-    plan: &mut String,
-    slave: bool,
-    target: usize,
-    host: Option<&str>,
-    label: &str,
-) {
-    plan.push(' ');
-    plan.push(if slave { 's' } else { 'm' });
-    plan.push(',');
-    plan.push_str(&target.to_string());
-    plan.push(',');
-    plan.push_str(host.unwrap_or("-"));
-    plan.push(',');
-    plan.push_str(label);
+/// A routed failover as the listener's filter planned it, by indices into the configuration the
+/// request uses: the upstream instance of the same worker (same VM, same thread) finds it by the
+/// request id that [`PLAN_HEADER`] carries, so an attempt parses no text and looks up no
+/// domain by name, and a reload in between cannot make it pick another origin.
+#[derive(Debug)]
+pub struct Plan {
+    pub config: Rc<PluginConfig>,
+    pub metrics: Option<Rc<Metrics>>,
+    pub domain: usize,
+    pub scheme: Scheme,
+    /// The request's random id: strikes count distinct requests.
+    pub request: u64,
+    /// When the listener's filter picked the first origin (attempt 1's start).
+    pub sent_ms: u64,
+    /// In attempt order.
+    pub steps: Vec<PlannedStep>,
 }
 
-/// The start of a plan header value: the domain's name and the request's id.
-pub fn plan_head(domain: &str, request: u64) -> String {
-    format!("{domain} {request:x}")
+impl Plan {
+    /// Step `k` (1-based) and its origin's route.
+    pub fn step(&self, k: usize) -> Option<(&PlannedStep, &OriginSet, &Route)> {
+        let step = self.steps.get(k.checked_sub(1)?)?;
+        let domain = self.config.domains.get(self.domain)?;
+        let set = if step.slave {
+            domain.slave.as_ref()?
+        } else {
+            &domain.master
+        };
+        let route = set.targets.get(step.target)?.route(self.scheme);
+        Some((step, set, route))
+    }
 }
 
-/// The domain, the request id and attempt `k` (1-based) of a plan header value.
-pub fn read_plan(plan: &str, k: usize) -> Option<(&str, u64, PlannedAttempt<'_>)> {
-    let mut tokens = plan.split(' ');
-    let domain = tokens.next()?;
-    let request = u64::from_str_radix(tokens.next()?, 16).ok()?;
-    let token = tokens.nth(k.checked_sub(1)?)?;
-    let mut fields = token.splitn(4, ',');
-    let slave = match fields.next()? {
-        "m" => false,
-        "s" => true,
-        _ => return None,
-    };
-    let target = fields.next()?.parse().ok()?;
-    let host = match fields.next()? {
-        "-" => None,
-        h => Some(h),
-    };
-    let label = fields.next()?;
-    Some((
-        domain,
-        request,
-        PlannedAttempt {
-            slave,
-            target,
-            host,
-            label,
-        },
-    ))
+/// The [`PLAN_HEADER`] value of the request `request`.
+pub fn plan_id_text(request: u64) -> String {
+    format!("{request:x}")
+}
+
+/// The request id a [`PLAN_HEADER`] value carries.
+pub fn read_plan_id(text: &str) -> Option<u64> {
+    u64::from_str_radix(text, 16).ok()
 }
 
 #[cfg(test)]
@@ -316,36 +305,11 @@ mod tests {
     use crate::config::parse;
 
     #[test]
-    fn plan_round_trip() {
-        let mut plan = plan_head("www.test.com", 0xbeef);
-        push_plan_token(&mut plan, false, 1, None, "127.0.0.2:80");
-        push_plan_token(
-            &mut plan,
-            true,
-            0,
-            Some("backup.example.com"),
-            "outbound|80||a,b",
-        );
-        let (d, id, a) = read_plan(&plan, 1).unwrap();
-        assert_eq!((d, id), ("www.test.com", 0xbeef));
-        assert_eq!(
-            a,
-            PlannedAttempt {
-                slave: false,
-                target: 1,
-                host: None,
-                label: "127.0.0.2:80"
-            }
-        );
-        let (_, _, b) = read_plan(&plan, 2).unwrap();
-        assert_eq!(
-            (b.slave, b.host, b.label),
-            (true, Some("backup.example.com"), "outbound|80||a,b")
-        );
-        assert!(read_plan(&plan, 3).is_none());
-        assert!(read_plan(&plan, 0).is_none());
-        assert!(read_plan("d 1 x,1,-,a", 1).is_none());
-        assert!(read_plan("d m,1,-,a", 1).is_none(), "no request id");
+    fn plan_id_round_trip() {
+        assert_eq!(read_plan_id(&plan_id_text(0xbeef)), Some(0xbeef));
+        assert_eq!(read_plan_id(&plan_id_text(u64::MAX)), Some(u64::MAX));
+        assert_eq!(read_plan_id("www.test.com beef"), None);
+        assert_eq!(read_plan_id(""), None);
     }
 
     #[test]

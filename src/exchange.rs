@@ -9,7 +9,7 @@ use crate::bucket::{
     is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
 };
 use crate::chain::{
-    attempt_cluster, chain_name, dst_header, plan_head, push_plan_token, MAX_RETRIES_HEADER,
+    attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, MAX_RETRIES_HEADER,
     PLAN_HEADER, RETRY_ON_HEADER,
 };
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
@@ -292,16 +292,63 @@ impl Exchange {
         !self.chain.is_empty()
     }
 
-    /// A routed failover's request id (the plan carries it) and when its first attempt was
-    /// picked (ms): what the glue shares with the upstream instance of the same worker.
-    pub fn chain_id(&self) -> Option<(u64, u64)> {
+    /// The plan of this request's routed failover, for the upstream instance of the same worker
+    /// (the glue keeps it under [`Plan::request`], the id [`PLAN_HEADER`] carries): each
+    /// attempt's origin by index and the `Host` it sets, when it must.
+    pub fn chain_plan(&self) -> Option<Plan> {
         let first = self.chain.first()?;
-        Some((self.request_id?, first.sent_ms))
+        let router_authority = self.router_authority();
+        // The router reuses one header map for every attempt: an attempt's Host stays for the
+        // next, so an attempt sets one only when it differs from what the map holds.
+        let mut current = router_authority;
+        let mut steps = Vec::with_capacity(self.chain.len());
+        for attempt in &self.chain {
+            let desired = self.desired_authority(*attempt);
+            let authority = (desired != current).then(|| desired.to_string());
+            current = desired;
+            steps.push(PlannedStep {
+                slave: attempt.role == Role::Slave,
+                target: attempt.target,
+                authority,
+            });
+        }
+        Some(Plan {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            domain: self.domain,
+            scheme: self.scheme,
+            request: self.request_id?,
+            sent_ms: first.sent_ms,
+            steps,
+        })
+    }
+
+    /// The Host attempt `a` sends: its set's `host`, else the client's.
+    fn desired_authority(&self, a: Attempt) -> &str {
+        self.set(a.role)
+            .and_then(|s| s.host.as_deref())
+            .unwrap_or(&self.client_authority)
+    }
+
+    /// The Host the listener's filter gives a routed failover: the router names the TLS server
+    /// once per request, from the Host of the chain's first HTTPS attempt, else attempt 1's.
+    fn router_authority(&self) -> &str {
+        self.chain
+            .iter()
+            .find(|a| {
+                self.route_of(**a)
+                    .and_then(|r| r.scheme)
+                    .is_some_and(|s| s == Scheme::Https)
+            })
+            .or(self.chain.first())
+            .map_or(self.client_authority.as_str(), |a| {
+                self.desired_authority(*a)
+            })
     }
 
     /// The request headers a routed failover needs, to set (`Some`) or remove (`None`): the
     /// composite cluster, each attempt's `IP:PORT`, Envoy's retry headers, the `Host` the
-    /// router takes its TLS server name from, and the plan the upstream instance reads.
+    /// router takes its TLS server name from, and the plan's id the upstream instance reads.
     pub fn chain_headers(&self) -> Vec<(String, Option<String>)> {
         let Some(domain) = self.domain() else {
             return Vec::new();
@@ -311,27 +358,6 @@ impl Exchange {
         };
         let mut subs = Vec::with_capacity(self.chain.len());
         let mut headers: Vec<(String, Option<String>)> = Vec::with_capacity(self.chain.len() + 6);
-        // The router names the TLS server once per request: the Host of a TLS attempt.
-        let desired = |a: Attempt| -> &str {
-            self.set(a.role)
-                .and_then(|s| s.host.as_deref())
-                .unwrap_or(&self.client_authority)
-        };
-        let router_authority = self
-            .chain
-            .iter()
-            .find(|a| {
-                self.route_of(**a)
-                    .and_then(|r| r.scheme)
-                    .is_some_and(|s| s == Scheme::Https)
-            })
-            .or(self.chain.first())
-            .map(|a| desired(*a))
-            .unwrap_or(&self.client_authority);
-        let mut plan = plan_head(&domain.name, self.request_id.unwrap_or(0));
-        // Each attempt's Host, when they differ: an attempt's change stays in the request for
-        // the next (the router reuses its header map), so every attempt then sets its own.
-        let same_host = self.chain.iter().all(|a| desired(*a) == router_authority);
         for (i, attempt) in self.chain.iter().enumerate() {
             let k = i + 1;
             let Some(route) = self.route_of(*attempt) else {
@@ -339,16 +365,9 @@ impl Exchange {
             };
             subs.push(attempt_cluster(route, k));
             headers.push((dst_header(k).to_string(), route.original_dst.clone()));
-            let host = (!same_host).then(|| desired(*attempt));
-            push_plan_token(
-                &mut plan,
-                attempt.role == Role::Slave,
-                attempt.target,
-                host,
-                &route.label,
-            );
         }
         headers.push((self.cluster_header().to_string(), Some(chain_name(&subs))));
+        let router_authority = self.router_authority();
         if router_authority != self.client_authority {
             headers.push((":authority".into(), Some(router_authority.to_string())));
         }
@@ -357,7 +376,10 @@ impl Exchange {
             MAX_RETRIES_HEADER.into(),
             Some((self.chain.len() - 1).to_string()),
         ));
-        headers.push((PLAN_HEADER.into(), Some(plan)));
+        headers.push((
+            PLAN_HEADER.into(),
+            Some(plan_id_text(self.request_id.unwrap_or(0))),
+        ));
         headers
     }
 

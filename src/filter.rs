@@ -17,8 +17,8 @@ use proxy_wasm::types::{
 use crate::attempt::AttemptObserver;
 use crate::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 use crate::chain::{
-    read_plan, ATTEMPT_COUNT_HEADER, ATTEMPT_RESPONSE_HEADER, EXPECTED_TIMEOUT_HEADER,
-    FAILOVER_MARK_HEADER, PLAN_HEADER, UPSTREAM_ROOT_ID,
+    read_plan_id, Plan, EXPECTED_TIMEOUT_HEADER, FAILOVER_MARK_HEADER, PLAN_HEADER,
+    UPSTREAM_ROOT_ID,
 };
 use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
@@ -36,30 +36,34 @@ proxy_wasm::main! {{
 thread_local! {
     /// xorshift state of this VM, seeded once from the host's entropy.
     static RNG: Cell<u64> = Cell::new(seed());
-    /// The configuration (and its stats) the downstream instance of this VM applied last. The
-    /// upstream instance (same `vm_id`, same module: the same VM on this worker) reads it from
-    /// here, so the composite clusters do not each carry a copy of the plugin configuration.
-    static APPLIED: RefCell<Option<(Rc<PluginConfig>, Rc<Metrics>)>> = const { RefCell::new(None) };
     /// Stat ids this VM defined, by name: outlives root contexts (a reload reuses the VM), so a
     /// name is defined once per VM whatever the reloads (Envoy gives a new id per definition).
     static REGISTRY: Rc<RefCell<Registry>> = Rc::new(RefCell::new(Registry::default()));
-    /// Routed failovers in flight on this worker, by the request id their plan carries. The
-    /// downstream filter registers one; the upstream instance (same VM, same thread) counts
-    /// its attempts and notes which one was answered. So neither side reads or writes a header
-    /// for that (Envoy's attempt count, the answered-attempt mark): hostcalls saved on every
-    /// request of a domain with a slave. Without an entry (none registered) the headers are
-    /// used as before.
+    /// Routed failovers in flight on this worker, by the request id `PLAN_HEADER` carries.
+    /// The downstream filter registers each with its compiled plan (the configuration it uses,
+    /// the attempts' origins by index); the upstream instance (same `vm_id` and module: the
+    /// same VM, same thread) finds it there, counts its attempts and notes which one was
+    /// answered. So no attempt parses a plan or looks a domain up, reads Envoy's attempt count
+    /// or marks the answer in a header. Without an entry (an upstream instance in another VM:
+    /// not what render writes) the attempt is not observed.
     static CHAINS: RefCell<HashMap<u64, ChainLink, BuildHasherDefault<SlotHasher>>> =
         RefCell::new(HashMap::default());
+    /// The router's per-try (first-byte) timeout of attempt 1 (`EXPECTED_TIMEOUT_HEADER`) as
+    /// last read, and when (ms): one route config carries it, so attempt 1 reads it again only
+    /// once it is a second old (a route change applies within a second); later attempts,
+    /// whose timeout can be shortened by the route's overall timeout, always read it.
+    static FIRST_BYTE: Cell<Option<(Option<u64>, u64)>> = const { Cell::new(None) };
 }
 
+/// How long attempt 1 reuses the per-try timeout read by an earlier request (ms).
+const FIRST_BYTE_REREAD_MS: u64 = 1_000;
+
 /// One routed failover in flight (see `CHAINS`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug)]
 struct ChainLink {
+    plan: Rc<Plan>,
     /// Attempts whose upstream instance has started (Envoy's attempt count of the latest).
     started: usize,
-    /// When the downstream filter picked the first origin (attempt 1's start).
-    sent_ms: u64,
     /// The attempt whose origin answered, and whether its status was invalid (shown to the
     /// router as 502); reset when a later attempt starts.
     answered: Option<(usize, bool)>,
@@ -423,7 +427,8 @@ impl RootContext for OriginPullRoot {
             );
         }
         if upstream {
-            // Its configuration is the downstream instance's (see APPLIED).
+            // It observes each attempt with the plan (and configuration) the downstream instance
+            // of its VM made for the request (see CHAINS).
             EnvoyHost.log(
                 LogLevel::Info,
                 &format!(
@@ -464,7 +469,6 @@ impl RootContext for OriginPullRoot {
                     self.prober = Some(prober);
                 }
                 let metrics = Rc::new(metrics);
-                APPLIED.with(|a| *a.borrow_mut() = Some((parsed.clone(), metrics.clone())));
                 let old_metrics = std::mem::replace(&mut *self.state.metrics.borrow_mut(), metrics);
                 let old_config = self.state.config.borrow_mut().replace(parsed);
                 // Freeing the previous configuration is part of the cost of a reload.
@@ -638,13 +642,15 @@ impl HttpContext for OriginPullStream {
             for (name, value) in exchange.chain_headers() {
                 self.set_http_request_header(&name, value.as_deref());
             }
-            if let Some((id, sent_ms)) = exchange.chain_id() {
+            if let Some(plan) = exchange.chain_plan() {
+                let id = plan.request;
                 CHAINS.with(|c| {
                     c.borrow_mut().insert(
                         id,
                         ChainLink {
-                            sent_ms,
-                            ..ChainLink::default()
+                            plan: Rc::new(plan),
+                            started: 0,
+                            answered: None,
                         },
                     )
                 });
@@ -711,35 +717,16 @@ impl HttpContext for OriginPullStream {
                 .map_or(0, u64::from_le_bytes)
         };
         let step = if exchange.routes_chain() {
-            // Noted by the upstream instance when an origin answered (in `CHAINS`, or, when it
-            // found no entry, as a response header); absent on Envoy's own replies.
-            let noted = self
+            // Noted in `CHAINS` by the upstream instance when an origin answered; absent on
+            // Envoy's own replies.
+            let answered = self
                 .chain_id
                 .and_then(|id| CHAINS.with(|c| c.borrow().get(&id).and_then(|l| l.answered)));
-            let mark = if noted.is_some() {
-                None
-            } else {
-                hostcalls::get_map_value(MapType::HttpResponseHeaders, ATTEMPT_RESPONSE_HEADER)
-                    .ok()
-                    .flatten()
-            };
-            let answered = noted.or_else(|| {
-                mark.as_deref()
-                    .map(parse_attempt_mark)
-                    .and_then(|(a, invalid)| a.map(|a| (a, invalid)))
-            });
             let (attempt, status) = match answered {
                 Some((attempt, true)) => (Some(attempt), 0), // the origin's status was invalid
                 Some((attempt, false)) => (Some(attempt), status),
                 None => (None, status),
             };
-            if mark.is_some() {
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpResponseHeaders,
-                    ATTEMPT_RESPONSE_HEADER,
-                    None,
-                );
-            }
             if attempt.is_some_and(|a| a > 1) {
                 // A failed-over answer carries no hop-by-hop header Envoy's codec lets through
                 // (as the callout path guarantees).
@@ -775,21 +762,12 @@ impl HttpContext for OriginPullStream {
     }
 }
 
-/// `k` or `k;invalid` (the origin's status was outside 100..=599; Envoy was shown a 502).
-fn parse_attempt_mark(mark: &str) -> (Option<usize>, bool) {
-    let (number, invalid) = match mark.split_once(';') {
-        Some((n, flag)) => (n, flag == "invalid"),
-        None => (mark, false),
-    };
-    (number.parse().ok(), invalid)
-}
-
 /// The upstream instance: one context per attempt of a routed failover (see `chain`).
 struct OriginPullAttempt {
     state: Rc<RootState>,
     observer: Option<AttemptObserver>,
     attempt: usize,
-    /// The request's entry in `CHAINS` (its request id), when the downstream filter made one.
+    /// The request's entry in `CHAINS` (its request id).
     link: Option<u64>,
 }
 
@@ -813,126 +791,116 @@ impl Context for OriginPullAttempt {
     }
 }
 
+impl OriginPullAttempt {
+    /// The router's per-try (first-byte) timeout for attempt `attempt` (see `FIRST_BYTE`).
+    fn first_byte_ms(&self, attempt: usize, now_ms: u64) -> Option<u64> {
+        if attempt == 1 {
+            if let Some((value, read_ms)) = FIRST_BYTE.get() {
+                if now_ms >= read_ms && now_ms - read_ms < FIRST_BYTE_REREAD_MS {
+                    return value;
+                }
+            }
+        }
+        let value = self
+            .get_http_request_header(EXPECTED_TIMEOUT_HEADER)
+            .and_then(|v| v.parse::<u64>().ok());
+        if attempt == 1 {
+            FIRST_BYTE.set(Some((value, now_ms)));
+        }
+        value
+    }
+}
+
 impl HttpContext for OriginPullAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if cfg!(feature = "ablate-upstream") {
             return Action::Continue;
         }
-        let plan = self.get_http_request_header(PLAN_HEADER);
-        // The attempt number and its start from the downstream filter's entry (no hostcall);
-        // Envoy's attempt count and the clock only without one.
-        let request = plan
+        // The plan's id: the only header an attempt reads; the rest is in this VM.
+        let Some(id) = self
+            .get_http_request_header(PLAN_HEADER)
             .as_deref()
-            .and_then(|p| read_plan(p, 1))
-            .map(|(_, id, _)| id);
-        let link = request.and_then(|id| {
-            CHAINS.with(|c| {
-                let mut chains = c.borrow_mut();
-                let link = chains.get_mut(&id)?;
-                link.started += 1;
-                link.answered = None;
-                Some((id, link.started, link.sent_ms))
-            })
-        });
-        let (attempt, started_ms) = match link {
-            Some((id, attempt, sent_ms)) => {
-                self.link = Some(id);
-                (
-                    attempt,
-                    if attempt == 1 {
-                        sent_ms
-                    } else {
-                        EnvoyHost.now_ms()
-                    },
-                )
-            }
-            None => (
-                self.get_http_request_header(ATTEMPT_COUNT_HEADER)
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(1),
-                EnvoyHost.now_ms(),
-            ),
+            .and_then(read_plan_id)
+        else {
+            return Action::Continue;
         };
+        let Some((plan, attempt)) = CHAINS.with(|c| {
+            let mut chains = c.borrow_mut();
+            let link = chains.get_mut(&id)?;
+            link.started += 1;
+            link.answered = None;
+            Some((link.plan.clone(), link.started))
+        }) else {
+            return Action::Continue;
+        };
+        self.link = Some(id);
         self.attempt = attempt;
-        let Some((config, metrics)) = APPLIED.with(|a| a.borrow().clone()) else {
+        // Attempt 1 starts at the listener's clock reading of the same request (no clock read).
+        let started_ms = if attempt == 1 {
+            plan.sent_ms
+        } else {
+            EnvoyHost.now_ms()
+        };
+        let first_byte_ms = self.first_byte_ms(attempt, started_ms);
+        let Some(observer) =
+            AttemptObserver::start(&plan, &mut EnvoyHost, attempt, first_byte_ms, started_ms)
+        else {
             return Action::Continue;
         };
-        let Some(plan) = plan else {
-            return Action::Continue;
-        };
-        // The router's per-try (first-byte) timeout for this attempt.
-        let first_byte_ms = self
-            .get_http_request_header(EXPECTED_TIMEOUT_HEADER)
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some((observer, start)) = AttemptObserver::start_at(
-            &config,
-            &metrics,
-            &mut EnvoyHost,
-            &plan,
-            attempt,
-            first_byte_ms,
-            started_ms,
-        ) {
-            if let Some(authority) = start.authority {
-                self.set_http_request_header(":authority", Some(&authority));
-            }
-            // This map is the router's own, reused by later attempts: an attempt only changes
-            // what no later attempt reads. Each origin sees its own address in the usual
-            // header; the last attempt drops the plan and the other attempts' addresses.
-            if let Some(dst) = &start.own_address {
-                self.set_http_request_header(crate::exchange::ORIGINAL_DST_HEADER, Some(dst));
-            }
-            if start.last {
-                self.set_http_request_header(PLAN_HEADER, None);
-                for k in 2..=attempt {
-                    self.set_http_request_header(crate::chain::dst_header(k), None);
-                }
-            }
-            self.observer = Some(observer);
+        let start = observer.start_headers();
+        if let Some(authority) = start.authority {
+            self.set_http_request_header(":authority", Some(authority));
         }
+        // This map is the router's own, reused by later attempts: an attempt only changes what
+        // no later attempt reads. Each origin sees its own address in the usual header; the
+        // last attempt drops the plan and the other attempts' addresses.
+        if let Some(dst) = start.own_address {
+            self.set_http_request_header(crate::exchange::ORIGINAL_DST_HEADER, Some(dst));
+        }
+        if start.last {
+            self.set_http_request_header(PLAN_HEADER, None);
+            for k in 2..=attempt {
+                self.set_http_request_header(crate::chain::dst_header(k), None);
+            }
+        }
+        self.observer = Some(observer);
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Always marked (an origin's own copy of the header is replaced): the listener's filter
-        // trusts it to name the attempt that answered.
-        if self.attempt > 0 {
-            let status = self
-                .get_http_response_header(":status")
-                .and_then(|s| s.parse::<u32>().ok())
-                .unwrap_or(0);
-            let invalid = !(100..=599).contains(&status);
-            if invalid {
-                // Envoy's codec lets e.g. "HTTP/1.1 2000" through: shown to the router as a
-                // 502, it fails over like any 5xx and is never relayed as such.
-                self.set_http_response_header(":status", Some("502"));
-            }
-            let noted = self.link.is_some_and(|id| {
-                CHAINS.with(|c| {
-                    c.borrow_mut()
-                        .get_mut(&id)
-                        .map(|link| link.answered = Some((self.attempt, invalid)))
-                        .is_some()
-                })
-            });
-            if !noted {
-                let mark = if invalid {
-                    format!("{};invalid", self.attempt)
-                } else {
-                    self.attempt.to_string()
-                };
-                self.set_http_response_header(ATTEMPT_RESPONSE_HEADER, Some(&mark));
-            }
-            let retry = match self.observer.as_mut() {
-                Some(observer) => {
-                    let mut blocks = self.state.blocks.borrow_mut();
-                    observer.on_response(&mut EnvoyHost, &mut blocks, status)
-                }
-                None => false,
-            };
-            // Always set or removed: an origin cannot ask for a retry itself.
-            self.set_http_response_header(FAILOVER_MARK_HEADER, retry.then_some("1"));
+        if cfg!(feature = "ablate-upstream") {
+            return Action::Continue;
         }
+        if self.observer.is_none() {
+            // Not observed (no plan of this VM): an origin still cannot ask for a retry itself.
+            self.set_http_response_header(FAILOVER_MARK_HEADER, None);
+            return Action::Continue;
+        }
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        let invalid = !(100..=599).contains(&status);
+        if invalid {
+            // Envoy's codec lets e.g. "HTTP/1.1 2000" through: shown to the router as a 502, it
+            // fails over like any 5xx and is never relayed as such.
+            self.set_http_response_header(":status", Some("502"));
+        }
+        // The listener's filter finds the answered attempt here (Envoy's own replies to the
+        // client have none).
+        if let Some(id) = self.link {
+            CHAINS.with(|c| {
+                if let Some(link) = c.borrow_mut().get_mut(&id) {
+                    link.answered = Some((self.attempt, invalid));
+                }
+            });
+        }
+        let retry = self.observer.as_mut().is_some_and(|observer| {
+            let mut blocks = self.state.blocks.borrow_mut();
+            observer.on_response(&mut EnvoyHost, &mut blocks, status)
+        });
+        // Always set or removed: an origin cannot ask for a retry itself.
+        self.set_http_response_header(FAILOVER_MARK_HEADER, retry.then_some("1"));
         Action::Continue
     }
 }

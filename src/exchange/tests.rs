@@ -66,19 +66,24 @@ fn router_plans_master_then_slave_and_names_the_server() {
         header(&headers, "x-envoy-retry-on"),
         Some("connect-failure,refused-stream,reset,retriable-headers")
     );
-    // Domain, the request's random id (strikes count distinct requests), one token per attempt.
-    let plan = header(&headers, "x-origin-pull-plan").unwrap();
-    let tokens: Vec<&str> = plan.split(' ').collect();
-    assert_eq!(tokens.len(), 4, "{plan}");
-    assert_eq!(tokens[0], "www.test.com");
-    assert!(u64::from_str_radix(tokens[1], 16).is_ok(), "{plan}");
+    // The plan's id is the request's random id (strikes count distinct requests); the plan
+    // itself names each attempt's origin by index, and the Host only where it changes.
+    let plan = ex.chain_plan().unwrap();
     assert_eq!(
-        &tokens[2..],
-        [
-            "m,0,www.test.com,127.0.0.2:80",
-            "s,0,backup.example.com,backup.example.com:80"
-        ]
+        header(&headers, "x-origin-pull-plan"),
+        Some(format!("{:x}", plan.request).as_str())
     );
+    assert_eq!(plan.sent_ms, host.now_ms);
+    let steps: Vec<(bool, usize, Option<&str>)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.slave, s.target, s.authority.as_deref()))
+        .collect();
+    assert_eq!(
+        steps,
+        [(false, 0, None), (true, 0, Some("backup.example.com"))]
+    );
+    assert_eq!(plan.step(2).unwrap().2.label, "backup.example.com:80");
     // The request itself is counted per attempt by the upstream instance, not here.
     assert_eq!(
         host.metric("origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.2:80")
@@ -1167,4 +1172,44 @@ fn request_cost_does_not_grow_with_blocked_origins() {
     table.block(&mut host, "a.com", "10.0.0.1:80", 60_000);
     let with_one = reads_per_request(&mut host);
     assert!((2.0..=3.5).contains(&with_one), "{with_one}");
+}
+
+#[test]
+fn router_plan_sets_a_host_only_where_the_header_map_holds_another() {
+    // The router names the TLS server from the request's Host before attempt 1: the HTTPS
+    // master's. An attempt sets its own Host only when the map holds another one.
+    let config = router_config(
+        r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:443"],"protocol":"https","host":"a.example.com"},
+            "slave":{"ips":["127.0.0.3:80"],"host":"b.example.com"}}]}"#,
+    );
+    let mut host = FakeHost::new(6);
+    let mut blocks = BlockTable::default();
+    let hosts = |ex: &Exchange| -> Vec<Option<String>> {
+        ex.chain_plan()
+            .unwrap()
+            .steps
+            .into_iter()
+            .map(|s| s.authority)
+            .collect()
+    };
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
+    assert_eq!(
+        header(&ex.chain_headers(), ":authority"),
+        Some("a.example.com")
+    );
+    assert_eq!(hosts(&ex), [None, Some("b.example.com".to_string())]);
+    // Every master blocked: the slave first, then the master; the map holds the master's Host.
+    blocks.block(&mut host, "www.test.com", "127.0.0.2:443", 60_000);
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
+    assert_eq!(
+        header(&ex.chain_headers(), ":authority"),
+        Some("a.example.com")
+    );
+    assert_eq!(
+        hosts(&ex),
+        [
+            Some("b.example.com".to_string()),
+            Some("a.example.com".to_string())
+        ]
+    );
 }
