@@ -29,9 +29,9 @@ LABEL = {"happy": "(a) happy path", "miss10": "(b) 10 % of paths fail over",
 ROUTER_CASES = [("router-happy", "happy path (attempt 1 answers 200)"),
                 ("router-404", "404 failover (master 404, slave 200)"),
                 ("router-connect", "connect-error failover (master refuses, slave 200)")]
-# PROFILE_BEFORE_HARNESS: the same examples/hot_path.rs built against an older src/ (e.g. main
-# before issue 14, with `AttemptObserver::start_at` split off `start`), run with `legacy` (the
-# glue of that time): the "before" column.
+# PROFILE_BEFORE_HARNESS: examples/hot_path.rs of an older commit built against its own src/
+# (`git archive <commit> | tar -x -C DIR && cd DIR && cargo build --release --example hot_path`):
+# the "before" columns of the router rows.
 BEFORE = os.environ.get("PROFILE_BEFORE_HARNESS")
 
 
@@ -45,10 +45,10 @@ def ensure_valgrind():
                    check=True, env=env)
 
 
-def instructions(args, tmp):
+def instructions(args, tmp, harness=HARNESS):
     out = Path(tmp) / "callgrind.out"
     p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                        str(HARNESS), *map(str, args)], capture_output=True, text=True, timeout=600)
+                        str(harness), *map(str, args)], capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         sys.exit(f"callgrind failed: {p.stderr[-2000:]}")
     m = re.search(r"^summary:\s+(\d+)", out.read_text(), re.M)
@@ -81,14 +81,17 @@ def main():
             high, summary = instructions([scenario, 3, HIGH], tmp)
             per = (high - low) / (HIGH - LOW)
             calls = re.search(r"hostcalls/request=([\d.]+)", summary).group(1)
-            before = "–"
+            copied = re.search(r"copied_bytes/request=([\d.]+)", summary).group(1)
+            before = ("–", "–", "–")
             if BEFORE:
-                p = subprocess.run([BEFORE, scenario, "3", "2000", "legacy"], capture_output=True,
-                                   text=True, timeout=300, check=True)
-                before = re.search(r"hostcalls/request=([\d.]+)", p.stdout).group(1)
-            router_rows.append((label, per, before, calls))
-            print(f"{scenario:15} {per:8.0f} instructions/request, hostcalls {before} -> {calls}",
-                  flush=True)
+                b_low, _ = instructions([scenario, 3, LOW], tmp, BEFORE)
+                b_high, b_summary = instructions([scenario, 3, HIGH], tmp, BEFORE)
+                before = (f"{(b_high - b_low) / (HIGH - LOW):.0f}",
+                          re.search(r"hostcalls/request=([\d.]+)", b_summary).group(1),
+                          re.search(r"copied_bytes/request=([\d.]+)", b_summary).group(1))
+            router_rows.append((label, per, calls, copied, before))
+            print(f"{scenario:15} {per:8.0f} instructions/request (before {before[0]}), hostcalls "
+                  f"{before[1]} -> {calls}, bytes copied {before[2]} -> {copied}", flush=True)
     lines = [
         "# Hot path cost (native harness, callgrind)",
         "",
@@ -117,21 +120,18 @@ def main():
         "The rows above model the callout glue (`envoy.failover: callout`). Below, the default",
         "router failover of a domain with a slave (3 weighted masters): the listener's filter AND",
         "the module's upstream instance, once per attempt, with every hostcall either makes",
-        "(`hot_path router-<case> 3 <n>`). Before = main before issue 14 (20dd92a): the same",
-        "harness built against that `src/` and run with `legacy` (the glue of that time: Envoy's",
-        "attempt count and the clock read by every attempt, the answered attempt marked in a",
-        "response header that the listener's filter reads and removes; the planned slave's block",
-        "key read on every request; that harness: `git archive 20dd92a | tar -x -C DIR`, the",
-        "`AttemptObserver::start_at` split of src/attempt.rs applied, this examples/hot_path.rs",
-        "copied in, `cargo build --release --example hot_path`)"
+        "(`hot_path router-<case> 3 <n>`). Before = the same harness of an older commit, built",
+        "against its own `src/` (`git archive <commit> | tar -x -C DIR`, `cargo build --release",
+        "--example hot_path` in DIR)"
         + (f" — `PROFILE_BEFORE_HARNESS={BEFORE} make profile`." if BEFORE else
            " — set PROFILE_BEFORE_HARNESS to fill it."),
         "",
-        "| router failover, 1 request | instructions / request (logic, native) | hostcalls before | hostcalls now |",
-        "|---|---:|---:|---:|",
+        "| router failover, 1 request | instructions / request (logic, native): before | now | hostcalls before | now | bytes copied into the VM before | now |",  # noqa: E501
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, per, before, calls in router_rows:
-        lines.append(f"| {label} | {per:.0f} | {before} | {calls} |")
+    for label, per, calls, copied, before in router_rows:
+        lines.append(f"| {label} | {before[0]} | {per:.0f} | {before[1]} | {calls} | {before[2]} "
+                     f"| {copied} |")
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "hot-path.md").write_text("\n".join(lines) + "\n")
