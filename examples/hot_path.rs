@@ -277,8 +277,9 @@ fn router_request(
             Some(status) => {
                 host.call(); // :status
                 host.copy(3);
-                observer.on_response(host, blocks, *status);
-                host.call(); // x-origin-pull-failover set or removed
+                if observer.on_response(host, blocks, *status) {
+                    host.call(); // :status set to FAILOVER_STATUS (the router retries it)
+                }
                 answered = Some(k);
             }
             None => {

@@ -29,10 +29,14 @@ pub const PLAN_HEADER: &str = "x-origin-pull-plan";
 /// Envoy's per-request retry headers (honoured by the router when a filter sets them; Envoy
 /// removes a client's copies of `x-envoy-*` headers from external requests).
 pub const RETRY_ON_HEADER: &str = "x-envoy-retry-on";
-/// Set by the upstream instance on an answer the domain fails over on (with a slave, when a
-/// later attempt exists): the route's `retriable_headers` matches it, so the router retries
-/// exactly the statuses the domain's rules name (no per-request list of codes to parse).
-pub const FAILOVER_MARK_HEADER: &str = "x-origin-pull-failover";
+/// The status the upstream instance gives an answer the domain fails over on (with a slave,
+/// when a later attempt exists): the route's `retriable_status_codes` lists only it, so the
+/// router retries exactly the statuses the domain's rules name (no per-request list of codes),
+/// and an answer that is relayed — every 2xx/3xx — needs nothing written. An origin's own
+/// answer with this status is shown to the router as 502 unless the domain fails over on it.
+/// Unassigned by HTTP; the listener's filter restores the origin's status if the router ever
+/// relays it (no retry left, retry overflow).
+pub const FAILOVER_STATUS: u32 = 590;
 pub const MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
 /// Set by Envoy's router on each attempt: the time it gives the attempt (the route's
 /// `per_try_timeout`, the first-byte timeout) in ms.
@@ -142,8 +146,8 @@ impl Domain {
             parts.push("reset");
         }
         if self.slave.is_some() && (300..600u32).any(|c| self.failover.status_triggers(c)) {
-            // Statuses: the upstream instance marks the answers to retry (FAILOVER_MARK_HEADER).
-            parts.push("retriable-headers");
+            // Statuses: the upstream instance marks the answers to retry (FAILOVER_STATUS).
+            parts.push("retriable-status-codes");
         }
         (!parts.is_empty()).then(|| parts.join(","))
     }
@@ -365,7 +369,7 @@ mod tests {
         let d = &config.domains;
         assert_eq!(
             d[0].retry_on().as_deref(),
-            Some("connect-failure,refused-stream,reset,retriable-headers")
+            Some("connect-failure,refused-stream,reset,retriable-status-codes")
         );
         assert!(d[0].retries_status(404) && d[0].retries_status(503) && !d[0].retries_status(200));
         assert!(d[1].retries_status(404) && d[1].retries_status(502) && !d[1].retries_status(403));
@@ -378,7 +382,7 @@ mod tests {
             !d[2].retries_status(404),
             "no slave: a master's status is relayed"
         );
-        assert_eq!(d[3].retry_on().as_deref(), Some("retriable-headers"));
+        assert_eq!(d[3].retry_on().as_deref(), Some("retriable-status-codes"));
         assert!(d[3].retries_status(400) && !d[3].retries_status(500));
     }
 }

@@ -17,8 +17,7 @@ use proxy_wasm::types::{
 use crate::attempt::AttemptObserver;
 use crate::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 use crate::chain::{
-    read_plan_id, Plan, EXPECTED_TIMEOUT_HEADER, FAILOVER_MARK_HEADER, PLAN_HEADER,
-    UPSTREAM_ROOT_ID,
+    read_plan_id, Plan, EXPECTED_TIMEOUT_HEADER, FAILOVER_STATUS, PLAN_HEADER, UPSTREAM_ROOT_ID,
 };
 use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
@@ -64,9 +63,9 @@ struct ChainLink {
     plan: Rc<Plan>,
     /// Attempts whose upstream instance has started (Envoy's attempt count of the latest).
     started: usize,
-    /// The attempt whose origin answered, and whether its status was invalid (shown to the
-    /// router as 502); reset when a later attempt starts.
-    answered: Option<(usize, bool)>,
+    /// The attempt whose origin answered, and the origin's status (0: outside 100..=599,
+    /// shown to the router as 502); reset when a later attempt starts.
+    answered: Option<(usize, u32)>,
 }
 
 /// Microseconds on the wall clock (WASI), for the configure-time log line.
@@ -722,9 +721,22 @@ impl HttpContext for OriginPullStream {
             let answered = self
                 .chain_id
                 .and_then(|id| CHAINS.with(|c| c.borrow().get(&id).and_then(|l| l.answered)));
+            if status == FAILOVER_STATUS {
+                if let Some((_, origin)) = answered.filter(|(_, o)| *o != FAILOVER_STATUS) {
+                    // An answer marked for a failover that the router relayed (no retry left):
+                    // the client gets the origin's own status, never the marker.
+                    let shown = if origin == 0 { 502 } else { origin };
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpResponseHeaders,
+                        ":status",
+                        Some(&shown.to_string()),
+                    );
+                }
+            }
             let (attempt, status) = match answered {
-                Some((attempt, true)) => (Some(attempt), 0), // the origin's status was invalid
-                Some((attempt, false)) => (Some(attempt), status),
+                Some((attempt, 0)) => (Some(attempt), 0), // the origin's status was invalid
+                Some((attempt, origin)) if status == FAILOVER_STATUS => (Some(attempt), origin),
+                Some((attempt, _)) => (Some(attempt), status),
                 None => (None, status),
             };
             if attempt.is_some_and(|a| a > 1) {
@@ -871,27 +883,19 @@ impl HttpContext for OriginPullAttempt {
         if cfg!(feature = "ablate-upstream") {
             return Action::Continue;
         }
-        if self.observer.is_none() {
-            // Not observed (no plan of this VM): an origin still cannot ask for a retry itself.
-            self.set_http_response_header(FAILOVER_MARK_HEADER, None);
-            return Action::Continue;
-        }
+        // The only hostcall of an answer that is relayed (every 2xx/3xx): its status.
         let status = self
             .get_http_response_header(":status")
             .and_then(|s| s.parse::<u32>().ok())
             .unwrap_or(0);
+        // Envoy's codec lets e.g. "HTTP/1.1 2000" through: judged as a broken origin.
         let invalid = !(100..=599).contains(&status);
-        if invalid {
-            // Envoy's codec lets e.g. "HTTP/1.1 2000" through: shown to the router as a 502, it
-            // fails over like any 5xx and is never relayed as such.
-            self.set_http_response_header(":status", Some("502"));
-        }
         // The listener's filter finds the answered attempt here (Envoy's own replies to the
         // client have none).
         if let Some(id) = self.link {
             CHAINS.with(|c| {
                 if let Some(link) = c.borrow_mut().get_mut(&id) {
-                    link.answered = Some((self.attempt, invalid));
+                    link.answered = Some((self.attempt, if invalid { 0 } else { status }));
                 }
             });
         }
@@ -899,8 +903,14 @@ impl HttpContext for OriginPullAttempt {
             let mut blocks = self.state.blocks.borrow_mut();
             observer.on_response(&mut EnvoyHost, &mut blocks, status)
         });
-        // Always set or removed: an origin cannot ask for a retry itself.
-        self.set_http_response_header(FAILOVER_MARK_HEADER, retry.then_some("1"));
+        if retry {
+            // The route retries exactly this status (`retriable_status_codes`).
+            self.set_http_response_header(":status", Some(&FAILOVER_STATUS.to_string()));
+        } else if invalid || status == FAILOVER_STATUS {
+            // Never relayed as such, and an origin cannot ask for a retry itself: a 502, which
+            // fails over like any 5xx when the domain says so (then `retry` above).
+            self.set_http_response_header(":status", Some("502"));
+        }
         Action::Continue
     }
 }

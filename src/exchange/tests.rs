@@ -64,7 +64,7 @@ fn router_plans_master_then_slave_and_names_the_server() {
     assert_eq!(header(&headers, "x-envoy-max-retries"), Some("1"));
     assert_eq!(
         header(&headers, "x-envoy-retry-on"),
-        Some("connect-failure,refused-stream,reset,retriable-headers")
+        Some("connect-failure,refused-stream,reset,retriable-status-codes")
     );
     // The plan's id is the request's random id (strikes count distinct requests); the plan
     // itself names each attempt's origin by index, and the Host only where it changes.

@@ -337,12 +337,9 @@ pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
                 ("per_try_timeout", opts.first_byte_timeout.as_str().into()),
                 (
                     // Answers the module's upstream instance marked for a failover (the filter
-                    // enables `retriable-headers` per request).
-                    "retriable_headers",
-                    list([map([
-                        ("name", crate::chain::FAILOVER_MARK_HEADER.into()),
-                        ("present_match", true.into()),
-                    ])]),
+                    // enables `retriable-status-codes` per request).
+                    "retriable_status_codes",
+                    list([crate::chain::FAILOVER_STATUS.into()]),
                 ),
                 (
                     // Envoy's default (25 ms, growing) would add tens of ms to every failover.

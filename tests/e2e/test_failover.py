@@ -169,6 +169,26 @@ def test_router_without_slave_retries_other_masters(env):
     assert logged(env, "failed (connect_error); blocked for 60 s")
 
 
+def test_router_an_origin_cannot_ask_for_a_failover_itself(env):
+    """The upstream instance marks an answer for a retry with the status the route retries
+    (590). An origin's own 590 on a domain that fails over on 404 only is shown as a 502 and
+    never retried; the 404 still fails over; a 200 passes untouched."""
+    master = env.start_origin("master", ip="127.0.0.19", routes={"/own": 590, "/gone": 404})
+    slave = env.start_origin("slave", ip="127.0.0.20")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]},
+                     failover={"on": ["connect_error"], "status_codes": [404]}))
+    r = env.request("www.test.com", "/own")
+    assert (r.status, r.headers["x-served-by"]) == (502, "master"), r
+    assert slave.count() == 0
+    r = env.request("www.test.com", "/gone")
+    assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+    assert r.headers["x-origin-pull-attempts"] == "2"
+    r = env.request("www.test.com", "/ok")
+    assert (r.status, r.headers["x-served-by"]) == (200, "master"), r
+    assert r.headers["x-origin-pull-attempts"] == "1"
+    assert slave.count() == 1
+
+
 def test_post_is_not_failed_over_by_default(env):
     master = env.start_origin("master", ip="127.0.0.2", status=500)
     slave = env.start_origin("slave", ip="127.0.0.3")
