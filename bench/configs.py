@@ -16,6 +16,20 @@ front of the same nginx origins (see bench/run.py for the scenarios):
               an HTTP callout, the answer buffered), side by side in scenarios b, c and f
     nginx     nginx doing the same job: upstream weights, `backup`, proxy_next_upstream
 
+Where the failover time goes (scenarios b and f; issue 11):
+    composite   the router failover's MECHANISM without the module: the rendered composite
+              cluster and sub-clusters, the rendered route (timeouts, back-off, attempt count)
+              naming that cluster, the master's and the slave's addresses added by the route
+              (request_headers_to_add) and the retry conditions in its retry_policy; no wasm
+    compwasm    composite + the trivial wasm filter (bench/floor) on the listener AND as the
+              composite cluster's upstream filter (once per attempt): the wasm floor of the
+              mechanism origin-pull uses
+    plain404    (f only) plain route to the masters, asking the path they answer 404: the first
+              half of a failover as a request of its own (the upstream connection kept alive)
+    plain404new (f only) the same, one upstream connection per request
+              (max_requests_per_connection 1): the router closes the master's connection when
+              it retries on an answer that has a body, so every failover connects to the master
+
 Every Envoy system is the shipped bootstrap and the shipped listener's HTTP connection manager
 with only the filter chain and route changed, so they differ in exactly what is measured. The
 shipped listener's stdout access log is removed from every Envoy system (a log line per request
@@ -47,8 +61,13 @@ def ablation_wasm(system):
         return Path(os.environ.get("BENCH_BASELINE_WASM", "/nonexistent")).resolve()
     return ABLATION_DIR / f"origin_pull-{system[3:]}.wasm"
 HOST = "www.test.com"
-ENVOY_SYSTEMS = ("plain", "floor", "odst", "native", "originpull", "opcallout")
-SYSTEMS = ("direct", "plain", "floor", "odst", "native", "originpull", "opcallout", "nginx")
+ENVOY_SYSTEMS = ("plain", "plain404", "plain404new", "floor", "odst", "native", "composite",
+                 "compwasm", "originpull", "opcallout")
+SYSTEMS = ("direct", "plain", "plain404", "plain404new", "floor", "odst", "native", "composite",
+           "compwasm", "originpull", "opcallout", "nginx")
+# Systems that isolate the failover mechanism (scenarios b and f) and the two-request reference (f).
+MECHANISM_SYSTEMS = ("composite", "compwasm")
+TWO_REQUEST_SYSTEMS = ("plain404", "plain404new")
 # Statuses every system fails over on: the issue's nginx list (404 included, scenario b).
 RETRY_STATUSES = (404, 500, 502, 503, 504)
 ROUTE_TIMEOUT = "5s"  # the whole response; the objects here are at most 1 MiB
@@ -223,17 +242,21 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
     router = _router_filter(lst)
     shipped_wasm = _wasm_filter(lst)[0]
     extra = []
-    if system in ("plain", "floor"):
-        extra.append(_masters_cluster(topo))
+    if system in MECHANISM_SYSTEMS:
+        floor = _floor_filter(shipped_wasm, floor_wasm) if system == "compwasm" else None
+        extra.extend(_mechanism_clusters(topo, plugin, floor))
+        _mechanism_route(lst, topo)
+        hcm["http_filters"] = ([floor] if floor else []) + router
+    elif system in ("plain", "floor", "plain404", "plain404new"):
+        masters = _masters_cluster(topo)
+        if system == "plain404new":
+            masters["typed_extension_protocol_options"] = _http1_options(
+                common_http_protocol_options={"max_requests_per_connection": 1})
+        extra.append(masters)
         _route_to(lst, "masters")
         hcm["http_filters"] = router
         if system == "floor":
-            wasm = copy.deepcopy(shipped_wasm)
-            cfg = wasm["typed_config"]["config"]
-            cfg["name"] = cfg["root_id"] = cfg["vm_config"]["vm_id"] = "bench_floor"
-            cfg["vm_config"]["code"]["local"]["filename"] = str(Path(floor_wasm or FLOOR_WASM).resolve())
-            cfg.pop("configuration", None)
-            hcm["http_filters"] = [wasm] + router
+            hcm["http_filters"] = [_floor_filter(shipped_wasm, floor_wasm)] + router
     elif system == "odst":
         _route_to(lst, ec.IP_CLUSTER_HTTP)
         hcm["http_filters"] = router
@@ -243,6 +266,68 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
         hcm["http_filters"] = router
     boot["static_resources"]["clusters"].extend(extra)
     return ec.static_bootstrap(boot, [lst])
+
+
+def _floor_filter(shipped_wasm, floor_wasm=None):
+    """The shipped wasm filter entry with the trivial module (bench/floor) instead."""
+    wasm = copy.deepcopy(shipped_wasm)
+    cfg = wasm["typed_config"]["config"]
+    cfg["name"] = cfg["root_id"] = cfg["vm_config"]["vm_id"] = "bench_floor"
+    cfg["vm_config"]["code"]["local"]["filename"] = str(Path(floor_wasm or FLOOR_WASM).resolve())
+    cfg.pop("configuration", None)
+    return wasm
+
+
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _http1_options(**fields):
+    return {HTTP_OPTIONS: {"@type": f"type.googleapis.com/{HTTP_OPTIONS}",
+                           "explicit_http_config": {"http_protocol_options": {}}, **fields}}
+
+
+def _mechanism_clusters(topo, plugin, floor=None):
+    """The clusters render writes for the scenario's configuration (ORIGINAL_DST sub-clusters,
+    the composite cluster), the module's upstream instance replaced by the trivial filter
+    (`floor`) or removed."""
+    out = []
+    for c in ec.render_set(plugin, route_timeout=ROUTE_TIMEOUT).clusters:
+        c = ec._untyped(copy.deepcopy(c))
+        if c.get("cluster_type", {}).get("name") == "envoy.clusters.composite":
+            c["name"] = MECHANISM_CLUSTER
+            opts = c["typed_extension_protocol_options"][HTTP_OPTIONS]
+            filters = [f for f in opts["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+            opts["http_filters"] = ([floor] if floor else []) + filters
+        elif c["name"] in (ec.IP_CLUSTER_HTTP, ec.IP_CLUSTER_HTTPS):
+            continue  # already in the bootstrap
+        out.append(c)
+    return out
+
+
+MECHANISM_CLUSTER = "mechanism_chain"
+# What origin-pull's filter sets per request for a master/slave pair (src/chain.rs), written in
+# the route instead: the heaviest master, the slave, the retry conditions.
+ATTEMPT_2_HEADER = "x-origin-pull-dst-2"
+
+
+def _mechanism_route(listener, topo):
+    vh = _hcm(listener)["route_config"]["virtual_hosts"][0]
+    route = vh["routes"][0]["route"]
+    route.pop("cluster_header")
+    route["cluster"] = MECHANISM_CLUSTER
+    route["retry_policy"].pop("retriable_headers", None)
+    route["retry_policy"].update({
+        "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
+        "retriable_status_codes": list(RETRY_STATUSES),
+        "num_retries": 1,
+    })
+    ip, port, _ = max(topo.masters, key=lambda m: m[2])
+    vh["request_headers_to_add"] = [
+        {"header": {"key": "x-envoy-original-dst-host", "value": f"{ip}:{port}"},
+         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+        {"header": {"key": ATTEMPT_2_HEADER, "value": f"{topo.slave[0]}:{topo.slave[1]}"},
+         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+    ]
 
 
 # --------------------------------------------------------------------------- nginx

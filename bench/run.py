@@ -2,7 +2,10 @@
 """`make bench`: origin-pull against Envoy-native and nginx doing the same job, in ONE run.
 
 Systems (bench/configs.py): direct, plain, floor, native, originpull (router failover),
-opcallout (callout failover, scenarios b/c/f), nginx.
+opcallout (callout failover, scenarios b/c/f), nginx; in b and f also composite (the router
+failover's mechanism, no wasm) and compwasm (the same with the trivial wasm filter on the
+listener and per attempt); in f also plain404 and plain404new (the master's 404 as a request of
+its own: with the slave's request, the two-request reference of a failover).
 Scenarios (each with the object sizes in BENCH_SIZES, 1 KiB and 1 MiB by default):
     a   happy path, 3 weighted master IPs (1:3:1), slave idle
     b   10 % of paths answer 404 on the masters and 200 on the slave
@@ -24,6 +27,7 @@ Options (environment):
         writes BENCH_OUT/ablation.md and ablation.json only; BENCH_BASELINE_WASM=<module> adds
         another build of the module (e.g. main's) as one more row
     BENCH_PROXY_CPU=0    BENCH_CLIENT_CPU=1         BENCH_OUT=bench/results
+    BENCH_SYSTEMS=plain,composite,...   only these systems (default: every system of a scenario)
 Writes BENCH_OUT/results.md, results.json, results.png and raw/ (every wrk output the medians
 come from: raw/<scenario>-<size>/wrk-<system>-<rep>.txt). Installs wrk, nginx and gnuplot with
 apt-get when they are missing. Every process it starts is stopped by PID.
@@ -59,9 +63,13 @@ SIZE_SCENARIOS = {"1k": ("a", "b", "c", "f", "d1", "d10", "d100", "d1000", "abla
 SYSTEM_LABEL = {
     "direct": "direct to origin",
     "plain": "Envoy plain route",
+    "plain404": "Envoy plain route, master's 404 (no failover)",
+    "plain404new": "Envoy plain route, master's 404, new upstream connection per request",
     "floor": "Envoy + trivial wasm (floor)",
     "odst": "Envoy ORIGINAL_DST route (no wasm)",
     "native": "Envoy native (retry + outlier)",
+    "composite": "Envoy composite-cluster retry, no wasm (mechanism floor)",
+    "compwasm": "composite retry + trivial wasm, listener and upstream (wasm floor of it)",
     "originpull": "Envoy + origin-pull",
     "opcallout": "Envoy + origin-pull, callout failover",
     "nginx": "nginx (upstream backup)",
@@ -111,6 +119,7 @@ def options():
         "out": Path(env.get("BENCH_OUT", str(REPO / "bench" / "results"))),
         "envoy": env.get("ENVOY", str(REPO / ".venv" / "bin" / "envoy")),
         "quick": quick,
+        "systems": [s for s in env.get("BENCH_SYSTEMS", "").split(",") if s],
     }
     if not Path(o["envoy"]).is_absolute():
         o["envoy"] = str(REPO / o["envoy"])
@@ -321,14 +330,21 @@ def systems_of(scenario):
         return ("plain", "floor", "originpull", "opcallout") + variants
     if scenario.startswith("d"):
         return ("originpull",)
-    if scenario != "a":
+    if scenario == "f":
         return tuple(s for s in cf.SYSTEMS if s != "odst")
-    return tuple(s for s in cf.SYSTEMS if s != "opcallout")
+    if scenario == "b":
+        return tuple(s for s in cf.SYSTEMS if s != "odst" and s not in cf.TWO_REQUEST_SYSTEMS)
+    skip = cf.MECHANISM_SYSTEMS + cf.TWO_REQUEST_SYSTEMS  # they measure failover only (b, f)
+    if scenario == "c":
+        return tuple(s for s in cf.SYSTEMS if s != "odst" and s not in skip)
+    return tuple(s for s in cf.SYSTEMS if s != "opcallout" and s not in skip)
 
 
 def run_group(o, run_dir, docroot, scenario, size, floor_wasm):
     """Start every system of one scenario, measure them interleaved, stop them."""
     systems = systems_of(scenario)
+    if o["systems"]:
+        systems = tuple(s for s in systems if s in o["systems"])
     gdir = run_dir / f"{scenario}-{size}"
     gdir.mkdir(parents=True, exist_ok=True)
     all_ips = master_ips(int(scenario[1:]) if scenario.startswith("d") else 3) + [SLAVE_IP]
@@ -512,6 +528,7 @@ def write_report(o, results, meta):
                     f"{fmt_us(r.get('cpu_us'))} | "
                     f"{r['non2xx']} / {r['requests']} | {r['socket_errors']} | {rss} |")
             lines.append("")
+    lines += failover_section(results)
     lines += targets_section(results, o)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     chart(o, results)
@@ -557,6 +574,48 @@ def write_ablation_report(o, results, meta):
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
+FAILOVER_ROWS = ("plain", "plain404", "plain404new", "composite", "compwasm", "originpull",
+                 "opcallout", "native", "nginx")
+
+
+def failover_section(results, size="1k"):
+    """Scenarios f and b side by side: the failover's cost from the mechanism (Envoy's router
+    retry through the composite cluster, no wasm) to the wasm floor of that mechanism to the
+    module, with the references (Envoy's native retry, the callout, nginx) and the two-request
+    reference (the master's 404 and the slave's 200 as two requests through Envoy)."""
+    f, b = results.get(f"f-{size}", {}), results.get(f"b-{size}", {})
+    if "composite" not in f:
+        return []
+    pf, pb = f.get("plain", {}), b.get("plain", {})
+
+    def p50_ratio(r):
+        return f"{r['p50_us'] / pf['p50_us']:.2f}×" if r.get("p50_us") and pf.get("p50_us") else "–"
+
+    lines = [f"## Failover: where the time goes ({size}, scenarios f and b of this run)", "",
+             "f: 1 connection, every request fails over (plain route: asks the slave; the two "
+             "`404` rows ask the masters, answered 404, no failover). b: 32 connections, 1 request "
+             "in 10 fails over. ×plain p50 is the failover target's measure (≤ 1.3×); b rps ×plain "
+             "the throughput target's (≥ 0.5×).", "",
+             "| system | f p50 | f p50 ×plain | f CPU/req | b rps ×plain | b CPU/req |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for s in FAILOVER_ROWS:
+        r = f.get(s)
+        if not r:
+            continue
+        rb = b.get(s, {})
+        lines.append(f"| {SYSTEM_LABEL[s]} | {fmt_us(r['p50_us'])} | {p50_ratio(r)} | "
+                     f"{fmt_us(r.get('cpu_us'))} | {ratio(rb.get('rps'), pb.get('rps'))} | "
+                     f"{fmt_us(rb.get('cpu_us'))} |")
+    two = [(f.get(a, {}), f.get("plain", {})) for a in ("plain404", "plain404new")]
+    for (m, sl), how in zip(two, ("kept-alive master connection", "new master connection")):
+        if m.get("p50_us") and sl.get("p50_us"):
+            tot = m["p50_us"] + sl["p50_us"]
+            cpu = (m.get("cpu_us") or 0) + (sl.get("cpu_us") or 0)
+            lines.append(f"| two requests (master's 404, {how}; then the slave's 200): sum | "
+                         f"{fmt_us(tot)} | {tot / pf['p50_us']:.2f}× | {fmt_us(cpu)} | – | – |")
+    return lines + [""]
+
+
 def targets_section(results, o):
     """The issue's targets, judged on this run's medians (1 KiB objects)."""
     lines = ["## Targets (issue 5), 1 KiB objects", "",
@@ -594,6 +653,10 @@ def targets_section(results, o):
     if fc and fs:
         row("(issue 11, for comparison) callout failover latency, same target",
             f"p50 {fmt_us(fc)} vs {fmt_us(fs)} = {fc / fs:.2f}×", fc / fs <= 1.3)
+    fm = get("f", "composite", "p50_us")
+    if fm and fs:
+        row("(issue 11) the mechanism alone (composite retry, no wasm), same target",
+            f"p50 {fmt_us(fm)} vs {fmt_us(fs)} = {fm / fs:.2f}×", fm / fs <= 1.3)
     bo, bc, bp = (get("b", s, "rps") for s in ("originpull", "opcallout", "plain"))
     if bo and bp:
         row("(issue 11) 10 % failovers (b), 32 connections ≥ 0.5× plain route",
@@ -628,7 +691,7 @@ def chart(o, results):
     groups = [(f"{sc}-{size}", f"{sc} {size}") for size in o["sizes"]
               for sc in ("a", "b", "c", "f") if f"{sc}-{size}" in results]
     # `direct` (the machine's ceiling, several times any proxy) would flatten every other bar.
-    shown = [s for s in cf.SYSTEMS if s != "direct"]
+    shown = [s for s in cf.SYSTEMS if s != "direct" and s not in cf.TWO_REQUEST_SYSTEMS]
     dat = out / "chart-systems.dat"
     with open(dat, "w") as f:
         for key, label in groups:
@@ -745,7 +808,8 @@ def main():
             for sc in o["scenarios"]:
                 if sc not in SIZE_SCENARIOS.get(size, ()):
                     continue
-                log(f"scenario {sc} {size}: {', '.join(systems_of(sc))}")
+                chosen = [s for s in systems_of(sc) if not o["systems"] or s in o["systems"]]
+                log(f"scenario {sc} {size}: {', '.join(chosen)}")
                 results[f"{sc}-{size}"] = run_group(o, run_dir, docroot, sc, size, cf.FLOOR_WASM)
                 for s, r in results[f"{sc}-{size}"].items():
                     log(f"  {s:10} {r['rps']:9.0f} rps  p50 {fmt_us(r['p50_us']):>9}  p99 "
