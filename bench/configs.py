@@ -12,6 +12,7 @@ front of the same nginx origins (see bench/run.py for the scenarios):
     originpull  the SHIPPED envoy/envoy.yaml + envoy/lds.yaml listener (tests/e2e/envoy_config.py)
               with a bench plugin configuration and the clusters render writes for it: failover
               by Envoy's router (composite cluster, `envoy.failover: router`, the default)
+    opnodrain   (b, f) originpull without the drain filter (before/after in one run)
     opcallout   the same with `envoy.failover: callout` (the failover mechanism before issue 11:
               an HTTP callout, the answer buffered), side by side in scenarios b, c and f
     nginx     nginx doing the same job: upstream weights, `backup`, proxy_next_upstream
@@ -21,6 +22,8 @@ Where the failover time goes (scenarios b and f; issue 11):
               cluster and sub-clusters, the rendered route (timeouts, back-off, attempt count)
               naming that cluster, the master's and the slave's addresses added by the route
               (request_headers_to_add) and the retry conditions in its retry_policy; no wasm
+    compnodrain composite without the rendered Lua filter that reads a failed answer's short body
+              before the retry (src/render/envoy.rs drain_filter): the mechanism before it
     compwasm    composite + the trivial wasm filter (bench/floor) on the listener AND as the
               composite cluster's upstream filter (once per attempt): the wasm floor of the
               mechanism origin-pull uses
@@ -62,11 +65,11 @@ def ablation_wasm(system):
     return ABLATION_DIR / f"origin_pull-{system[3:]}.wasm"
 HOST = "www.test.com"
 ENVOY_SYSTEMS = ("plain", "plain404", "plain404new", "floor", "odst", "native", "composite",
-                 "compwasm", "originpull", "opcallout")
+                 "compnodrain", "compwasm", "originpull", "opnodrain", "opcallout")
 SYSTEMS = ("direct", "plain", "plain404", "plain404new", "floor", "odst", "native", "composite",
-           "compwasm", "originpull", "opcallout", "nginx")
+           "compnodrain", "compwasm", "originpull", "opnodrain", "opcallout", "nginx")
 # Systems that isolate the failover mechanism (scenarios b and f) and the two-request reference (f).
-MECHANISM_SYSTEMS = ("composite", "compwasm")
+MECHANISM_SYSTEMS = ("composite", "compnodrain", "compwasm", "opnodrain")
 TWO_REQUEST_SYSTEMS = ("plain404", "plain404new")
 # Statuses every system fails over on: the issue's nginx list (404 included, scenario b).
 RETRY_STATUSES = (404, 500, 502, 503, 504)
@@ -222,13 +225,16 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
     plugin = plugin_config(topo, mechanism)
     lst = _shipped_listener(topo, system, plugin)
     hcm = _hcm(lst)
-    if system in ("originpull", "opcallout"):
+    if system in ("originpull", "opcallout", "opnodrain"):
         # The clusters render writes for this configuration (composite clusters of the router
         # failover, with the module's upstream instance).
         have = {c["name"] for c in boot["static_resources"]["clusters"]}
         rendered = ec.render_set(plugin, route_timeout=ROUTE_TIMEOUT).clusters
         boot["static_resources"]["clusters"].extend(
             ec._untyped(c) for c in rendered if c["name"] not in have)
+        if system == "opnodrain":
+            for c in boot["static_resources"]["clusters"]:
+                _drop_drain(c)
         if origin_pull_wasm:
             wasm_path = str(Path(origin_pull_wasm).resolve())
             _wasm_filter(lst)[0]["typed_config"]["config"]["vm_config"]["code"]["local"][
@@ -244,7 +250,7 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
     extra = []
     if system in MECHANISM_SYSTEMS:
         floor = _floor_filter(shipped_wasm, floor_wasm) if system == "compwasm" else None
-        extra.extend(_mechanism_clusters(topo, plugin, floor))
+        extra.extend(_mechanism_clusters(topo, plugin, floor, drain=system != "compnodrain"))
         _mechanism_route(lst, topo)
         hcm["http_filters"] = ([floor] if floor else []) + router
     elif system in ("plain", "floor", "plain404", "plain404new"):
@@ -286,10 +292,24 @@ def _http1_options(**fields):
                            "explicit_http_config": {"http_protocol_options": {}}, **fields}}
 
 
-def _mechanism_clusters(topo, plugin, floor=None):
+LUA = "envoy.filters.http.lua"
+# The rendered drain filter reads the body of an answer the module marked for a failover; with
+# no module, the same answers are the statuses the route retries.
+DRAIN_MARK_TEST = 'headers:get("x-origin-pull-failover") == nil'
+DRAIN_STATUS_TEST = "not ({})".format(" or ".join(
+    f'headers:get(":status") == "{code}"' for code in RETRY_STATUSES))
+
+
+def _drop_drain(cluster):
+    opts = cluster.get("typed_extension_protocol_options", {}).get(HTTP_OPTIONS, {})
+    if "http_filters" in opts:
+        opts["http_filters"] = [f for f in opts["http_filters"] if f["name"] != LUA]
+
+
+def _mechanism_clusters(topo, plugin, floor=None, drain=True):
     """The clusters render writes for the scenario's configuration (ORIGINAL_DST sub-clusters,
     the composite cluster), the module's upstream instance replaced by the trivial filter
-    (`floor`) or removed."""
+    (`floor`) or removed, the drain filter keyed on the retried statuses (or removed)."""
     out = []
     for c in ec.render_set(plugin, route_timeout=ROUTE_TIMEOUT).clusters:
         c = ec._untyped(copy.deepcopy(c))
@@ -297,7 +317,18 @@ def _mechanism_clusters(topo, plugin, floor=None):
             c["name"] = MECHANISM_CLUSTER
             opts = c["typed_extension_protocol_options"][HTTP_OPTIONS]
             filters = [f for f in opts["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
-            opts["http_filters"] = ([floor] if floor else []) + filters
+            for f in filters:
+                if f["name"] == LUA:
+                    src = f["typed_config"]["default_source_code"]
+                    if DRAIN_MARK_TEST not in src["inline_string"]:
+                        raise ValueError("bench: the rendered drain filter changed; update configs.py")
+                    src["inline_string"] = src["inline_string"].replace(
+                        DRAIN_MARK_TEST, DRAIN_STATUS_TEST)
+            if not drain:
+                filters = [f for f in filters if f["name"] != LUA]
+            # The trivial module takes the upstream instance's place (after the drain filter).
+            at = 1 if filters and filters[0]["name"] == LUA else 0
+            opts["http_filters"] = filters[:at] + ([floor] if floor else []) + filters[at:]
         elif c["name"] in (ec.IP_CLUSTER_HTTP, ec.IP_CLUSTER_HTTPS):
             continue  # already in the bootstrap
         out.append(c)

@@ -69,8 +69,10 @@ SYSTEM_LABEL = {
     "odst": "Envoy ORIGINAL_DST route (no wasm)",
     "native": "Envoy native (retry + outlier)",
     "composite": "Envoy composite-cluster retry, no wasm (mechanism floor)",
+    "compnodrain": "composite retry, no wasm, without the drain filter (mechanism before)",
     "compwasm": "composite retry + trivial wasm, listener and upstream (wasm floor of it)",
     "originpull": "Envoy + origin-pull",
+    "opnodrain": "Envoy + origin-pull without the drain filter (before)",
     "opcallout": "Envoy + origin-pull, callout failover",
     "nginx": "nginx (upstream backup)",
 }
@@ -574,8 +576,8 @@ def write_ablation_report(o, results, meta):
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
-FAILOVER_ROWS = ("plain", "plain404", "plain404new", "composite", "compwasm", "originpull",
-                 "opcallout", "native", "nginx")
+FAILOVER_ROWS = ("plain", "plain404", "plain404new", "compnodrain", "composite", "compwasm",
+                 "opnodrain", "originpull", "opcallout", "native", "nginx")
 
 
 def failover_section(results, size="1k"):

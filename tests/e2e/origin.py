@@ -19,6 +19,7 @@ Special paths (for tests):
                        rate, the body is paced (a slow but live origin)
 With --hostile only:
   /__hop/...           also send hop-by-hop headers (Connection: x-hop, Keep-Alive, Upgrade, ...)
+                       and x-seen-headers: the names of the request headers received (lower-case)
   /__malformed/<kind>  a broken response (kinds: nocolon, spacecolon, twocl, status, nul), then close
 One line per request is appended to --log and flushed: "<name> <method> <path> <host>", and to
 --timed-log (chaos tests): "<unix time, s> <method> <path>".
@@ -155,6 +156,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if hostile and parts[1] == "__hop":
             for name, value in HOP_BY_HOP:
                 self.send_header(name, value)
+            self.send_header("x-seen-headers", ",".join(k.lower() for k in self.headers.keys()))
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
         self.send_header("x-served-by", srv.name)

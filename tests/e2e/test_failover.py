@@ -272,3 +272,33 @@ def test_failover_drops_hop_by_hop_and_keeps_end_to_end_headers(env):
     assert r.headers["x-seen-dst"] == slave.addr
     assert "transfer-encoding" not in r.headers
     assert r.headers["content-length"] == str(len(r.body))
+
+
+# src/render/envoy.rs DRAIN_MAX_BYTES: a failed answer's body up to this size is read before the
+# router retries.
+DRAIN_MAX_BYTES = 65_536
+
+
+def test_router_failover_on_a_status_keeps_the_failed_origins_connection(make_env):
+    """The router resets an attempt it retries while the answer's body is still to come, which
+    closes the HTTP/1.1 connection: every failover on a status then connected to the master
+    again (about 110 µs of Envoy CPU each, `make bench` scenario f). The rendered drain filter
+    reads a marked answer's short body first, so the connection stays in the pool; a body over
+    the limit is not read (the old behaviour: one new connection)."""
+    origins = [{"name": "master", "ip": "127.0.0.2", "status": 404},
+               {"name": "slave", "ip": "127.0.0.3"}]
+    env = make_env(lambda e: domain({"ips": [e.addr("master")]}, {"ips": [e.addr("slave")]}),
+                   origins=origins, concurrency=1)
+    master_cx = "cluster.origin_pull_ip_http.upstream_cx_total"
+    for i in range(20):
+        r = env.request("www.test.com", f"/__size/{DRAIN_MAX_BYTES}/miss-{i}")
+        assert (r.status, r.headers["x-served-by"], r.headers["x-origin-pull-attempts"]) == \
+            (200, "slave", "2"), r
+        assert len(r.body) == DRAIN_MAX_BYTES
+    assert env.stat("cluster.origin_pull_ip_http.upstream_rq_total") == 20
+    assert env.stat(master_cx) == 1
+    # One byte more: not drained, the router resets the attempt and closes the connection.
+    for i in range(2):
+        r = env.request("www.test.com", f"/__size/{DRAIN_MAX_BYTES + 1}/big-{i}")
+        assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+    assert env.stat(master_cx) == 2

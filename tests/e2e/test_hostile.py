@@ -180,6 +180,29 @@ def test_callout_failover_drops_headers_the_connection_header_names(make_env):
     assert "x-client-hop" not in r.headers
 
 
+def test_router_failover_does_not_forward_headers_the_clients_connection_header_names(make_env):
+    """Under the router failover (the default) neither attempt carries a header the client's
+    `Connection` names (RFC 9110 §7.6.1): Envoy's HTTP/1 codec removes them before any filter
+    runs (`Http::Utility::sanitizeConnectionHeader`), and both attempts share that header map.
+    The origins echo the request header names they received (x-seen-headers)."""
+    m = {"name": "m", "ip": "127.0.6.205", "routes": {"/__hop/miss": 404},
+         "extra_args": ["--hostile"]}
+    s = {"name": "s", "ip": "127.0.6.206", "extra_args": ["--hostile"]}
+    env = make_env(lambda e: {"debug_headers": True,
+                              "domains": [{"domain": D, "master": {"ips": [e.addr("m")]},
+                                           "slave": {"ips": [e.addr("s")]}}]},
+                   origins=[m, s])
+    sent = [("connection", "keep-alive, X-Client-Hop"), ("x-client-hop", "1"),
+            ("x-not-named", "1")]
+    for path, served, attempts in (("/__hop/hit", "m", "1"), ("/__hop/miss", "s", "2")):
+        r = env.request(D, path, headers=sent)
+        assert (r.status, r.headers["x-served-by"]) == (200, served), r
+        assert r.headers["x-origin-pull-attempts"] == attempts, r.headers
+        seen = r.headers["x-seen-headers"].split(",")
+        # The header the client did not name arrives (the echo works), the named one does not.
+        assert "x-not-named" in seen and "x-client-hop" not in seen, (path, seen)
+
+
 @pytest.mark.parametrize("kind", ["nocolon", "spacecolon", "twocl", "status", "nul"])
 def test_slave_malformed_response_gets_a_defined_answer(world, kind):
     env, secret, _, _ = world
