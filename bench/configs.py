@@ -293,9 +293,10 @@ def _http1_options(**fields):
 
 
 LUA = "envoy.filters.http.lua"
-# The rendered drain filter reads the body of an answer the module marked for a failover; with
-# no module, the same answers are the statuses the route retries.
-DRAIN_MARK_TEST = 'headers:get("x-origin-pull-failover") == nil'
+# The rendered drain filter reads the body of an answer the module marked for a failover (status
+# 590, src/chain.rs FAILOVER_STATUS); with no module, the same answers are the statuses the
+# route retries.
+DRAIN_MARK_TEST = 'headers:get(":status") ~= "590"'
 DRAIN_STATUS_TEST = "not ({})".format(" or ".join(
     f'headers:get(":status") == "{code}"' for code in RETRY_STATUSES))
 

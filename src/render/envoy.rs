@@ -195,12 +195,12 @@ fn attempt_cluster(spec: &AttemptClusterSpec, opts: &Options) -> Option<Node> {
 pub const DRAIN_MAX_BYTES: u32 = 65_536;
 
 /// A Lua upstream filter, before the module's upstream instance (so it sees the answer after
-/// the instance marked it): an answer marked for a failover with a body of at most
-/// [`DRAIN_MAX_BYTES`] is read to its end before the router sees its headers. Envoy's router
-/// resets an attempt it retries while the answer's body is still to come, which closes an
-/// HTTP/1.1 connection; a complete answer leaves the connection in the pool. Without this,
-/// every failover on a status opened a new connection to the failed origin for its next
-/// request (`make bench` scenario f: about 110 µs of Envoy CPU per failover, and as much
+/// the instance marked it with [`crate::chain::FAILOVER_STATUS`]): a marked answer with a body
+/// of at most [`DRAIN_MAX_BYTES`] is read to its end before the router sees its headers.
+/// Envoy's router resets an attempt it retries while the answer's body is still to come, which
+/// closes an HTTP/1.1 connection; a complete answer leaves the connection in the pool. Without
+/// this, every failover on a status opened a new connection to the failed origin for its next
+/// request (`make bench` scenario f: about 160 µs of Envoy CPU per failover, and as much
 /// latency). A failed answer whose body stalls is still bounded by the per-try timeout (the
 /// router has not seen its headers yet).
 fn drain_filter() -> Node {
@@ -208,11 +208,11 @@ fn drain_filter() -> Node {
         "-- origin-pull: read a failed answer's short body, so the router's retry keeps the connection.\n\
          function envoy_on_response(handle)\n\
          \x20 local headers = handle:headers()\n\
-         \x20 if headers:get(\"{mark}\") == nil then return end\n\
+         \x20 if headers:get(\":status\") ~= \"{mark}\" then return end\n\
          \x20 local length = tonumber(headers:get(\"content-length\") or \"\")\n\
          \x20 if length ~= nil and length > 0 and length <= {max} then handle:body() end\n\
          end\n",
-        mark = crate::chain::FAILOVER_MARK_HEADER,
+        mark = crate::chain::FAILOVER_STATUS,
         max = DRAIN_MAX_BYTES,
     );
     map([
