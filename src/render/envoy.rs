@@ -200,7 +200,7 @@ pub const DRAIN_MAX_BYTES: u32 = 65_536;
 /// Envoy's router resets an attempt it retries while the answer's body is still to come, which
 /// closes an HTTP/1.1 connection; a complete answer leaves the connection in the pool. Without
 /// this, every failover on a status opened a new connection to the failed origin for its next
-/// request (`make bench` scenario f: about 160 µs of Envoy CPU per failover, and as much
+/// request (`make bench` scenario f: 100-165 µs of Envoy CPU per failover, and as much
 /// latency). A failed answer whose body stalls is still bounded by the per-try timeout (the
 /// router has not seen its headers yet).
 fn drain_filter() -> Node {

@@ -282,7 +282,7 @@ DRAIN_MAX_BYTES = 65_536
 def test_router_failover_on_a_status_keeps_the_failed_origins_connection(make_env):
     """The router resets an attempt it retries while the answer's body is still to come, which
     closes the HTTP/1.1 connection: every failover on a status then connected to the master
-    again (about 110 µs of Envoy CPU each, `make bench` scenario f). The rendered drain filter
+    again (100-165 µs of Envoy CPU each, `make bench` scenario f). The rendered drain filter
     reads a marked answer's short body first, so the connection stays in the pool; a body over
     the limit is not read (the old behaviour: one new connection)."""
     origins = [{"name": "master", "ip": "127.0.0.2", "status": 404},
