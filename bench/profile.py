@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """`make profile`: instructions per request of the filter's logic, counted by callgrind on the
-native harness examples/hot_path.rs (repeatable on a busy machine, unlike wall time), plus
+native harness bench/hot_path.rs (repeatable on a busy machine, unlike wall time), plus
 the hostcalls and bytes copied into the VM per request. Writes bench/results/hot-path.md.
 
 Each case runs twice (LOW and HIGH requests); the difference divided by HIGH - LOW is the cost
@@ -29,9 +29,11 @@ LABEL = {"happy": "(a) happy path", "miss10": "(b) 10 % of paths fail over",
 ROUTER_CASES = [("router-happy", "happy path (attempt 1 answers 200)"),
                 ("router-404", "404 failover (master 404, slave 200)"),
                 ("router-connect", "connect-error failover (master refuses, slave 200)")]
-# PROFILE_BEFORE_HARNESS: examples/hot_path.rs of an older commit built against its own src/
-# (`git archive <commit> | tar -x -C DIR && cd DIR && cargo build --release --example hot_path`):
-# the "before" columns of the router rows.
+# PROFILE_BEFORE_HARNESS: the hot_path harness of an older commit built against its own src/
+# (`git archive <commit> | tar -x -C DIR && cd DIR && cargo build --release --example hot_path`;
+# before the layout of issue 15 it is the self-contained examples/hot_path.rs (e.g. ae6f388),
+# since then bench/hot_path.rs on `testing::FakeHost`, built by the same command): the "before"
+# columns of the router rows.
 BEFORE = os.environ.get("PROFILE_BEFORE_HARNESS")
 
 
@@ -95,7 +97,7 @@ def main():
     lines = [
         "# Hot path cost (native harness, callgrind)",
         "",
-        "Command: `make profile` (examples/hot_path.rs under `valgrind --tool=callgrind`).",
+        "Command: `make profile` (bench/hot_path.rs under `valgrind --tool=callgrind`).",
         "Instructions of the filter's own logic per request (Rust, native x86-64; the wasm code",
         "V8 runs does comparable work), plus the hostcalls the glue and the logic make and the",
         "bytes Envoy copies into the VM for them. In Envoy every hostcall crosses from the VM",
@@ -122,7 +124,8 @@ def main():
         "the module's upstream instance, once per attempt, with every hostcall either makes",
         "(`hot_path router-<case> 3 <n>`). Before = the same harness of an older commit, built",
         "against its own `src/` (`git archive <commit> | tar -x -C DIR`, `cargo build --release",
-        "--example hot_path` in DIR)"
+        "--example hot_path` in DIR; before issue 15's layout the harness is the self-contained",
+        "examples/hot_path.rs with its own counting host)"
         + (f" — `PROFILE_BEFORE_HARNESS={BEFORE} make profile`." if BEFORE else
            " — set PROFILE_BEFORE_HARNESS to fill it."),
         "",

@@ -21,7 +21,7 @@ rendered with `origin-pull render --out-dir` (render's defaults: ECDS delivery) 
 
 Writes bench/results/scale.md (and scale.json). Options (environment): SCALE_SIZES (1,1000,10000),
 SCALE_DURATION (wrk seconds, 4), SCALE_REPS (5), SCALE_BLOCKED (5000; 0 skips),
-SCALE_CALLGRIND (1: also instructions per request with examples/hot_path.rs under callgrind,
+SCALE_CALLGRIND (1: also instructions per request with bench/hot_path.rs under callgrind,
 about 2 minutes; 0 skips), SCALE_OUT.
 Every number depends on the machine and its load: the report states the load averages.
 """
@@ -267,7 +267,7 @@ HOT_PATH = REPO / "target" / "release" / "examples" / "hot_path"
 
 
 def instructions_per_request(domains, blocked, low, high):
-    """The filter's logic per request natively under callgrind (examples/hot_path.rs, happy
+    """The filter's logic per request natively under callgrind (bench/hot_path.rs, happy
     path, 3 weighted masters + slave): with `domains - 1` other domains configured, or — when
     `blocked` — that many other domains whose origin is blocked (a region outage).
     (I(high) - I(low)) / (high - low), so the parse and start-up cancel out. Independent of the
@@ -336,7 +336,7 @@ def write_report(o, results, meta):
         "within 5 % of 1 domain. The blocked row counts the blocks the filter logged (requests "
         "to dead domains until it had counted that many; each request blocks the origins it "
         "tries). *instructions / request*: "
-        "the filter's logic natively under callgrind (`examples/hot_path.rs`, happy path, 3 "
+        "the filter's logic natively under callgrind (`bench/hot_path.rs`, happy path, 3 "
         "weighted masters and a slave; next to 9,999 other domains, or — blocked row — 5,000 "
         "other domains whose origin is blocked), load-independent: the rps columns move with "
         "whatever else the machine runs.",

@@ -238,8 +238,8 @@ mod tests {
     use super::*;
     use crate::chain::PlannedStep;
     use crate::config::{parse, PluginConfig};
-    use crate::host::fake::FakeHost;
     use crate::metrics::Metrics;
+    use crate::testing::FakeHost;
 
     fn setup() -> (Rc<PluginConfig>, Rc<Metrics>, FakeHost) {
         let config = Rc::new(

@@ -251,8 +251,8 @@ impl BucketStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::FakeHost;
     use crate::sigv4::Secret;
+    use crate::testing::FakeHost;
 
     fn bucket(addressing: Addressing, private: bool) -> Bucket {
         Bucket {

@@ -19,9 +19,9 @@ use crate::config::{parse, PluginConfig, Scheme};
 use crate::exchange::{Exchange, RequestInfo, ORIGINAL_DST_HEADER};
 use crate::failover::flags;
 use crate::health::{block_key, domain_key, BlockOutcome, BlockTable};
-use crate::host::fake::FakeHost;
 use crate::host::Host;
 use crate::metrics::Metrics;
+use crate::testing::FakeHost;
 
 // ------------------------------------------------------------------ configurations
 

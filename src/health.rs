@@ -338,7 +338,7 @@ pub fn passive_block_line(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::FakeHost;
+    use crate::testing::FakeHost;
     use crate::verdict::FailureKind;
 
     const D: &str = "www.test.com";

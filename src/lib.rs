@@ -24,6 +24,8 @@ pub mod select;
 pub mod sigv4;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]

@@ -60,7 +60,8 @@ pub fn pick(
 mod tests {
     use super::*;
     use crate::config::parse;
-    use crate::host::{fake::FakeHost, Host};
+    use crate::host::Host;
+    use crate::testing::FakeHost;
 
     fn master_of(ips: &str) -> OriginSet {
         let text = format!(r#"{{"domains":[{{"domain":"a.com","master":{{"ips":{ips}}}}}]}}"#);

@@ -1,8 +1,8 @@
 use super::*;
 use crate::config::parse;
 use crate::failover::flags;
-use crate::host::fake::FakeHost;
 use crate::metrics::Metrics;
+use crate::testing::FakeHost;
 
 const UF: u64 = flags::UPSTREAM_CONNECTION_FAILURE;
 const UT: u64 = flags::UPSTREAM_REQUEST_TIMEOUT;

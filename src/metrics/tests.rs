@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::parse;
-use crate::host::fake::FakeHost;
+use crate::testing::FakeHost;
 
 fn config(extra: &str) -> Rc<PluginConfig> {
     Rc::new(

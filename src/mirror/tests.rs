@@ -9,7 +9,7 @@ use crate::bucket::BucketStats;
 use crate::config::parse_with_env;
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ERROR_HEADER, MIRROR_HEADER};
 use crate::health::BlockTable;
-use crate::host::fake::FakeHost;
+use crate::testing::FakeHost;
 
 const SECRET: &str = "SECRET-VALUE-never-logged";
 

@@ -2,7 +2,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::config::parse;
-use crate::host::fake::FakeHost;
+use crate::testing::FakeHost;
 
 fn config(probe: &str) -> PluginConfig {
     parse(

@@ -15,14 +15,12 @@
 //! are configured but nothing is blocked (what the configuration's size alone costs).
 //! Drives [`Exchange`] exactly as the glue (src/filter.rs) does for each request: the request
 //! headers arrive as one copied map (one `get_map` hostcall), the exchange picks the origin,
-//! the response is judged, a failover is dispatched and its answer relayed. The host mimics
-//! what each hostcall costs the VM: every call is counted, and every value Envoy hands to the
-//! VM is a fresh allocation and copy, as in Envoy. It prints hostcalls and copied bytes per
+//! the response is judged, a failover is dispatched and its answer relayed. The host (the tests'
+//! `FakeHost`, recording nothing) mimics what each hostcall costs the VM: every call is
+//! counted, and every value Envoy hands to the VM is a fresh allocation and copy, as in Envoy. It prints hostcalls and copied bytes per
 //! request; instructions come from callgrind (two request counts, the difference).
 
-use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
 
 use origin_pull::attempt::AttemptObserver;
 use origin_pull::bucket::BucketStats;
@@ -31,28 +29,9 @@ use origin_pull::config::parse;
 use origin_pull::exchange::{Exchange, RequestInfo, ResponseStep};
 use origin_pull::failover::flags;
 use origin_pull::health::BlockTable;
-use origin_pull::host::{Host, LogLevel, MetricKind, SharedSetError};
+use origin_pull::host::{Host, LogLevel};
 use origin_pull::metrics::Metrics;
-
-#[derive(Default)]
-struct CostHost {
-    now_ms: u64,
-    rng: u64,
-    shared: HashMap<String, (Vec<u8>, u32)>,
-    next_cas: u32,
-    next_token: u32,
-    callout_headers: Vec<(String, String)>,
-}
-
-impl CostHost {
-    fn call(&self) {
-        // Interior counter: Host's read methods take &self.
-        HOSTCALLS.with(|c| c.set(c.get() + 1));
-    }
-    fn copy(&self, bytes: usize) {
-        COPIED.with(|c| c.set(c.get() + bytes as u64));
-    }
-}
+use origin_pull::testing::FakeHost;
 
 /// Counts heap allocations, to show what the logic allocates per request.
 struct CountingAlloc;
@@ -75,116 +54,12 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
-thread_local! {
-    static HOSTCALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    static COPIED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-impl Host for CostHost {
-    fn now_ms(&self) -> u64 {
-        self.call();
-        self.now_ms
-    }
-    fn random_u64(&mut self) -> u64 {
-        let mut x = self.rng | 1;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        self.call();
-        match self.shared.get(key) {
-            Some((v, cas)) => {
-                self.copy(v.len());
-                (Some(v.clone()), Some(*cas))
-            }
-            None => (None, None),
-        }
-    }
-    fn shared_set(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        cas: Option<u32>,
-    ) -> Result<(), SharedSetError> {
-        self.call();
-        // As Envoy: a token is only checked against an existing key.
-        if let (Some(cas), Some((_, current))) = (cas, self.shared.get(key)) {
-            if cas != *current {
-                return Err(SharedSetError::CasMismatch);
-            }
-        }
-        self.next_cas += 1;
-        self.shared
-            .insert(key.to_string(), (value.to_vec(), self.next_cas));
-        Ok(())
-    }
-    fn dispatch(
-        &mut self,
-        _cluster: &str,
-        headers: &[(&str, &str)],
-        _body: Option<&[u8]>,
-        _timeout: Duration,
-    ) -> Result<u32, String> {
-        self.call();
-        // Envoy serializes the headers: one pass over them.
-        let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        std::hint::black_box(bytes);
-        self.next_token += 1;
-        Ok(self.next_token)
-    }
-    fn callout_response_headers(&self) -> Vec<(String, String)> {
-        self.call();
-        let copy = self.callout_headers.clone();
-        self.copy(copy.iter().map(|(k, v)| k.len() + v.len()).sum());
-        copy
-    }
-    fn callout_response_body(&self, size: usize) -> Option<Vec<u8>> {
-        self.call();
-        self.copy(size);
-        Some(vec![b'x'; size])
-    }
-    fn send_local_reply(
-        &mut self,
-        _status: u32,
-        _details: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) {
-        self.call();
-        std::hint::black_box((headers.len(), body.len()));
-    }
-    fn set_filter_state(&mut self, key: &str, value: &str) {
-        self.call();
-        std::hint::black_box((key.len(), value.len()));
-    }
-    fn log(&self, _level: LogLevel, message: &str) {
-        self.call();
-        std::hint::black_box(message.len());
-    }
-    fn log_enabled(&self, level: LogLevel) -> bool {
-        self.call();
-        level != LogLevel::Debug // Envoy's default level is info
-    }
-    fn define_metric(&mut self, _kind: MetricKind, _name: &str) -> Option<u32> {
-        self.call();
-        Some(1)
-    }
-    fn increment_metric(&mut self, _id: u32, _delta: i64) {
-        self.call();
-    }
-    fn record_metric(&mut self, _id: u32, _value: u64) {
-        self.call();
-    }
-}
-
-/// One request through the router failover: the glue's hostcalls are counted here (`host.call()`
-/// where the glue calls Envoy), the logic's by `CostHost`. `first_byte_read` is the worker's
-/// cached per-try timeout reading (src/filter.rs `FIRST_BYTE`): when it was last read.
+/// One request through the router failover: the glue's hostcalls are counted here
+/// (`count_hostcall` where the glue calls Envoy), the logic's by `FakeHost`. `first_byte_read`
+/// is the worker's cached per-try timeout reading (src/filter.rs `FIRST_BYTE`): when it was
+/// last read.
 fn router_request(
-    host: &mut CostHost,
+    host: &mut FakeHost,
     blocks: &mut BlockTable,
     config: &Rc<origin_pull::config::PluginConfig>,
     metrics: &Rc<Metrics>,
@@ -193,8 +68,8 @@ fn router_request(
     first_byte_read: &mut Option<u64>,
 ) {
     // Listener filter, request phase: one get_map.
-    host.call();
-    host.copy(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
+    host.count_hostcall();
+    host.count_copied(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
     let find = |name: &str| {
         headers
             .iter()
@@ -221,7 +96,7 @@ fn router_request(
     );
     let chain = exchange.chain_headers();
     for _ in &chain {
-        host.call(); // set_header / remove
+        host.count_hostcall(); // set_header / remove
     }
     let plan_id = chain
         .iter()
@@ -241,21 +116,21 @@ fn router_request(
     let mut answered = None;
     for (i, outcome) in outcomes.iter().enumerate() {
         let k = i + 1;
-        host.call(); // the plan's id
-        host.copy(plan_id.len());
+        host.count_hostcall(); // the plan's id
+        host.count_copied(plan_id.len());
         let Some(id) = read_plan_id(&plan_id) else {
             continue;
         };
         std::hint::black_box(id);
         let started = if k > 1 {
-            host.now_ms() // the clock (counted by CostHost)
+            host.now_ms() // the clock (a counted hostcall)
         } else {
             plan.sent_ms // the listener filter's reading, from the worker's in-flight entry
         };
         let fresh = first_byte_read.is_some_and(|at| started >= at && started - at < 1000);
         if k > 1 || !fresh {
-            host.call(); // x-envoy-expected-rq-timeout-ms
-            host.copy(4);
+            host.count_hostcall(); // x-envoy-expected-rq-timeout-ms
+            host.count_copied(4);
             if k == 1 {
                 *first_byte_read = Some(started);
             }
@@ -265,38 +140,38 @@ fn router_request(
         };
         let start = observer.start_headers();
         for _ in start.authority.iter().chain(start.own_address.iter()) {
-            host.call();
+            host.count_hostcall();
         }
         if start.last {
-            host.call(); // the plan removed
+            host.count_hostcall(); // the plan removed
             for _ in 2..=k {
-                host.call(); // the other attempts' addresses removed
+                host.count_hostcall(); // the other attempts' addresses removed
             }
         }
         match outcome {
             Some(status) => {
-                host.call(); // :status
-                host.copy(3);
+                host.count_hostcall(); // :status
+                host.count_copied(3);
                 if observer.on_response(host, blocks, *status) {
-                    host.call(); // :status set to FAILOVER_STATUS (the router retries it)
+                    host.count_hostcall(); // :status set to FAILOVER_STATUS (the router retries it)
                 }
                 answered = Some(k);
             }
             None => {
                 // Refused: on_done reads the transport failure reason and the local address.
-                host.call();
-                host.copy(40);
-                host.call();
+                host.count_hostcall();
+                host.count_copied(40);
+                host.count_hostcall();
                 observer.on_done(host, blocks, true, false);
             }
         }
     }
     // Listener filter, response phase: :status; the answered attempt from the in-flight entry.
-    host.call();
-    host.copy(3);
+    host.count_hostcall();
+    host.count_copied(3);
     if answered.is_some_and(|a| a > 1) {
         for _ in 0..6 {
-            host.call(); // hop-by-hop headers removed from a failed-over answer
+            host.count_hostcall(); // hop-by-hop headers removed from a failed-over answer
         }
     }
     exchange.on_chain_response(host, 200, 0, answered);
@@ -353,21 +228,23 @@ fn main() {
         std::process::exit(2);
     };
     let config = Rc::new(config);
-    let mut host = CostHost {
-        now_ms: 1_700_000_000_000,
-        rng: 0x1234_5678,
-        ..CostHost::default()
-    };
-    host.callout_headers = vec![
-        (":status".into(), "200".into()),
-        ("content-type".into(), "application/octet-stream".into()),
-        ("content-length".into(), "1024".into()),
-    ];
+    // Envoy's cost model: nothing the logic hands over is kept in the VM, debug lines are
+    // not formatted (Envoy's default level is info), every hostcall and copy is counted.
+    let mut host = FakeHost::new(0x1234_5678);
+    host.recording = false;
+    host.log_level = LogLevel::Info;
+    host.respond(
+        200,
+        &[
+            ("content-type", "application/octet-stream"),
+            ("content-length", "1024"),
+        ],
+        &[b'x'; 1024],
+    );
     // Envoy's shared data is never empty while the filter runs (the probe lease is taken within
     // a second of start): keep the fake's map non-empty too, or an empty map's lookups would
     // skip hashing the key and make the first block look like a cost of the filter.
-    host.shared
-        .insert("origin_pull.probe_lease".into(), (vec![0; 16], 1));
+    let _ = host.shared_set("origin_pull.probe_lease", &[0; 16], None);
     let mut blocks = BlockTable::default();
     // Stats as the glue makes them in on_configure (each series defined on first use).
     let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
@@ -413,8 +290,8 @@ fn main() {
             host.now_ms += 1;
         }
         if i == 0 {
-            calls0 = HOSTCALLS.with(|c| c.get());
-            copied0 = COPIED.with(|c| c.get());
+            calls0 = host.hostcalls.get();
+            copied0 = host.copied.get();
             allocs0 = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
         }
         if router {
@@ -430,9 +307,9 @@ fn main() {
             continue;
         }
         // The glue's request phase: one get_map, two set_header.
-        host.call();
+        host.count_hostcall();
         let headers = client_headers.clone();
-        host.copy(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
+        host.count_copied(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
         let find = |name: &str| {
             headers
                 .iter()
@@ -455,12 +332,12 @@ fn main() {
         exchange.keep_request_headers(headers);
         if let Some((route, _)) = exchange.route() {
             std::hint::black_box(route);
-            host.call();
-            host.call();
+            host.count_hostcall();
+            host.count_hostcall();
         }
         // The glue's response phase: :status (a copy), flags only on failures.
-        host.call();
-        host.copy(3);
+        host.count_hostcall();
+        host.count_copied(3);
         let (status, response_flags) = match scenario.as_str() {
             "miss10" if i % 10 == 0 => (404, 0),
             "dead"
@@ -473,18 +350,18 @@ fn main() {
             _ => (200, 0),
         };
         if status >= 400 {
-            host.call();
-            host.copy(8);
+            host.count_hostcall();
+            host.count_copied(8);
         }
         if exchange.on_response_headers(&mut host, &mut blocks, status, response_flags)
             == ResponseStep::Pause
         {
-            let token = host.next_token;
+            let token = host.last_token().unwrap_or_default();
             exchange.on_callout_response(&mut host, &mut blocks, token, 4, 1024);
         }
     }
-    let calls = HOSTCALLS.with(|c| c.get()) - calls0;
-    let copied = COPIED.with(|c| c.get()) - copied0;
+    let calls = host.hostcalls.get() - calls0;
+    let copied = host.copied.get() - copied0;
     let allocations = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - allocs0;
     let n = requests.max(1) as f64;
     println!(
