@@ -88,7 +88,7 @@ unit:
 	PROPTEST_CASES=$(PROPTEST_CASES) cargo test
 
 fuzz:
-	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --lib fuzz -- --nocapture
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --test fuzz -- --nocapture
 
 chaos: venv build
 	$(VENV_PY) tests/e2e/chaos.py --rate $(CHAOS_RATE) --duration $(CHAOS_DURATION) \

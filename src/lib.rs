@@ -41,6 +41,3 @@ pub const BUILD: &str = concat!(
     env!("ORIGIN_PULL_GIT_REVISION"),
     ")"
 );
-
-#[cfg(test)]
-mod fuzz;
