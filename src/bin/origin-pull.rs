@@ -15,7 +15,6 @@ const USAGE: &str = "\
 usage: origin-pull check  <plugin-config.json | ->
        origin-pull render <plugin-config.json | -> [options]
        origin-pull status [--admin IP:PORT] [--json]
-       origin-pull sigv4-sign < requests.jsonl
        origin-pull --version
 
 check   Validates a plugin configuration exactly as the filter does. Prints the normalized
@@ -67,12 +66,7 @@ status  Reads a running Envoy's admin interface (--admin, default 127.0.0.1:9901
         its failovers and per origin: role, state (BLOCKED until when), requests (`-` when not
         counted per origin), failures by kind (connect, timeout, 4xx, 5xx, other) and blocks.
   --json               one JSON document instead of the table
-Exit status: 0 shown, 2 usage error or admin interface unreachable, 3 no origin-pull filter there.
-
-sigv4-sign  Signs one request per JSON line with the filter's SigV4 code (for comparing with
-        other signers): {\"method\",\"path\" (client form),\"query\",\"headers\":[[name,value],..],
-        \"payload_sha256\",\"amz_date\",\"access_key_id\",\"secret\",\"region\",\"service\"}.
-        Prints {\"canonical_request\",\"authorization\"} per line.";
+Exit status: 0 shown, 2 usage error or admin interface unreachable, 3 no origin-pull filter there.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -100,7 +94,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("status") => status_command(rest),
-        Some("sigv4-sign") if rest.is_empty() => sigv4_sign(),
         Some("--version" | "version") if rest.is_empty() => {
             println!("origin-pull {}", origin_pull::BUILD);
             ExitCode::SUCCESS
@@ -399,68 +392,4 @@ fn status_command(args: &[String]) -> ExitCode {
             ExitCode::from(3)
         }
     }
-}
-
-fn sigv4_sign() -> ExitCode {
-    use origin_pull::sigv4::{
-        canonical_request, encode_path, percent_decode, Request, Secret, Signer,
-    };
-    use std::io::BufRead;
-    let text = |v: &serde_json::Value, k: &str| {
-        v.get(k)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let item = |h: &serde_json::Value, i: usize| {
-        h.get(i)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else {
-            return ExitCode::from(2);
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            eprintln!("origin-pull: not a JSON request: {line}");
-            return ExitCode::from(2);
-        };
-        let headers: Vec<(String, String)> = v
-            .get("headers")
-            .and_then(serde_json::Value::as_array)
-            .map(|a| a.iter().map(|h| (item(h, 0), item(h, 1))).collect())
-            .unwrap_or_default();
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let (method, path, query, payload) = (
-            text(&v, "method"),
-            text(&v, "path"),
-            text(&v, "query"),
-            text(&v, "payload_sha256"),
-        );
-        // As the filter does with a client path: decode, then encode the S3 way.
-        let path = encode_path(&percent_decode(&path));
-        let request = Request {
-            method: &method,
-            canonical_uri: &path,
-            query: &query,
-            headers: &headers,
-            payload_sha256: &payload,
-        };
-        let signer = Signer::new(
-            text(&v, "access_key_id"),
-            Secret::new(text(&v, "secret")),
-            text(&v, "region"),
-            text(&v, "service"),
-        );
-        let out = serde_json::json!({
-            "canonical_request": canonical_request(&request).0,
-            "authorization": signer.authorization(&request, &text(&v, "amz_date")),
-        });
-        println!("{out}");
-    }
-    ExitCode::SUCCESS
 }
