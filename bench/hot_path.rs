@@ -23,7 +23,6 @@
 use std::rc::Rc;
 
 use origin_pull::attempt::AttemptObserver;
-use origin_pull::bucket::BucketStats;
 use origin_pull::chain::{read_plan_id, PLAN_HEADER};
 use origin_pull::config::parse;
 use origin_pull::exchange::{Exchange, RequestInfo, ResponseStep};
@@ -31,6 +30,7 @@ use origin_pull::failover::flags;
 use origin_pull::health::BlockTable;
 use origin_pull::host::{Host, LogLevel};
 use origin_pull::metrics::Metrics;
+use origin_pull::s3::bucket::BucketStats;
 use origin_pull::testing::FakeHost;
 
 /// Counts heap allocations, to show what the logic allocates per request.

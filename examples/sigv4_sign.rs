@@ -9,7 +9,9 @@
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use origin_pull::sigv4::{canonical_request, encode_path, percent_decode, Request, Secret, Signer};
+use origin_pull::s3::sigv4::{
+    canonical_request, encode_path, percent_decode, Request, Secret, Signer,
+};
 
 fn main() -> ExitCode {
     let text = |v: &serde_json::Value, k: &str| {

@@ -5,9 +5,6 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::bucket::{
-    is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
-};
 use crate::chain::{
     attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, MAX_RETRIES_HEADER,
     PLAN_HEADER, RETRY_ON_HEADER,
@@ -20,8 +17,11 @@ use crate::health::{passive_block_line, BlockOutcome, BlockTable};
 use crate::host::{Host, LogLevel};
 use crate::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::mirror::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch};
+use crate::s3::bucket::{
+    is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
+};
+use crate::s3::sigv4::EMPTY_PAYLOAD_SHA256;
 use crate::select;
-use crate::sigv4::EMPTY_PAYLOAD_SHA256;
 use crate::verdict::{Failure, Verdict};
 
 pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";

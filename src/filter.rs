@@ -15,7 +15,6 @@ use proxy_wasm::types::{
 };
 
 use crate::attempt::AttemptObserver;
-use crate::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 use crate::chain::{
     read_plan_id, Plan, EXPECTED_TIMEOUT_HEADER, FAILOVER_STATUS, PLAN_HEADER, UPSTREAM_ROOT_ID,
 };
@@ -26,6 +25,7 @@ use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
 use crate::metrics::{Metrics, Registry};
 use crate::mirror::{CopyBack, CopyJob};
 use crate::probe::Prober;
+use crate::s3::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(WasmLogLevel::Trace);

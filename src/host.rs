@@ -1,5 +1,5 @@
 //! The one seam between the logic and Envoy. `filter.rs` implements it over proxy-wasm
-//! hostcalls; [`crate::testing::FakeHost`] implements it for tests (fixed clock, seeded RNG).
+//! hostcalls; `crate::testing::FakeHost` implements it for tests (fixed clock, seeded RNG).
 
 use std::time::Duration;
 

@@ -2,12 +2,12 @@
 //!
 //! Everything but `filter` is plain Rust that never touches proxy-wasm: `config` (parse,
 //! validate, compile), `address` (origin strings), `select` (weighted polling), `health`
-//! (shared block table), `failover` (judging answers) and `exchange` (one request's flow),
-//! all behind the [`host::Host`] trait so they are unit-tested natively with a fake host.
+//! (shared block table), `failover` (judging answers), `exchange` (one request's flow) and
+//! `s3` (SigV4, bucket object requests), all behind the [`host::Host`] trait so they are
+//! unit-tested natively with a fake host (`testing`: tests and bench harnesses only).
 
 pub mod address;
 pub mod attempt;
-pub mod bucket;
 pub mod chain;
 pub mod clusters;
 pub mod config;
@@ -20,8 +20,8 @@ pub mod mirror;
 pub mod probe;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod render;
+pub mod s3;
 pub mod select;
-pub mod sigv4;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod status;
 #[cfg(any(test, feature = "testing"))]

@@ -12,14 +12,14 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::bucket::{self, BucketEvent, BucketStats};
 pub use crate::config::{
     Mirror, MirrorMode, OnSourceFailure, DEFAULT_MAX_COPY_BACKS_PER_MINUTE,
     MAX_COPY_BACKS_PER_MINUTE,
 };
 use crate::config::{PluginConfig, Scheme};
 use crate::host::{Host, LogLevel};
-use crate::sigv4;
+use crate::s3::bucket::{self, BucketEvent, BucketStats};
+use crate::s3::sigv4;
 
 /// Memory held by copy-backs of one VM (queued and in flight); past it new copies are skipped.
 pub const MAX_COPY_BACK_BYTES: u64 = 64 << 20;

@@ -6,11 +6,11 @@
 
 use std::rc::Rc;
 
-use origin_pull::bucket::BucketStats;
 use origin_pull::config::parse;
 use origin_pull::exchange::{Exchange, RequestInfo};
 use origin_pull::failover::flags;
 use origin_pull::health::BlockTable;
+use origin_pull::s3::bucket::BucketStats;
 use origin_pull::testing::FakeHost;
 
 fn request(authority: &str) -> RequestInfo<'_> {

@@ -7,8 +7,8 @@ use super::raw::RawBucket;
 use super::types::{HostPort, OriginSource};
 use super::{ConfigError, EnvLookup, Protocol, Route, REDACTED};
 use crate::address::parse_domain_entry;
-use crate::bucket::{Addressing, Bucket};
-use crate::sigv4::{Secret, Signer};
+use crate::s3::bucket::{Addressing, Bucket};
+use crate::s3::sigv4::{Secret, Signer};
 
 /// Where a credential was read from. The value itself is in the bucket's signer only.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use super::bucket::CredentialSources;
 use super::mirror::Mirror;
 use super::probe::Probe;
 use super::{DEFAULT_BLOCK_SECONDS, DEFAULT_FAILURE_THRESHOLD, DEFAULT_FAILURE_WINDOW_SECONDS};
-use crate::bucket::Bucket;
+use crate::s3::bucket::Bucket;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

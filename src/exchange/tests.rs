@@ -217,7 +217,7 @@ fn get(authority: &str) -> RequestInfo<'_> {
         path: "/1.jpg",
         has_body: false,
         worker: "w1",
-        stats: crate::bucket::BucketStats::default(),
+        stats: crate::s3::bucket::BucketStats::default(),
         metrics: None,
     }
 }

@@ -5,10 +5,10 @@
 use std::rc::Rc;
 
 use super::*;
-use crate::bucket::BucketStats;
 use crate::config::parse_with_env;
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ERROR_HEADER, MIRROR_HEADER};
 use crate::health::BlockTable;
+use crate::s3::bucket::BucketStats;
 use crate::testing::FakeHost;
 
 const SECRET: &str = "SECRET-VALUE-never-logged";

@@ -198,7 +198,7 @@ pub(crate) fn drive(
             path: req.path,
             has_body: req.body.is_some(),
             worker: "w",
-            stats: origin_pull::bucket::BucketStats::default(),
+            stats: origin_pull::s3::bucket::BucketStats::default(),
             metrics: Some(&metrics[w]),
         };
         let Some(mut ex) = Exchange::start(config, blocks, host, &info) else {

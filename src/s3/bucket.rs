@@ -3,8 +3,8 @@
 //! wire, and its SigV4 signature for private buckets. No proxy-wasm here; the clock is the
 //! caller's (`Host::now_ms`).
 
+use super::sigv4::{self, Signer};
 use crate::host::{Host, MetricKind};
-use crate::sigv4::{self, Signer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Addressing {
@@ -251,7 +251,7 @@ impl BucketStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sigv4::Secret;
+    use crate::s3::sigv4::Secret;
     use crate::testing::FakeHost;
 
     fn bucket(addressing: Addressing, private: bool) -> Bucket {
