@@ -9,7 +9,6 @@
 pub mod address;
 pub mod attempt;
 pub mod chain;
-pub mod clusters;
 pub mod config;
 pub mod exchange;
 pub mod failover;

@@ -2,10 +2,10 @@
 //! (route with `cluster_header`, the wasm filter, an access log with origin-pull's filter state)
 //! and the bootstrap around them — either fully static or watching `lds.yaml`/`cds.yaml`.
 
+use super::clusters::{ClusterKind, ClusterSpec};
 use super::yaml::{list, map, to_yaml, Node};
 use super::{ecds, provided_clusters, Delivery, Options, RemoteWasm, WASM_FETCH_CLUSTER};
 use crate::chain::{AttemptClusterSpec, ChainSpec, UPSTREAM_ROOT_ID};
-use crate::clusters::{ClusterKind, ClusterSpec};
 use crate::config::PluginConfig;
 
 pub const LISTENER_NAME: &str = "origin_pull";

@@ -2,6 +2,7 @@
 //! from [`PluginConfig::cluster_specs`] so that clusters, route and filter can never disagree
 //! with what the filter routes to. Native only (never compiled into the filter).
 
+pub mod clusters;
 pub mod ecds;
 pub mod envoy;
 pub mod istio;
@@ -218,7 +219,7 @@ pub fn provided_clusters(config: &PluginConfig) -> Vec<String> {
     config
         .cluster_specs()
         .into_iter()
-        .filter(|s| s.kind == crate::clusters::ClusterKind::Provided)
+        .filter(|s| s.kind == clusters::ClusterKind::Provided)
         .map(|s| s.name)
         .collect()
 }

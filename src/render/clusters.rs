@@ -1,5 +1,8 @@
 //! The Envoy clusters a compiled configuration routes to, as data: `render` turns them into
-//! Envoy and Istio resources, `check` lists their names. A new origin kind adds one match arm.
+//! Envoy and Istio resources. A new origin kind adds one match arm.
+//!
+//! Under render (native only): only render reads these specs; the filter routes by the cluster
+//! names `config` builds (`Route::cluster`), so the .wasm needs none of this.
 
 use crate::config::{parse_dns_cluster_name, OriginKind, OriginSet, PluginConfig, Scheme};
 
