@@ -91,29 +91,3 @@ pub trait Host {
     /// Sets a gauge.
     fn record_metric(&mut self, id: u32, value: u64);
 }
-
-#[cfg(test)]
-mod tests {
-    use super::{Host, MetricKind};
-    use crate::testing::FakeHost;
-
-    #[test]
-    fn fake_metrics_are_defined_once_and_counted() {
-        let mut host = FakeHost::new(1);
-        let requests = host.define_metric(MetricKind::Counter, "requests");
-        assert_eq!(
-            requests,
-            host.define_metric(MetricKind::Counter, "requests")
-        );
-        let blocked = host.define_metric(MetricKind::Gauge, "blocked");
-        let (Some(requests), Some(blocked)) = (requests, blocked) else {
-            panic!("metrics not defined");
-        };
-        host.increment_metric(requests, 2);
-        host.record_metric(blocked, 7);
-        host.increment_metric(0, 1); // unknown id: ignored
-        assert_eq!(host.metric("requests"), Some(2));
-        assert_eq!(host.metric("blocked"), Some(7));
-        assert_eq!(host.metric("missing"), None);
-    }
-}

@@ -88,9 +88,9 @@ pub struct FakeHost {
     /// Lowest level Envoy would print (`log_enabled`); lower messages are not kept. Envoy's
     /// default is Info; tests see every line (Debug).
     pub log_level: LogLevel,
-    /// Keep what the logic hands over (callouts, replies, log lines, filter state). The
-    /// profiling harness turns it off: Envoy keeps none of it in the VM, so neither should the
-    /// allocations and instructions it counts.
+    /// Keep what the logic hands over (callouts, replies, log lines, filter state, stat
+    /// values). The profiling harness turns it off: Envoy does that work outside the VM, so it
+    /// belongs in neither the allocations nor the instructions the harness counts.
     pub recording: bool,
     /// Hostcalls made: every `Host` method but `random_u64` (the VM's own generator), plus
     /// what a harness adds for the glue with [`FakeHost::count_hostcall`].
@@ -310,6 +310,9 @@ impl Host for FakeHost {
     }
     fn increment_metric(&mut self, id: u32, delta: i64) {
         self.count_hostcall();
+        if !self.recording {
+            return;
+        }
         if let Some(m) = (id as usize)
             .checked_sub(1)
             .and_then(|i| self.metrics.get_mut(i))
@@ -319,11 +322,73 @@ impl Host for FakeHost {
     }
     fn record_metric(&mut self, id: u32, value: u64) {
         self.count_hostcall();
+        if !self.recording {
+            return;
+        }
         if let Some(m) = (id as usize)
             .checked_sub(1)
             .and_then(|i| self.metrics.get_mut(i))
         {
             m.2 = value as i64;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FakeHost;
+    use crate::host::{Host, LogLevel, MetricKind};
+
+    #[test]
+    fn fake_metrics_are_defined_once_and_counted() {
+        let mut host = FakeHost::new(1);
+        let requests = host.define_metric(MetricKind::Counter, "requests");
+        assert_eq!(
+            requests,
+            host.define_metric(MetricKind::Counter, "requests")
+        );
+        let blocked = host.define_metric(MetricKind::Gauge, "blocked");
+        let (Some(requests), Some(blocked)) = (requests, blocked) else {
+            panic!("metrics not defined");
+        };
+        host.increment_metric(requests, 2);
+        host.record_metric(blocked, 7);
+        host.increment_metric(0, 1); // unknown id: ignored
+        assert_eq!(host.metric("requests"), Some(2));
+        assert_eq!(host.metric("blocked"), Some(7));
+        assert_eq!(host.metric("missing"), None);
+    }
+
+    #[test]
+    fn hostcalls_and_copies_are_counted_and_a_quiet_fake_keeps_nothing() {
+        let mut host = FakeHost::new(1);
+        let _ = host.shared_set("k", b"12345", None);
+        let _ = host.shared_get("k");
+        let _ = host.shared_get("missing");
+        host.respond(200, &[("a", "bc")], b"body");
+        let _ = host.callout_response_headers();
+        let _ = host.callout_response_body(2);
+        let _ = host.random_u64(); // the VM's own generator: no hostcall
+        assert_eq!(host.hostcalls.get(), 5);
+        // 5 (value) + ":status" "200" (10) + "a" "bc" (3) + 2 body bytes
+        assert_eq!(host.copied.get(), 20);
+        assert_eq!(host.shared.borrow().reads.get(), 2);
+
+        host.recording = false;
+        host.log_level = LogLevel::Info;
+        assert!(!host.log_enabled(LogLevel::Debug) && host.log_enabled(LogLevel::Warn));
+        host.log(LogLevel::Warn, "kept only when recording");
+        host.set_filter_state("key", "value");
+        host.send_local_reply(503, "x", &[], b"");
+        let token = host.dispatch("c", &[], None, std::time::Duration::from_secs(1));
+        assert_eq!(token.ok(), host.last_token());
+        let id = host.define_metric(MetricKind::Counter, "requests");
+        if let Some(id) = id {
+            host.increment_metric(id, 1);
+        }
+        assert!(host.logs.borrow().is_empty() && host.filter_state.is_empty());
+        assert!(host.replies.is_empty() && host.callouts.is_empty());
+        assert_eq!(host.metric("requests"), Some(0));
+        assert_eq!(host.hostcalls.get(), 5 + 8);
     }
 }
