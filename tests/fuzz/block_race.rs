@@ -38,7 +38,7 @@ pub(crate) fn block_step() -> impl Strategy<Value = BlockStep> {
 }
 
 fn label(n: u8) -> String {
-    format!("10.0.0.{n}:80")
+    format!("127.0.5.{n}:80")
 }
 
 const DOMAIN: &str = "www.test.com";

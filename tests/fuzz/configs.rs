@@ -21,10 +21,10 @@ const HOSTS: &[&str] = &[
     "x\r\ny",
 ];
 const IPS: &[&str] = &[
-    "10.0.0.1",
-    "10.0.0.2",
+    "127.0.5.1",
+    "127.0.5.2",
     "127.0.6.9",
-    "[2001:db8::1]",
+    "[::1]",
     "999.1.1.1",
     "a.b",
 ];
@@ -33,7 +33,7 @@ const ORIGIN_DOMAINS: &[&str] = &[
     "origin.example.com:8443",
     "www.test.com",
     "img.test.com",
-    "10.0.0.1",
+    "127.0.5.1",
     "x:0",
 ];
 
@@ -58,7 +58,7 @@ fn origin(valid_leaning: bool) -> impl Strategy<Value = Value> {
             .prop_map(|(n, weighted, w)| {
                 let ips: Vec<String> = (0..n)
                     .map(|i| {
-                        let addr = format!("10.0.0.{}:80", i + 1);
+                        let addr = format!("127.0.5.{}:80", i + 1);
                         let weight = if i == 0 { 1 } else { w[i] };
                         if weighted && n > 1 {
                             format!("{addr}:{weight}")
@@ -182,7 +182,7 @@ pub(crate) fn config_value(valid_leaning: bool) -> impl Strategy<Value = Value> 
 // reaches the request-flow property (`valid_configurations_reach_the_request_flow`).
 
 const VALID_DOMAINS: &[&str] = &["www.test.com", "*.test.com", "*", "img.example.org"];
-const VALID_V4: &[&str] = &["10.0.0.1", "10.0.0.2", "10.0.0.3", "127.0.6.9"];
+const VALID_V4: &[&str] = &["127.0.5.1", "127.0.5.2", "127.0.5.3", "127.0.6.9"];
 const VALID_PORTS: &[Option<u32>] = &[None, Some(80), Some(443), Some(8080), Some(65535)];
 
 fn valid_ips() -> impl Strategy<Value = Value> {
@@ -224,7 +224,7 @@ fn valid_ips() -> impl Strategy<Value = Value> {
                     })
                     .collect();
                 if v6 {
-                    list.push("[2001:db8::1]:8443".into());
+                    list.push("[::1]:8443".into());
                 }
                 json!({ "ips": list })
             }),

@@ -172,7 +172,7 @@ fn the_request_flow_property_catches_a_callout_to_an_unconfigured_origin() {
         for callout in &mut host.callouts {
             for (name, value) in &mut callout.headers {
                 if name.eq_ignore_ascii_case(ORIGINAL_DST_HEADER) {
-                    *value = "6.6.6.6:80".into();
+                    *value = "127.66.66.66:80".into();
                 }
             }
             callout.cluster = "evil_cluster".into();

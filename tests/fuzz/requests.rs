@@ -72,7 +72,7 @@ fn callout_result() -> impl Strategy<Value = CalloutResult> {
                 &[
                     ("connection", "close"),
                     ("transfer-encoding", "chunked"),
-                    ("x-envoy-original-dst-host", "6.6.6.6:80"),
+                    ("x-envoy-original-dst-host", "127.66.66.66:80"),
                     ("content-length", "7"),
                     (":path", "/evil"),
                     ("x-ok", "1"),
@@ -158,9 +158,9 @@ fn spoofing_headers(host: &mut FakeHost, method: &str, authority: &str) {
         (":authority".into(), authority.into()),
         (":scheme".into(), "http".into()),
         ("x-origin-pull-cluster".into(), "evil_cluster".into()),
-        (ORIGINAL_DST_HEADER.into(), "6.6.6.6:80".into()),
+        (ORIGINAL_DST_HEADER.into(), "127.66.66.66:80".into()),
         // Envoy hands header names over lower-cased; a duplicate is the spoofing variant left.
-        (ORIGINAL_DST_HEADER.into(), "6.6.6.6:81".into()),
+        (ORIGINAL_DST_HEADER.into(), "127.66.66.66:81".into()),
         ("connection".into(), "keep-alive, x-foo".into()),
         ("content-length".into(), "3".into()),
     ];
