@@ -22,7 +22,7 @@ use crate::config::{self, PluginConfig};
 use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
 use crate::health::{BlockTable, SlotHasher};
 use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
-use crate::metrics::{Metrics, Registry};
+use crate::metrics::{Metrics, PendingCounters, Registry};
 use crate::mirror::{CopyBack, CopyJob};
 use crate::probe::Prober;
 use crate::s3::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
@@ -38,6 +38,9 @@ thread_local! {
     /// Stat ids this VM defined, by name: outlives root contexts (a reload reuses the VM), so a
     /// name is defined once per VM whatever the reloads (Envoy gives a new id per definition).
     static REGISTRY: Rc<RefCell<Registry>> = Rc::new(RefCell::new(Registry::default()));
+    /// Counter increments of this VM (its streams, upstream instance and root contexts) not yet
+    /// in Envoy's stats: the downstream root context flushes them on every tick.
+    static PENDING: RefCell<PendingCounters> = RefCell::new(PendingCounters::default());
     /// Routed failovers in flight on this worker, by the request id `PLAN_HEADER` carries.
     /// The downstream filter registers each with its compiled plan (the configuration it uses,
     /// the attempts' origins by index); the upstream instance (same `vm_id` and module: the
@@ -276,13 +279,24 @@ impl Host for EnvoyHost {
         if cfg!(feature = "ablate-metrics") {
             return;
         }
-        // A lost increment only skews a stat; the request itself is unaffected.
-        let _ = hostcalls::increment_metric(id, delta);
+        // Kept in the VM; `flush_counters` adds it to Envoy's stat on the next tick.
+        PENDING.with(|p| p.borrow_mut().add(id, delta));
     }
 
     fn record_metric(&mut self, id: u32, value: u64) {
         let _ = hostcalls::record_metric(id, value);
     }
+}
+
+/// Adds the counters this VM kept since the last flush to Envoy's stats (one hostcall per
+/// counter that changed).
+fn flush_counters() {
+    PENDING.with(|p| {
+        // A lost increment only skews a stat; the requests themselves are unaffected.
+        p.borrow_mut().flush(|id, delta| {
+            let _ = hostcalls::increment_metric(id, delta);
+        })
+    });
 }
 
 /// State shared by the root context and its streams (one Envoy worker VM, one thread).
@@ -395,6 +409,7 @@ impl Context for OriginPullRoot {
         if let Some(prober) = self.prober.as_mut() {
             prober.release(&mut EnvoyHost);
         }
+        flush_counters();
         true
     }
 }
@@ -497,6 +512,7 @@ impl RootContext for OriginPullRoot {
     }
 
     fn on_tick(&mut self) {
+        flush_counters();
         if let Some(prober) = self.prober.as_mut() {
             let metrics = self.state.metrics.borrow().clone();
             let mut blocks = self.state.blocks.borrow_mut();

@@ -86,7 +86,8 @@ pub trait Host {
     /// Defines (or finds) an Envoy stat; the id stays valid for the VM's life. Define stats
     /// when a configuration is applied, not per request. `None` if Envoy refused it.
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
-    /// Adds `delta` to a counter or gauge (negative only for gauges).
+    /// Adds `delta` to a counter. In Envoy the glue keeps it in the VM and adds it to the stat
+    /// on the next tick ([`crate::metrics::PendingCounters`]): no hostcall per event.
     fn increment_metric(&mut self, id: u32, delta: i64);
     /// Sets a gauge.
     fn record_metric(&mut self, id: u32, value: u64);

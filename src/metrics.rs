@@ -22,6 +22,12 @@
 //! it already has (checked in Envoy 1.40), so ids are cached per VM by name in a [`Registry`]
 //! that outlives configurations: after a reload the same names reuse their ids.
 //!
+//! Counters are kept in the VM: the glue's `increment_metric` adds to a [`PendingCounters`] of
+//! its VM (no hostcall per request), and every root context adds what it holds to Envoy's stats
+//! on its tick ([`PendingCounters::flush`]: one hostcall per counter that changed), so Envoy's
+//! stats trail the traffic by at most one tick — [`FLUSH_INTERVAL_MS`], shorter with active
+//! probes. Gauges are set at once (they change rarely).
+//!
 //! Names follow Prometheus conventions (`origin_pull_` prefix, counters end in `_total`).
 //! Labels travel inside the stat name as `;tag=value` pairs, which the `stats_config.stats_tags`
 //! regexes of the shipped bootstrap (envoy/envoy.yaml) turn into Prometheus labels:
@@ -31,12 +37,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use crate::config::{PluginConfig, Scheme};
 use crate::exchange::Role;
 use crate::failover::Answer;
-use crate::health::BlockTable;
+use crate::health::{BlockTable, SlotHasher};
 use crate::host::{Host, LogLevel, MetricKind};
 
 /// The tags the shipped bootstrap extracts, in the order they appear in a name.
@@ -65,6 +72,43 @@ fn failure_index(answer: Answer) -> Option<usize> {
         Answer::Status(s) if (500..600).contains(&s) => Some(3),
         Answer::Status(_) => None,
         Answer::NoCluster | Answer::NoResponse => Some(4),
+    }
+}
+
+/// Longest time a counted event waits in the VM before it is in Envoy's stats: every root
+/// context (each worker's and the main thread's) flushes on its tick, which is 1 s, or half
+/// the shortest probe interval (at least 50 ms) when probes are configured (probe.rs).
+pub const FLUSH_INTERVAL_MS: u64 = 1_000;
+
+/// Counter increments of one VM not yet added to Envoy's stats, by stat id. Adding is a hash
+/// update in the VM; [`PendingCounters::flush`] makes one hostcall per counter that changed
+/// since the previous flush, so a flush never costs more hostcalls than counting each event
+/// did, and totals are exact once flushed.
+#[derive(Debug, Default)]
+pub struct PendingCounters {
+    deltas: HashMap<u32, i64, BuildHasherDefault<SlotHasher>>,
+}
+
+impl PendingCounters {
+    pub fn add(&mut self, id: u32, delta: i64) {
+        *self.deltas.entry(id).or_insert(0) += delta;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty()
+    }
+
+    /// Hands every pending delta to `send` (the hostcall that adds to Envoy's stat) and
+    /// forgets it; returns how many stats were sent. The map keeps its capacity.
+    pub fn flush(&mut self, mut send: impl FnMut(u32, i64)) -> usize {
+        let mut sent = 0;
+        for (id, delta) in self.deltas.drain() {
+            if delta != 0 {
+                send(id, delta);
+                sent += 1;
+            }
+        }
+        sent
     }
 }
 

@@ -18,8 +18,8 @@ use crate::host::{Host, LogLevel};
 use crate::metrics::{BlockSource, Metrics, OriginMetrics};
 
 pub const LEASE_KEY: &str = "origin_pull.probe_lease";
-/// Tick period without probes (only the blocked gauges need refreshing).
-const IDLE_TICK_MS: u64 = 1_000;
+/// Tick period without probes (the blocked gauges need refreshing, the counters flushing).
+const IDLE_TICK_MS: u64 = crate::metrics::FLUSH_INTERVAL_MS;
 const MIN_TICK_MS: u64 = 50;
 /// A holder that misses this many ticks loses the lease.
 const LEASE_TICKS: u64 = 4;

@@ -97,6 +97,9 @@ pub struct FakeHost {
     pub hostcalls: Cell<u64>,
     /// Bytes Envoy copies into the VM: shared-data values, callout response headers and body.
     pub copied: Cell<u64>,
+    /// `Some`: counters are kept here, as the glue keeps them in the VM (no hostcall), until
+    /// [`FakeHost::flush_counters`] (a tick); `None` (default): added at once.
+    pub pending: Option<crate::metrics::PendingCounters>,
 }
 
 impl FakeHost {
@@ -120,6 +123,35 @@ impl FakeHost {
             recording: true,
             hostcalls: Cell::new(0),
             copied: Cell::new(0),
+            pending: None,
+        }
+    }
+
+    /// What the glue does on a tick: the counters kept in the VM go to the stats, one hostcall
+    /// per counter that changed. Returns how many were sent.
+    pub fn flush_counters(&mut self) -> usize {
+        let Some(mut pending) = self.pending.take() else {
+            return 0;
+        };
+        let mut sent = Vec::new();
+        let n = pending.flush(|id, delta| sent.push((id, delta)));
+        for (id, delta) in sent {
+            self.count_hostcall();
+            self.add_to_metric(id, delta);
+        }
+        self.pending = Some(pending);
+        n
+    }
+
+    fn add_to_metric(&mut self, id: u32, delta: i64) {
+        if !self.recording {
+            return;
+        }
+        if let Some(m) = (id as usize)
+            .checked_sub(1)
+            .and_then(|i| self.metrics.get_mut(i))
+        {
+            m.2 += delta;
         }
     }
 
@@ -309,16 +341,12 @@ impl Host for FakeHost {
         u32::try_from(self.metrics.len()).ok()
     }
     fn increment_metric(&mut self, id: u32, delta: i64) {
-        self.count_hostcall();
-        if !self.recording {
+        if let Some(pending) = self.pending.as_mut() {
+            pending.add(id, delta); // in the VM: no hostcall
             return;
         }
-        if let Some(m) = (id as usize)
-            .checked_sub(1)
-            .and_then(|i| self.metrics.get_mut(i))
-        {
-            m.2 += delta;
-        }
+        self.count_hostcall();
+        self.add_to_metric(id, delta);
     }
     fn record_metric(&mut self, id: u32, value: u64) {
         self.count_hostcall();

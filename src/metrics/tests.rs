@@ -258,3 +258,127 @@ fn gauges_defined_by_the_vm_follow_the_block_table() {
 fn separators_in_values_cannot_forge_tags() {
     assert_eq!(tag_value("a;kind=x y"), "a_kind_x_y");
 }
+
+/// Drives `requests` client requests of a callout domain (3 masters, a slave) through one
+/// fake worker: every 7th master answers 404 (failover to the slave), every 11th refuses the
+/// connection (a block, then the others), the rest 200; a tick (flush) every 13 requests when
+/// the host keeps counters in the VM. Returns the host after a final tick.
+fn drive_worker(mut host: FakeHost, metrics: &Rc<Metrics>, requests: u32) -> FakeHost {
+    use crate::exchange::{Exchange, RequestInfo, ResponseStep};
+    use crate::failover::flags;
+    let config = metrics.config.clone().unwrap();
+    let mut blocks = BlockTable::default();
+    for i in 0..requests {
+        host.now_ms += 3;
+        let request = RequestInfo {
+            authority: "www.test.com",
+            scheme: "http",
+            method: "GET",
+            path: "/1.jpg",
+            has_body: false,
+            worker: "w",
+            stats: crate::s3::bucket::BucketStats::default(),
+            metrics: Some(metrics),
+        };
+        let mut ex = Exchange::start(&config, &mut blocks, &mut host, &request).unwrap();
+        ex.keep_request_headers(vec![(":method".into(), "GET".into())]);
+        let (status, flag) = match i {
+            i if i % 11 == 0 => (503, flags::UPSTREAM_CONNECTION_FAILURE),
+            i if i % 7 == 0 => (404, 0),
+            _ => (200, 0),
+        };
+        if ex.on_response_headers(&mut host, &mut blocks, status, flag) == ResponseStep::Pause {
+            if let Some(token) = host.callouts.last().map(|c| c.token) {
+                host.respond(200, &[], b"x");
+                ex.on_callout_response(&mut host, &mut blocks, token, 1, 1);
+            }
+        }
+        if i % 13 == 12 {
+            host.flush_counters();
+        }
+    }
+    host.flush_counters();
+    host
+}
+
+#[test]
+fn counters_kept_in_the_vm_are_exact_after_a_flush() {
+    let text = r#"{"envoy":{"failover":"callout"},"metrics":{"per_origin":true},"domains":[
+        {"domain":"www.test.com","master":{"ips":["10.0.0.1","10.0.0.2","10.0.0.3"]},
+         "slave":{"ips":["10.0.0.9"]},"detection":{"block_seconds":1}}]}"#;
+    let config = Rc::new(parse(text.as_bytes()).unwrap());
+    let requests_total = "origin_pull_requests_total;domain=www.test.com";
+    // Two workers of one Envoy (shared block table), counting at once or kept in their VMs.
+    let run = |buffered: bool| {
+        let first = FakeHost::new(7);
+        let second = first.sibling(8);
+        let totals: Vec<FakeHost> = [first, second]
+            .into_iter()
+            .map(|mut host| {
+                if buffered {
+                    host.pending = Some(PendingCounters::default());
+                }
+                let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
+                drive_worker(host, &metrics, 500)
+            })
+            .collect();
+        totals
+    };
+    let at_once = run(false);
+    let kept = run(true);
+    for (direct, flushed) in at_once.iter().zip(&kept) {
+        assert_eq!(direct.metric(requests_total), Some(500));
+        let mut want: Vec<_> = direct.metrics.iter().map(|(_, n, v)| (n, v)).collect();
+        let mut got: Vec<_> = flushed.metrics.iter().map(|(_, n, v)| (n, v)).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "every series, every total, after the last flush");
+        assert!(
+            direct
+                .metrics
+                .iter()
+                .filter(|(k, _, _)| *k == MetricKind::Counter)
+                .count()
+                > 5,
+            "requests, failovers, per-origin requests, failures and blocks are all counted"
+        );
+    }
+
+    // Before a tick, nothing counted reaches Envoy (no hostcall per event): only after.
+    let mut host = FakeHost::new(3);
+    host.pending = Some(PendingCounters::default());
+    let metrics = Metrics::new(config.clone(), Rc::default());
+    for _ in 0..4 {
+        metrics.request(&mut host, 0);
+    }
+    metrics.failover(&mut host, 0, true);
+    assert_eq!(
+        host.metric(requests_total),
+        Some(0),
+        "defined, not yet added"
+    );
+    assert_eq!(
+        host.flush_counters(),
+        2,
+        "one hostcall per counter that changed"
+    );
+    assert_eq!(host.metric(requests_total), Some(4));
+    assert_eq!(host.flush_counters(), 0, "nothing twice");
+    metrics.request(&mut host, 0);
+    host.flush_counters();
+    assert_eq!(host.metric(requests_total), Some(5));
+}
+
+#[test]
+fn pending_counters_sum_per_id_and_skip_zero_deltas() {
+    let mut pending = PendingCounters::default();
+    pending.add(4, 1);
+    pending.add(8, 2);
+    pending.add(4, 3);
+    pending.add(12, 0);
+    let mut sent = Vec::new();
+    assert_eq!(pending.flush(|id, delta| sent.push((id, delta))), 2);
+    sent.sort_unstable();
+    assert_eq!(sent, [(4, 4), (8, 2)]);
+    assert!(pending.is_empty());
+}

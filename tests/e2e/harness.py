@@ -103,6 +103,11 @@ def free_port(ip="127.0.0.1"):
         return s.getsockname()[1]
 
 
+# The filter keeps its counters in the VM and adds them to Envoy's stats on every tick of each
+# VM (src/metrics.rs FLUSH_INTERVAL_MS): a count shows in /stats up to this long after the event.
+COUNTER_FLUSH_S = 1.0
+
+
 def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
     """Poll `predicate` until it returns a truthy value (returned) or `timeout` s pass (raises)."""
     deadline = time.monotonic() + timeout
@@ -491,6 +496,23 @@ class Env:
         if default is _MISSING:
             raise KeyError(f"Envoy has no stat {name!r}")
         return default
+
+    def counters_flushed(self, keep=lambda name: True, timeout=15.0):
+        """The filter's stats (`wasmcustom.*`, the names `keep` accepts) once every count made
+        so far is in them: each VM adds its counters on its tick, so they are read until they
+        stayed the same for longer than one flush interval. Leave out counters that keep moving
+        (active probes) with `keep`."""
+        seen = {"stats": None, "since": 0.0}
+
+        def settled():
+            now = time.monotonic()
+            stats = {k: v for k, v in self.stats("wasmcustom.").items() if keep(k)}
+            if stats != seen["stats"]:
+                seen["stats"], seen["since"] = stats, now
+                return None
+            return [stats] if now - seen["since"] > 1.5 * COUNTER_FLUSH_S else None
+
+        return wait_for(settled, timeout, interval=0.1, what="the filter's counters flushed")[0]
 
     def wait_stat(self, name, at_least, timeout=10.0):
         """Wait until stat `name` >= at_least; returns its value."""
