@@ -431,7 +431,8 @@ impl Exchange {
             self.reply_unreachable(host);
             return ResponseStep::Pause;
         }
-        self.record_outcome(host);
+        // An attempt's own answer is relayed by the router (%UPSTREAM_HOST% names its origin).
+        self.record_attribution(host, attempt.is_some());
         let served = self.domain().is_some_and(|d| !d.failover.triggers(answer));
         self.count_failover(host, served);
         ResponseStep::Continue
@@ -689,7 +690,9 @@ impl Exchange {
         }
         match self.next_step(host, blocks, answer, false) {
             Next::Accept => {
-                self.record_outcome(host);
+                // The origin's own answer (no Envoy flag) is relayed: %UPSTREAM_HOST% names it.
+                let relayed = response_flags == 0 && matches!(answer, Answer::Status(_));
+                self.record_attribution(host, relayed);
                 ResponseStep::Continue
             }
             Next::Dispatched => ResponseStep::Pause,
@@ -1505,22 +1508,34 @@ impl Exchange {
         ]
     }
 
-    /// Filter state for the access log: who served, after how many attempts. Each write
-    /// creates an Envoy filter-state object, so the common case (the first master answered)
-    /// writes only the origin; role and attempts appear when they differ from master / 1.
+    /// Filter state for the access log when the filter answers itself (a local reply): who
+    /// served, after how many attempts (see [`Exchange::record_attribution`]).
     pub fn record_outcome(&self, host: &mut impl Host) {
+        self.record_attribution(host, false);
+    }
+
+    /// Filter state for the access log: who served, after how many attempts. Each write is a
+    /// hostcall that creates an Envoy filter-state object, so only what the access log cannot
+    /// tell by itself is written (its format, `render::envoy::ACCESS_LOG_FORMAT`, falls back
+    /// to `%UPSTREAM_HOST%`, `master` and `1`): the origin when `%UPSTREAM_HOST%` does not
+    /// name it (`relayed`: Envoy's router relayed this origin's own answer, and its label is
+    /// the `IP:PORT` Envoy shows), the role when it is not `master`, the attempts when not 1.
+    /// The happy path (the first master answered) writes nothing.
+    fn record_attribution(&self, host: &mut impl Host, relayed: bool) {
         let (role, label) = self.served_by();
-        if !label.is_empty() {
+        let shown_by_envoy = relayed
+            && self
+                .route_of(self.current())
+                .is_some_and(|r| r.original_dst.as_deref() == Some(label));
+        if !shown_by_envoy && !label.is_empty() {
             host.set_filter_state("origin_pull.origin", label);
         }
-        host.set_filter_state("origin_pull.role", role);
-        host.set_filter_state("origin_pull.attempts", attempts_text(self.tried.len()));
-        let failed_over = if self.tried.len() > 1 {
-            "true"
-        } else {
-            "false"
-        };
-        host.set_filter_state("origin_pull.failed_over", failed_over);
+        if role != Role::Master.as_str() {
+            host.set_filter_state("origin_pull.role", role);
+        }
+        if self.tried.len() != 1 {
+            host.set_filter_state("origin_pull.attempts", attempts_text(self.tried.len()));
+        }
     }
 
     /// Counts a request that was failed over (retried or sent to the slave), once.

@@ -102,6 +102,11 @@ fn router_plans_master_then_slave_and_names_the_server() {
         "backup.example.com:80"
     );
     assert_eq!(host.filter_state["origin_pull.attempts"], "2");
+    assert_eq!(
+        host.filter_state.len(),
+        3,
+        "failed_over is the log's, from attempts"
+    );
     let debug = ex.debug_headers();
     assert_eq!(debug[0].1, "slave=backup.example.com:80");
     assert_eq!(
@@ -143,15 +148,18 @@ fn router_slave_4xx_is_relayed_and_a_master_answer_is_attempt_one() {
         ex.on_chain_response(&mut host, 200, 0, Some(1)),
         ResponseStep::Continue
     );
-    assert_eq!(host.filter_state["origin_pull.role"], "master");
-    assert_eq!(host.filter_state["origin_pull.failed_over"], "false");
+    // The first master's answer, relayed: the access log's %UPSTREAM_HOST% names it.
+    assert!(host.filter_state.is_empty(), "{:?}", host.filter_state);
     let mut ex = Exchange::start(&config, &mut blocks, &mut host, &get("www.test.com")).unwrap();
     assert_eq!(
         ex.on_chain_response(&mut host, 404, 0, Some(2)),
         ResponseStep::Continue
     );
     assert!(host.replies.is_empty());
-    assert_eq!(host.filter_state["origin_pull.origin"], "127.0.0.3:80");
+    // The slave's answer, relayed by the router: %UPSTREAM_HOST% is the slave's IP:PORT.
+    assert_eq!(host.filter_state["origin_pull.role"], "slave");
+    assert_eq!(host.filter_state["origin_pull.attempts"], "2");
+    assert!(!host.filter_state.contains_key("origin_pull.origin"));
 }
 
 #[test]
@@ -337,7 +345,8 @@ fn master_200_passes_through() {
     );
     assert!(host.callouts.is_empty() && host.replies.is_empty());
     assert_eq!(ex.debug_headers()[0].1, "master=1.1.1.1:80");
-    assert_eq!(host.filter_state["origin_pull.origin"], "1.1.1.1:80");
+    // Nothing for the access log to be told: %UPSTREAM_HOST%, master, 1 attempt.
+    assert!(host.filter_state.is_empty(), "{:?}", host.filter_state);
 }
 
 #[test]
@@ -1017,12 +1026,12 @@ fn access_log_attribution_and_honest_response_code_details() {
     let (host, _) = counted((404, 0), Some(200));
     assert_eq!(host.filter_state["origin_pull.origin"], "2.2.2.2:80");
     assert_eq!(host.filter_state["origin_pull.attempts"], "2");
-    assert_eq!(host.filter_state["origin_pull.failed_over"], "true");
+    assert_eq!(host.filter_state["origin_pull.role"], "slave");
+    assert_eq!(host.filter_state.len(), 3);
     assert_eq!(host.replies[0].details, "origin_pull_failed_over_to_slave");
 
     let (host, _) = counted((200, 0), None);
-    assert_eq!(host.filter_state["origin_pull.origin"], "1.1.1.1:80");
-    assert_eq!(host.filter_state["origin_pull.failed_over"], "false");
+    assert!(host.filter_state.is_empty(), "{:?}", host.filter_state);
     assert!(
         host.replies.is_empty(),
         "the origin's own reply keeps Envoy's details"
@@ -1063,7 +1072,44 @@ fn retry_on_another_master_says_so_in_the_details() {
         host.replies[0].details,
         "origin_pull_retried_on_another_master"
     );
-    assert_eq!(host.filter_state["origin_pull.role"], "master");
+    // A local reply: the origin is written (Envoy's upstream is the first master); the role
+    // is the log's default.
+    assert!(host.filter_state["origin_pull.origin"].starts_with("10.0.0."));
+    assert_eq!(host.filter_state["origin_pull.attempts"], "2");
+    assert!(!host.filter_state.contains_key("origin_pull.role"));
+}
+
+/// The access log falls back to %UPSTREAM_HOST%, `master` and `1` (render's format): the filter
+/// writes only what differs, nothing on the happy path.
+#[test]
+fn access_log_filter_state_only_where_the_log_cannot_tell() {
+    let written = |text: &str, status: u32, flags: u64| {
+        let cfg = config(text);
+        let mut host = FakeHost::new(1);
+        let mut blocks = BlockTable::default();
+        let mut ex = start(&cfg, &mut host, &mut blocks, &get("a.com"));
+        ex.on_response_headers(&mut host, &mut blocks, status, flags);
+        let mut state: Vec<(String, String)> = host.filter_state.into_iter().collect();
+        state.sort();
+        state
+    };
+    let one_ip = r#"{"domains":[{"domain":"a.com","master":{"ips":["10.0.0.1"]}}]}"#;
+    assert_eq!(written(one_ip, 200, 0), []);
+    assert_eq!(written(one_ip, 404, 0), [], "the origin's own 404, relayed");
+    // Envoy's own reply (connect failure, nothing to fail over to): not `via_upstream`.
+    assert_eq!(
+        written(one_ip, 503, UF),
+        [("origin_pull.origin".to_string(), "10.0.0.1:80".to_string())]
+    );
+    // A domain origin: %UPSTREAM_HOST% shows the address it resolved to, not the label.
+    let named = r#"{"domains":[{"domain":"a.com","master":{"domain":"origin.example.com"}}]}"#;
+    assert_eq!(
+        written(named, 200, 0),
+        [(
+            "origin_pull.origin".to_string(),
+            "origin.example.com:80".to_string()
+        )]
+    );
 }
 
 /// Issue 13 item 7: one dead master and no slave: the documented 502, first and following

@@ -17,14 +17,26 @@ const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptio
 const TLS_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 
-/// One line per request: what the client asked, what it got, and which origin served it
-/// (filter state set by origin-pull; `-` when the filter did not route, e.g. unknown host).
-/// `upstream=` is Envoy's own view (the FIRST origin: a failover is a callout Envoy does not
-/// attribute); `details=` names replies made by the filter (`origin_pull_failed_over_to_slave`…).
+/// One line per request: what the client asked, what it got, and which origin served it.
+/// `upstream=` is Envoy's own view (for a callout failover the FIRST origin: Envoy does not
+/// attribute a callout); `details=` names replies made by the filter
+/// (`origin_pull_failed_over_to_slave`…). `origin=`, `role=`, `attempts=` and `failed_over=`
+/// come from filter state the filter writes only where the log cannot tell by itself
+/// (`Exchange::record_attribution`; nothing on the happy path, a hostcall saved per write):
+/// without it, an answer Envoy relayed from an origin (`via_upstream`) was the first master's,
+/// at `%UPSTREAM_HOST%`, after 1 attempt. `-` when no origin answered and the filter wrote
+/// nothing (e.g. unknown host). `failed_over` is `true` exactly when attempts were written
+/// (more than 1).
 pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" \
 %RESPONSE_CODE% %RESPONSE_FLAGS% details=%RESPONSE_CODE_DETAILS% upstream=%UPSTREAM_HOST% \
-origin=%FILTER_STATE(wasm.origin_pull.origin:PLAIN)% role=%FILTER_STATE(wasm.origin_pull.role:PLAIN)% \
-attempts=%FILTER_STATE(wasm.origin_pull.attempts:PLAIN)% failed_over=%FILTER_STATE(wasm.origin_pull.failed_over:PLAIN)% \
+origin=%CEL('wasm.origin_pull.origin' in filter_state ? filter_state['wasm.origin_pull.origin'] : \
+(response.code_details == 'via_upstream' ? upstream.address : '-'))% \
+role=%CEL('wasm.origin_pull.role' in filter_state ? filter_state['wasm.origin_pull.role'] : \
+('wasm.origin_pull.origin' in filter_state || response.code_details == 'via_upstream' ? 'master' : '-'))% \
+attempts=%CEL('wasm.origin_pull.attempts' in filter_state ? filter_state['wasm.origin_pull.attempts'] : \
+('wasm.origin_pull.origin' in filter_state || response.code_details == 'via_upstream' ? '1' : '-'))% \
+failed_over=%CEL('wasm.origin_pull.attempts' in filter_state ? 'true' : \
+('wasm.origin_pull.origin' in filter_state || response.code_details == 'via_upstream' ? 'false' : '-'))% \
 %DURATION%ms\n";
 
 /// Room for an edge: Envoy's default of 1024 concurrent requests per cluster would cap every
