@@ -180,7 +180,7 @@ def main():
         say()
 
         time.sleep(0.3)  # the access log is written when each stream ends
-        say(f"{BOLD}Access log (origin = filter state wasm.origin_pull.origin):{RESET}")
+        say(f"{BOLD}Access log (origin = the origin that served; docs/observability.md#access-log):{RESET}")
         for line in access.read_text(errors="replace").splitlines()[-11:]:
             say("  " + line)
         say()
