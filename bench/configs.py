@@ -294,7 +294,7 @@ def _http1_options(**fields):
 
 LUA = "envoy.filters.http.lua"
 # The rendered drain filter reads the body of an answer the module marked for a failover (status
-# 590, src/chain.rs FAILOVER_STATUS); with no module, the same answers are the statuses the
+# 590, src/engine/chain.rs FAILOVER_STATUS); with no module, the same answers are the statuses the
 # route retries.
 DRAIN_MARK_TEST = 'headers:get(":status") ~= "590"'
 DRAIN_STATUS_TEST = "not ({})".format(" or ".join(
@@ -337,7 +337,7 @@ def _mechanism_clusters(topo, plugin, floor=None, drain=True):
 
 
 MECHANISM_CLUSTER = "mechanism_chain"
-# What origin-pull's filter sets per request for a master/slave pair (src/chain.rs), written in
+# What origin-pull's filter sets per request for a master/slave pair (src/engine/chain.rs), written in
 # the route instead: the heaviest master, the slave, the retry conditions.
 ATTEMPT_2_HEADER = "x-origin-pull-dst-2"
 

@@ -24,14 +24,14 @@
 
 use std::rc::Rc;
 
-use origin_pull::attempt::AttemptObserver;
-use origin_pull::chain::{read_plan_id, PLAN_HEADER};
 use origin_pull::config::parse;
-use origin_pull::exchange::{Exchange, RequestInfo, ResponseStep};
-use origin_pull::failover::flags;
-use origin_pull::health::BlockTable;
+use origin_pull::engine::attempt::AttemptObserver;
+use origin_pull::engine::blocks::BlockTable;
+use origin_pull::engine::chain::{read_plan_id, PLAN_HEADER};
+use origin_pull::engine::classify::flags;
+use origin_pull::engine::exchange::{Exchange, RequestInfo, ResponseStep};
+use origin_pull::engine::metrics::{Metrics, PendingCounters, FLUSH_INTERVAL_MS};
 use origin_pull::host::{Host, LogLevel};
-use origin_pull::metrics::{Metrics, PendingCounters, FLUSH_INTERVAL_MS};
 use origin_pull::s3::bucket::BucketStats;
 use origin_pull::testing::FakeHost;
 

@@ -14,17 +14,17 @@ use proxy_wasm::types::{
     Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType, Status,
 };
 
-use crate::attempt::AttemptObserver;
-use crate::chain::{
+use crate::config::{self, PluginConfig};
+use crate::engine::attempt::AttemptObserver;
+use crate::engine::blocks::{BlockTable, SlotHasher};
+use crate::engine::chain::{
     read_plan_id, Plan, EXPECTED_TIMEOUT_HEADER, FAILOVER_STATUS, PLAN_HEADER, UPSTREAM_ROOT_ID,
 };
-use crate::config::{self, PluginConfig};
-use crate::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
-use crate::health::{BlockTable, SlotHasher};
+use crate::engine::copyback::{CopyBack, CopyJob};
+use crate::engine::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
+use crate::engine::metrics::{Metrics, PendingCounters, Registry};
+use crate::engine::prober::Prober;
 use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
-use crate::metrics::{Metrics, PendingCounters, Registry};
-use crate::mirror::{CopyBack, CopyJob};
-use crate::probe::Prober;
 use crate::s3::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 
 proxy_wasm::main! {{
@@ -178,7 +178,8 @@ impl Host for EnvoyHost {
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        if cfg!(feature = "ablate-block-read") && key.starts_with(crate::health::DOMAIN_KEY_PREFIX)
+        if cfg!(feature = "ablate-block-read")
+            && key.starts_with(crate::engine::blocks::DOMAIN_KEY_PREFIX)
         {
             return (None, None);
         }
@@ -883,12 +884,12 @@ impl HttpContext for OriginPullAttempt {
         // no later attempt reads. Each origin sees its own address in the usual header; the
         // last attempt drops the plan and the other attempts' addresses.
         if let Some(dst) = start.own_address {
-            self.set_http_request_header(crate::exchange::ORIGINAL_DST_HEADER, Some(dst));
+            self.set_http_request_header(crate::engine::exchange::ORIGINAL_DST_HEADER, Some(dst));
         }
         if start.last {
             self.set_http_request_header(PLAN_HEADER, None);
             for k in 2..=attempt {
-                self.set_http_request_header(crate::chain::dst_header(k), None);
+                self.set_http_request_header(crate::engine::chain::dst_header(k), None);
             }
         }
         self.observer = Some(observer);

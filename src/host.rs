@@ -87,7 +87,7 @@ pub trait Host {
     /// when a configuration is applied, not per request. `None` if Envoy refused it.
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
     /// Adds `delta` to a counter. In Envoy the glue keeps it in the VM and adds it to the stat
-    /// on the next tick ([`crate::metrics::PendingCounters`]): no hostcall per event.
+    /// on the next tick ([`crate::engine::metrics::PendingCounters`]): no hostcall per event.
     fn increment_metric(&mut self, id: u32, delta: i64);
     /// Sets a gauge.
     fn record_metric(&mut self, id: u32, value: u64);

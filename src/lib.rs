@@ -1,31 +1,22 @@
 //! origin-pull: CDN origin-pull behaviour as a proxy-wasm HTTP filter.
 //!
-//! Everything but `filter` is plain Rust that never touches proxy-wasm: `config` (parse,
-//! validate, compile), `address` (origin strings), `select` (weighted polling), `health`
-//! (shared block table), `failover` (judging answers), `exchange` (one request's flow) and
-//! `s3` (SigV4, bucket object requests), all behind the [`host::Host`] trait so they are
-//! unit-tested natively with a fake host (`testing`: tests and bench harnesses only).
+//! Everything but `filter` (the proxy-wasm glue) is plain Rust that never touches proxy-wasm:
+//! `config` (raw → validated → compiled, immutable), `engine` (what happens to a request:
+//! selection, the block table, verdicts, the exchange state machine, the per-attempt observer,
+//! probes, copy-back, metrics) and `s3` (SigV4, bucket object requests), all behind the
+//! [`host::Host`] trait so they are unit-tested natively with a fake host (`testing`: tests and
+//! bench harnesses only). `render` and `status` are the native CLI's.
 
-pub mod address;
-pub mod attempt;
-pub mod chain;
 pub mod config;
-pub mod exchange;
-pub mod failover;
-pub mod health;
+pub mod engine;
 pub mod host;
-pub mod metrics;
-pub mod mirror;
-pub mod probe;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod render;
 pub mod s3;
-pub mod select;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -301,7 +301,7 @@ pub fn build(configs: &[PluginConfig], stats: &[Stat], now_s: u64) -> Vec<Domain
             o.blocked_until = None;
         }
     }
-    // A block belongs to its domain (src/health.rs): another domain listing the same address
+    // A block belongs to its domain (src/engine/blocks.rs): another domain listing the same address
     // is not steered by it, so each domain's own gauges are the truth.
     for d in &mut domains {
         // Known roles: count the unblocked masters now rather than trust a gauge up to a

@@ -99,7 +99,7 @@ pub struct FakeHost {
     pub copied: Cell<u64>,
     /// `Some`: counters are kept here, as the glue keeps them in the VM (no hostcall), until
     /// [`FakeHost::flush_counters`] (a tick); `None` (default): added at once.
-    pub pending: Option<crate::metrics::PendingCounters>,
+    pub pending: Option<crate::engine::metrics::PendingCounters>,
 }
 
 impl FakeHost {

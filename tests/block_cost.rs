@@ -7,9 +7,9 @@
 use std::rc::Rc;
 
 use origin_pull::config::parse;
-use origin_pull::exchange::{Exchange, RequestInfo};
-use origin_pull::failover::flags;
-use origin_pull::health::BlockTable;
+use origin_pull::engine::blocks::BlockTable;
+use origin_pull::engine::classify::flags;
+use origin_pull::engine::exchange::{Exchange, RequestInfo};
 use origin_pull::s3::bucket::BucketStats;
 use origin_pull::testing::FakeHost;
 

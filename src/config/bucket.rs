@@ -6,7 +6,7 @@ use super::origin::dns_routes;
 use super::raw::RawBucket;
 use super::types::{HostPort, OriginSource};
 use super::{ConfigError, EnvLookup, Protocol, Route, REDACTED};
-use crate::address::parse_domain_entry;
+use crate::config::address::parse_domain_entry;
 use crate::s3::bucket::{Addressing, Bucket};
 use crate::s3::sigv4::{Secret, Signer};
 

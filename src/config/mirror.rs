@@ -1,11 +1,11 @@
 //! Mirror back-to-origin settings of a bucket master (`mirror`): the source to fetch a missed
-//! object from, and whether and how much to copy back. `crate::mirror` runs them.
+//! object from, and whether and how much to copy back. `crate::engine::copyback` runs them.
 
 use super::error::Ctx;
 use super::origin::{compile_origin, effective_scheme};
 use super::raw::RawMirror;
 use super::{ConfigError, EnvLookup, EnvoyNames, OriginKind, OriginSet, Scheme, MAX_RESPONSE_BODY};
-use crate::address::parse_domain_entry;
+use crate::config::address::parse_domain_entry;
 
 /// Default of `mirror.max_copy_backs_per_minute` (per domain and worker).
 pub const DEFAULT_MAX_COPY_BACKS_PER_MINUTE: u32 = 600;

@@ -10,6 +10,7 @@
 //! - `error`: [`ConfigError`] and the context that names domain and field;
 //! - `strict_json`: duplicate-key detection on the input.
 
+pub mod address;
 mod bucket;
 mod error;
 mod mirror;

@@ -11,7 +11,9 @@ use super::validate::check_cluster_name;
 use super::{
     ConfigError, EnvLookup, EnvoyNames, OriginKind, OriginSet, Protocol, Route, Scheme, Target,
 };
-use crate::address::{parse_domain_entry, parse_ip_entry, validate_host_header, MAX_WEIGHT};
+use crate::config::address::{
+    parse_domain_entry, parse_ip_entry, validate_host_header, MAX_WEIGHT,
+};
 
 pub(super) fn compile_origin(
     raw: RawOrigin<'_>,
@@ -237,10 +239,10 @@ fn compile_ips(
     // Origin sets are small: a linear scan beats hashing (a set per domain, 10,000 domains).
     let mut seen: Vec<std::net::SocketAddr> = Vec::with_capacity(entries.len());
     let mut targets = Vec::with_capacity(entries.len());
-    let route = |entry: &crate::address::IpEntry, client: Scheme| {
+    let route = |entry: &crate::config::address::IpEntry, client: Scheme| {
         let scheme = effective_scheme(protocol, client);
         let port = entry.port.unwrap_or(scheme.default_port());
-        let address = crate::address::socket_text(entry.ip, port);
+        let address = crate::config::address::socket_text(entry.ip, port);
         Route {
             cluster: match scheme {
                 Scheme::Http => envoy.ip_cluster_http.clone(),

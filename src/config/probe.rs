@@ -1,12 +1,12 @@
 //! Active health probes: the `probe` settings of a domain's `detection` or of one origin set.
-//! Parsed here, compiled into [`Probe`]; `crate::probe` runs them.
+//! Parsed here, compiled into [`Probe`]; `crate::engine::prober` runs them.
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::Ctx;
 use super::ConfigError;
-use crate::address::validate_host_header;
+use crate::config::address::validate_host_header;
 
 pub const DEFAULT_PROBE_PATH: &str = "/";
 pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 5_000;

@@ -204,8 +204,8 @@ impl Default for Detection {
 
 impl Detection {
     /// The blocking rule in the form `verdict` judges by.
-    pub fn rule(&self) -> crate::verdict::Rule {
-        crate::verdict::Rule {
+    pub fn rule(&self) -> crate::engine::verdict::Rule {
+        crate::engine::verdict::Rule {
             block_ms: self.block_ms,
             threshold: self.failure_threshold,
             window_ms: self.failure_window_ms,
@@ -257,7 +257,7 @@ impl FailoverMechanism {
     }
 }
 
-/// Which stat series the filter defines (see `src/metrics.rs`).
+/// Which stat series the filter defines (see `src/engine/metrics.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsSettings {
     /// Also count requests (and probe successes) per origin, not only per domain.

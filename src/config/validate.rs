@@ -20,7 +20,7 @@ use super::{
     MAX_FAILURE_WINDOW_SECONDS, MAX_MASTER_RETRIES, MAX_REQUEST_BODY, MAX_RESPONSE_BODY,
     MIN_CALLOUT_TIMEOUT_MS,
 };
-use crate::address::{normalize_host_name, validate_host_name};
+use crate::config::address::{normalize_host_name, validate_host_name};
 
 pub(super) fn compile(
     raw: RawPluginConfig<'_>,
@@ -141,11 +141,11 @@ fn compile_envoy(raw: Option<RawEnvoy>, top: &Ctx) -> Result<EnvoyNames, ConfigE
 }
 
 fn compile_metrics(raw: Option<RawMetrics>, top: &Ctx) -> Result<MetricsSettings, ConfigError> {
-    let max = crate::metrics::MAX_ORIGIN_SERIES;
+    let max = crate::engine::metrics::MAX_ORIGIN_SERIES;
     let max_origin_series = raw
         .as_ref()
         .and_then(|m| m.max_origin_series)
-        .unwrap_or(crate::metrics::DEFAULT_MAX_ORIGIN_SERIES);
+        .unwrap_or(crate::engine::metrics::DEFAULT_MAX_ORIGIN_SERIES);
     if max_origin_series > max {
         return Err(top.err(
             "metrics.max_origin_series",
@@ -445,7 +445,7 @@ fn compile_detection(raw: Option<RawDetection>, ctx: &Ctx) -> Result<Detection, 
         .as_ref()
         .and_then(|d| d.failure_threshold)
         .unwrap_or(DEFAULT_FAILURE_THRESHOLD);
-    let max_threshold = crate::verdict::MAX_THRESHOLD;
+    let max_threshold = crate::engine::verdict::MAX_THRESHOLD;
     if !(1..=max_threshold).contains(&threshold) {
         return Err(ctx.err(
             "failure_threshold",

@@ -5,8 +5,8 @@
 use super::clusters::{ClusterKind, ClusterSpec};
 use super::yaml::{list, map, to_yaml, Node};
 use super::{ecds, provided_clusters, Delivery, Options, RemoteWasm, WASM_FETCH_CLUSTER};
-use crate::chain::{AttemptClusterSpec, ChainSpec, UPSTREAM_ROOT_ID};
 use crate::config::PluginConfig;
+use crate::engine::chain::{AttemptClusterSpec, ChainSpec, UPSTREAM_ROOT_ID};
 
 pub const LISTENER_NAME: &str = "origin_pull";
 const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -207,7 +207,7 @@ fn attempt_cluster(spec: &AttemptClusterSpec, opts: &Options) -> Option<Node> {
 pub const DRAIN_MAX_BYTES: u32 = 65_536;
 
 /// A Lua upstream filter, before the module's upstream instance (so it sees the answer after
-/// the instance marked it with [`crate::chain::FAILOVER_STATUS`]): a marked answer with a body
+/// the instance marked it with [`crate::engine::chain::FAILOVER_STATUS`]): a marked answer with a body
 /// of at most [`DRAIN_MAX_BYTES`] is read to its end before the router sees its headers.
 /// Envoy's router resets an attempt it retries while the answer's body is still to come, which
 /// closes an HTTP/1.1 connection; a complete answer leaves the connection in the pool. Without
@@ -224,7 +224,7 @@ fn drain_filter() -> Node {
          \x20 local length = tonumber(headers:get(\"content-length\") or \"\")\n\
          \x20 if length ~= nil and length > 0 and length <= {max} then handle:body() end\n\
          end\n",
-        mark = crate::chain::FAILOVER_STATUS,
+        mark = crate::engine::chain::FAILOVER_STATUS,
         max = DRAIN_MAX_BYTES,
     );
     map([
@@ -393,7 +393,7 @@ pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
                     // Answers the module's upstream instance marked for a failover (the filter
                     // enables `retriable-status-codes` per request).
                     "retriable_status_codes",
-                    list([crate::chain::FAILOVER_STATUS.into()]),
+                    list([crate::engine::chain::FAILOVER_STATUS.into()]),
                 ),
                 (
                     // Envoy's default (25 ms, growing) would add tens of ms to every failover.
@@ -579,7 +579,7 @@ fn vm_config(opts: &Options) -> Node {
 /// `stats_config`: the filter carries its stats' labels in their names
 /// (`origin_pull_<stat>;domain=D;origin=O;…`); these tags make them Prometheus labels.
 fn stats_config() -> Node {
-    let tags = crate::metrics::TAGS.iter().map(|tag| {
+    let tags = crate::engine::metrics::TAGS.iter().map(|tag| {
         let before = match *tag {
             "domain" => "",
             "origin" => "(?:;domain=[^;]*)?",

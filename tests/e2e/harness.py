@@ -104,7 +104,7 @@ def free_port(ip="127.0.0.1"):
 
 
 # The filter keeps its counters in the VM and adds them to Envoy's stats on every tick of each
-# VM (src/metrics.rs FLUSH_INTERVAL_MS): a count shows in /stats up to this long after the event.
+# VM (src/engine/metrics.rs FLUSH_INTERVAL_MS): a count shows in /stats up to this long after the event.
 COUNTER_FLUSH_S = 1.0
 
 

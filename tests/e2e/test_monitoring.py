@@ -1,7 +1,7 @@
 """The shipped Prometheus rules and Grafana dashboard (deploy/): the rules pass `promtool check
 rules` and their unit tests (`promtool test rules`), every dashboard query is valid PromQL, and
 every metric and label either names is one the filter defines — read from the filter's source
-(src/metrics.rs, src/s3/bucket.rs), so renaming a metric there fails this test until the rules and
+(src/engine/metrics.rs, src/s3/bucket.rs), so renaming a metric there fails this test until the rules and
 the dashboard follow."""
 
 import json
@@ -34,8 +34,8 @@ def promtool():
 
 def defined_metrics(src=REPO / "src"):
     """Metric names the filter defines, and the label names its stats_tags extract: the string
-    literals of src/metrics.rs (outside its tests) and of BucketEvent::metric_name."""
-    metrics_rs = (Path(src) / "metrics.rs").read_text().split("#[cfg(test)]")[0]
+    literals of src/engine/metrics.rs (outside its tests) and of BucketEvent::metric_name."""
+    metrics_rs = (Path(src) / "engine" / "metrics.rs").read_text().split("#[cfg(test)]")[0]
     bucket_rs = (Path(src) / "s3" / "bucket.rs").read_text()
     bucket_fn = bucket_rs[bucket_rs.index("fn metric_name"):]
     bucket_fn = bucket_fn[:bucket_fn.index("\n    }\n")]
@@ -142,10 +142,11 @@ def test_a_renamed_metric_is_caught(tmp_path):
     # The check must fail when the filter renames a metric the dashboard and rules use.
     src = tmp_path / "src"
     (src / "s3").mkdir(parents=True)
+    (src / "engine").mkdir()
     shutil.copy(REPO / "src" / "s3" / "bucket.rs", src / "s3" / "bucket.rs")
-    text = (REPO / "src" / "metrics.rs").read_text()
+    text = (REPO / "src" / "engine" / "metrics.rs").read_text()
     assert '"origin_pull_masters_available"' in text
-    (src / "metrics.rs").write_text(text.replace('"origin_pull_masters_available"',
+    (src / "engine" / "metrics.rs").write_text(text.replace('"origin_pull_masters_available"',
                                                  '"origin_pull_domain_masters_up"'))
     names, labels = defined_metrics(src)
     found = problems({**rule_exprs(), **dashboard_exprs()}, names, labels)

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use proptest::prelude::*;
 
-use origin_pull::health::{block_key, domain_key, BlockOutcome, BlockTable};
+use origin_pull::engine::blocks::{block_key, domain_key, BlockOutcome, BlockTable};
 use origin_pull::host::Host;
 use origin_pull::testing::FakeHost;
 

@@ -26,7 +26,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use origin_pull::config::{parse, FailoverMechanism};
-use origin_pull::exchange::ORIGINAL_DST_HEADER;
+use origin_pull::engine::exchange::ORIGINAL_DST_HEADER;
 use origin_pull::testing::FakeHost;
 
 use block_race::{block_step, no_block_is_lost};

@@ -8,10 +8,10 @@ use std::rc::Rc;
 use proptest::prelude::*;
 
 use origin_pull::config::{PluginConfig, Scheme};
-use origin_pull::exchange::{Exchange, RequestInfo, ORIGINAL_DST_HEADER};
-use origin_pull::failover::flags;
-use origin_pull::health::BlockTable;
-use origin_pull::metrics::Metrics;
+use origin_pull::engine::blocks::BlockTable;
+use origin_pull::engine::classify::flags;
+use origin_pull::engine::exchange::{Exchange, RequestInfo, ORIGINAL_DST_HEADER};
+use origin_pull::engine::metrics::Metrics;
 use origin_pull::testing::FakeHost;
 
 // ------------------------------------------------------------------ requests

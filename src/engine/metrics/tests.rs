@@ -264,8 +264,8 @@ fn separators_in_values_cannot_forge_tags() {
 /// connection (a block, then the others), the rest 200; a tick (flush) every 13 requests when
 /// the host keeps counters in the VM. Returns the host after a final tick.
 fn drive_worker(mut host: FakeHost, metrics: &Rc<Metrics>, requests: u32) -> FakeHost {
-    use crate::exchange::{Exchange, RequestInfo, ResponseStep};
-    use crate::failover::flags;
+    use crate::engine::classify::flags;
+    use crate::engine::exchange::{Exchange, RequestInfo, ResponseStep};
     let config = metrics.config.clone().unwrap();
     let mut blocks = BlockTable::default();
     for i in 0..requests {

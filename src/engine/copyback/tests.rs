@@ -6,8 +6,8 @@ use std::rc::Rc;
 
 use super::*;
 use crate::config::parse_with_env;
-use crate::exchange::{Exchange, RequestInfo, ResponseStep, ERROR_HEADER, MIRROR_HEADER};
-use crate::health::BlockTable;
+use crate::engine::blocks::BlockTable;
+use crate::engine::exchange::{Exchange, RequestInfo, ResponseStep, ERROR_HEADER, MIRROR_HEADER};
 use crate::s3::bucket::BucketStats;
 use crate::testing::FakeHost;
 
@@ -478,7 +478,7 @@ fn without_mirror_a_bucket_miss_fails_over_to_the_slave() {
     assert_eq!(w.host.metric("origin_pull_bucket_denied_total"), Some(1));
 }
 
-const ORIGINAL_DST: &str = crate::exchange::ORIGINAL_DST_HEADER;
+const ORIGINAL_DST: &str = crate::engine::exchange::ORIGINAL_DST_HEADER;
 
 /// Issue 13, item 1: a path whose decoded key escapes `key_prefixes` (or has any dot segment)
 /// is refused with 400 before the bucket, the source or a copy-back see it; the source is asked

@@ -1,10 +1,10 @@
 //! What an origin's answer means: a status to judge by the failover rules, or a failure to
 //! reach the origin at all; and which failures count against the origin's health
-//! ([`failure_kind`], judged by [`crate::verdict`]).
+//! ([`failure_kind`], judged by [`crate::engine::verdict`]).
 
 use crate::config::{Detection, FailoverPolicy};
+use crate::engine::verdict::FailureKind;
 use crate::host::Host;
-use crate::verdict::FailureKind;
 
 /// Bits of Envoy's `response.flags` property (`StreamInfo::CoreResponseFlag`).
 pub mod flags {
@@ -174,7 +174,7 @@ impl FailoverPolicy {
     }
 }
 
-/// Whether this answer counts against the origin's health, and how ([`crate::verdict`]
+/// Whether this answer counts against the origin's health, and how ([`crate::engine::verdict`]
 /// decides whether it blocks).
 pub fn failure_kind(answer: Answer, detection: &Detection) -> Option<FailureKind> {
     match answer {

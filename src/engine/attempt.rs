@@ -6,15 +6,15 @@
 
 use std::rc::Rc;
 
-use crate::chain::Plan;
 use crate::config::{OriginKind, Scheme};
-use crate::exchange::slot_of;
-use crate::exchange::Role;
-use crate::failover::{failure_kind, Answer};
-use crate::health::{passive_block_line, BlockOutcome, BlockTable};
+use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
+use crate::engine::chain::Plan;
+use crate::engine::classify::{failure_kind, Answer};
+use crate::engine::exchange::slot_of;
+use crate::engine::exchange::Role;
+use crate::engine::metrics::{BlockSource, OriginMetrics};
+use crate::engine::verdict::Failure;
 use crate::host::{Host, LogLevel};
-use crate::metrics::{BlockSource, OriginMetrics};
-use crate::verdict::Failure;
 
 /// An attempt that never got a connection for this long failed to connect (a connect timeout);
 /// ended sooner, it was cancelled (e.g. by a client that went away at once), which must not
@@ -236,9 +236,9 @@ impl AttemptObserver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::PlannedStep;
     use crate::config::{parse, PluginConfig};
-    use crate::metrics::Metrics;
+    use crate::engine::chain::PlannedStep;
+    use crate::engine::metrics::Metrics;
     use crate::testing::FakeHost;
 
     fn setup() -> (Rc<PluginConfig>, Rc<Metrics>, FakeHost) {

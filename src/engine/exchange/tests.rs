@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::parse;
-use crate::failover::flags;
-use crate::metrics::Metrics;
+use crate::engine::classify::flags;
+use crate::engine::metrics::Metrics;
 use crate::testing::FakeHost;
 
 const UF: u64 = flags::UPSTREAM_CONNECTION_FAILURE;

@@ -10,7 +10,7 @@
 //!   raised before an origin key is written: one 8-byte read per request tells whether any
 //!   origin of the domain can be blocked; only then are the keys of the origins the pick draws
 //!   read. So a request's cost does not depend on how many origins are blocked elsewhere;
-//! - `origin_pull.strikes|<domain>|<origin>` → recent strikes ([`crate::verdict`]), written
+//! - `origin_pull.strikes|<domain>|<origin>` → recent strikes ([`crate::engine::verdict`]), written
 //!   only when an origin fails.
 //!
 //! Every read goes to shared data (no per-worker cache), so a block applies to every worker as
@@ -21,8 +21,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::engine::verdict::{self, Failure, Rule, Strike, Verdict};
 use crate::host::{Host, LogLevel, SharedSetError};
-use crate::verdict::{self, Failure, Rule, Strike, Verdict};
 
 pub const BLOCK_KEY_PREFIX: &str = "origin_pull.block|";
 pub const DOMAIN_KEY_PREFIX: &str = "origin_pull.blocked|";
@@ -288,7 +288,7 @@ impl BlockTable {
     }
 
     /// This worker saw origin `slot` of configuration `config` answer a request sent at
-    /// `sent_ms` (evidence that it is serving; see [`crate::verdict`]). No shared data.
+    /// `sent_ms` (evidence that it is serving; see [`crate::engine::verdict`]). No shared data.
     pub fn note_answer(&mut self, config: usize, slot: u64, sent_ms: u64) {
         if self.answered_config != config {
             // Slots are numbered per configuration.
@@ -338,8 +338,8 @@ pub fn passive_block_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::verdict::FailureKind;
     use crate::testing::FakeHost;
-    use crate::verdict::FailureKind;
 
     const D: &str = "www.test.com";
 

@@ -11,15 +11,15 @@
 use std::time::Duration;
 
 use crate::config::{Domain, OriginSet, PluginConfig, Probe, Route, Scheme};
-use crate::exchange::{Role, ORIGINAL_DST_HEADER};
-use crate::failover::{read_callout, Answer};
-use crate::health::{BlockOutcome, BlockTable, UnblockOutcome, CREATE_ONLY_CAS};
+use crate::engine::blocks::{BlockOutcome, BlockTable, UnblockOutcome, CREATE_ONLY_CAS};
+use crate::engine::classify::{read_callout, Answer};
+use crate::engine::exchange::{Role, ORIGINAL_DST_HEADER};
+use crate::engine::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::host::{Host, LogLevel};
-use crate::metrics::{BlockSource, Metrics, OriginMetrics};
 
 pub const LEASE_KEY: &str = "origin_pull.probe_lease";
 /// Tick period without probes (the blocked gauges need refreshing, the counters flushing).
-const IDLE_TICK_MS: u64 = crate::metrics::FLUSH_INTERVAL_MS;
+const IDLE_TICK_MS: u64 = crate::engine::metrics::FLUSH_INTERVAL_MS;
 const MIN_TICK_MS: u64 = 50;
 /// A holder that misses this many ticks loses the lease.
 const LEASE_TICKS: u64 = 4;

@@ -41,9 +41,9 @@ use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use crate::config::{PluginConfig, Scheme};
-use crate::exchange::Role;
-use crate::failover::Answer;
-use crate::health::{BlockTable, SlotHasher};
+use crate::engine::blocks::{BlockTable, SlotHasher};
+use crate::engine::classify::Answer;
+use crate::engine::exchange::Role;
 use crate::host::{Host, LogLevel, MetricKind};
 
 /// The tags the shipped bootstrap extracts, in the order they appear in a name.

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use crate::config::{
     Domain, FailoverMechanism, OriginKind, OriginSet, PluginConfig, Route, Scheme,
 };
-use crate::metrics::Metrics;
+use crate::engine::metrics::Metrics;
 
 /// Root id of the upstream (per-attempt) instance of the module.
 pub const UPSTREAM_ROOT_ID: &str = "origin_pull_upstream";

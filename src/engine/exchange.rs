@@ -5,24 +5,24 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::chain::{
+use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
+use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
+use crate::engine::chain::{
     attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, MAX_RETRIES_HEADER,
     PLAN_HEADER, RETRY_ON_HEADER,
 };
-use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
-use crate::failover::{
+use crate::engine::classify::{
     classify_routed, connection_options, failure_kind, is_hop_by_hop, read_callout, Answer,
 };
-use crate::health::{passive_block_line, BlockOutcome, BlockTable};
+use crate::engine::copyback::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch};
+use crate::engine::metrics::{BlockSource, Metrics, OriginMetrics};
+use crate::engine::select;
+use crate::engine::verdict::{Failure, Verdict};
 use crate::host::{Host, LogLevel};
-use crate::metrics::{BlockSource, Metrics, OriginMetrics};
-use crate::mirror::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch};
 use crate::s3::bucket::{
     is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
 };
 use crate::s3::sigv4::EMPTY_PAYLOAD_SHA256;
-use crate::select;
-use crate::verdict::{Failure, Verdict};
 
 pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 pub const DEBUG_ORIGIN_HEADER: &str = "x-origin-pull-origin";
