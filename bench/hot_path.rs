@@ -233,10 +233,10 @@ fn main() {
     // Envoy's cost model: nothing the logic hands over is kept in the VM, debug lines are
     // not formatted (Envoy's default level is info), every hostcall and copy is counted.
     let mut host = FakeHost::new(0x1234_5678);
-    host.recording = false;
+    host.set_recording(false);
     // The glue keeps counters in the VM; the root context's tick flushes them (below).
     host.pending = Some(PendingCounters::default());
-    host.log_level = LogLevel::Info;
+    host.set_log_level(LogLevel::Info);
     host.respond(
         200,
         &[

@@ -28,7 +28,7 @@ use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
 use crate::s3::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(WasmLogLevel::Trace);
+    install_logger();
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(OriginPullRoot::new()) });
 }}
 
@@ -146,13 +146,54 @@ fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
     bytes
 }
 
-fn wasm_level(level: LogLevel) -> WasmLogLevel {
-    match level {
-        LogLevel::Debug => WasmLogLevel::Debug,
-        LogLevel::Info => WasmLogLevel::Info,
-        LogLevel::Warn => WasmLogLevel::Warn,
-        LogLevel::Error => WasmLogLevel::Error,
+/// The `log` facade's logger: each record goes to Envoy's log hostcall, with the prefix
+/// [`crate::host::log_text`] gives it.
+struct EnvoyLogger;
+
+static LOGGER: EnvoyLogger = EnvoyLogger;
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
     }
+
+    fn log(&self, record: &log::Record) {
+        let level = match record.level() {
+            log::Level::Error => WasmLogLevel::Error,
+            log::Level::Warn => WasmLogLevel::Warn,
+            log::Level::Info => WasmLogLevel::Info,
+            log::Level::Debug => WasmLogLevel::Debug,
+            log::Level::Trace => WasmLogLevel::Trace,
+        };
+        let _ = hostcalls::log(level, &crate::host::log_text(record));
+    }
+
+    fn flush(&self) {}
+}
+
+/// Once per VM (its start): the logger, everything enabled until the first configure reads
+/// Envoy's level, and panics reported to Envoy's log (what proxy-wasm's own logger did).
+fn install_logger() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+        std::panic::set_hook(Box::new(|info| {
+            let _ = hostcalls::log(WasmLogLevel::Critical, &info.to_string());
+        }));
+    }
+}
+
+/// The facade's max level follows Envoy's wasm log level: read at configure and on each tick
+/// (so a `/logging` change applies within a tick), and a disabled line costs one compare.
+fn refresh_log_level() {
+    let filter = match hostcalls::get_log_level() {
+        Ok(WasmLogLevel::Trace) | Err(_) => log::LevelFilter::Trace,
+        Ok(WasmLogLevel::Debug) => log::LevelFilter::Debug,
+        Ok(WasmLogLevel::Info) => log::LevelFilter::Info,
+        Ok(WasmLogLevel::Warn) => log::LevelFilter::Warn,
+        Ok(WasmLogLevel::Error) => log::LevelFilter::Error,
+        Ok(WasmLogLevel::Critical) => log::LevelFilter::Off,
+    };
+    log::set_max_level(filter);
 }
 
 /// [`Host`] over proxy-wasm hostcalls. Every `Status` is handled; none panics.
@@ -256,16 +297,6 @@ impl Host for EnvoyHost {
         }
         // Failure only loses access-log attribution; the request itself is unaffected.
         let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
-    }
-
-    fn log(&self, level: LogLevel, message: &str) {
-        let _ = hostcalls::log(wasm_level(level), message);
-    }
-
-    fn log_enabled(&self, level: LogLevel) -> bool {
-        // A cheap hostcall (no data copied), and always current: `/logging` changes apply.
-        hostcalls::get_log_level()
-            .map_or(true, |current| current as u32 <= wasm_level(level) as u32)
     }
 
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
@@ -427,6 +458,7 @@ impl RootContext for OriginPullRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
+        refresh_log_level();
         let started = micros_now();
         let root_id = self
             .get_property(vec!["plugin_root_id"])
@@ -513,6 +545,7 @@ impl RootContext for OriginPullRoot {
     }
 
     fn on_tick(&mut self) {
+        refresh_log_level();
         flush_counters();
         if let Some(prober) = self.prober.as_mut() {
             let metrics = self.state.metrics.borrow().clone();

@@ -26,6 +26,33 @@ pub enum LogLevel {
     Error,
 }
 
+impl From<LogLevel> for log::Level {
+    fn from(level: LogLevel) -> log::Level {
+        match level {
+            LogLevel::Debug => log::Level::Debug,
+            LogLevel::Info => log::Level::Info,
+            LogLevel::Warn => log::Level::Warn,
+            LogLevel::Error => log::Level::Error,
+        }
+    }
+}
+
+/// Prefix the loggers put before each line of a `log::…!` macro, so Envoy's log can be
+/// grepped for the filter's lines.
+pub const LOG_PREFIX: &str = "origin-pull: ";
+/// Target of a record whose text is already complete (`Host::log` callers write their own
+/// prefix, and a few lines, like the start-up line, have another): no prefix added.
+pub const RAW_LOG_TARGET: &str = "origin-pull";
+
+/// The text a logger hands to Envoy (or a test's capture) for a record.
+pub fn log_text(record: &log::Record) -> String {
+    if record.target() == RAW_LOG_TARGET {
+        record.args().to_string()
+    } else {
+        format!("{LOG_PREFIX}{}", record.args())
+    }
+}
+
 /// xorshift64*: one step of the generator behind [`Host::random_u64`] (a nonzero `state`
 /// stays nonzero). Not cryptographic: it only spreads requests over weighted origins.
 pub fn xorshift64star(state: &mut u64) -> u64 {
@@ -78,10 +105,16 @@ pub trait Host {
     /// Filter state readable by Envoy's access log (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
     fn set_filter_state(&mut self, key: &str, value: &str);
 
-    fn log(&self, level: LogLevel, message: &str);
-    /// Whether Envoy would print a message of this level now: check before formatting one on
-    /// a path that can run per request (debug lines are dropped by default).
-    fn log_enabled(&self, level: LogLevel) -> bool;
+    /// A complete line (with its own prefix) through the `log` facade; new code calls the
+    /// `log::…!` macros instead, which add [`LOG_PREFIX`].
+    fn log(&self, level: LogLevel, message: &str) {
+        log::log!(target: RAW_LOG_TARGET, log::Level::from(level), "{message}");
+    }
+    /// Whether a message of this level would be printed: one static compare when it would not
+    /// (the facade's max level, which the glue keeps at Envoy's wasm log level).
+    fn log_enabled(&self, level: LogLevel) -> bool {
+        log::log_enabled!(target: RAW_LOG_TARGET, log::Level::from(level))
+    }
 
     /// Defines (or finds) an Envoy stat; the id stays valid for the VM's life. Define stats
     /// when a configuration is applied, not per request. `None` if Envoy refused it.

@@ -8,7 +8,53 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::host::{xorshift64star, Host, LogLevel, MetricKind, SharedSetError};
+use crate::host::{log_text, xorshift64star, Host, LogLevel, MetricKind, SharedSetError};
+
+thread_local! {
+    /// Lines the `log` facade emitted on this thread (cargo runs tests on parallel threads,
+    /// so each test sees its own), as Envoy would print them.
+    static LOGS: RefCell<Vec<(LogLevel, String)>> = const { RefCell::new(Vec::new()) };
+    /// Lowest level kept on this thread ([`FakeHost::set_log_level`]).
+    static LOG_LEVEL: Cell<LogLevel> = const { Cell::new(LogLevel::Debug) };
+    /// Whether this thread keeps log lines at all ([`FakeHost::set_recording`]).
+    static LOG_RECORDING: Cell<bool> = const { Cell::new(true) };
+}
+
+/// The test logger: what a `log::…!` macro or `Host::log` emits goes to this thread's buffer.
+struct CaptureLogger;
+
+static CAPTURE: CaptureLogger = CaptureLogger;
+
+fn level_of(level: log::Level) -> LogLevel {
+    match level {
+        log::Level::Error => LogLevel::Error,
+        log::Level::Warn => LogLevel::Warn,
+        log::Level::Info => LogLevel::Info,
+        log::Level::Debug | log::Level::Trace => LogLevel::Debug,
+    }
+}
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        level_of(metadata.level()) >= LOG_LEVEL.with(Cell::get)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if LOG_RECORDING.with(Cell::get) && self.enabled(record.metadata()) {
+            let line = (level_of(record.level()), log_text(record));
+            LOGS.with(|logs| logs.borrow_mut().push(line));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the capture logger (once per process; the level filter is per thread).
+fn install_capture_logger() {
+    if log::set_logger(&CAPTURE).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callout {
@@ -72,7 +118,6 @@ pub struct FakeHost {
     pub shared: std::rc::Rc<RefCell<SharedStore>>,
     pub callouts: Vec<Callout>,
     pub replies: Vec<LocalReply>,
-    pub logs: RefCell<Vec<(LogLevel, String)>>,
     pub fail_dispatch: bool,
     pub filter_state: HashMap<String, String>,
     /// The client's request headers; tests hand them to `Exchange::keep_request_headers`.
@@ -85,13 +130,10 @@ pub struct FakeHost {
     pub metrics: Vec<(MetricKind, String, i64)>,
     /// Calls of `define_metric` (Envoy keeps an entry per call, even for a known name).
     pub defined: u32,
-    /// Lowest level Envoy would print (`log_enabled`); lower messages are not kept. Envoy's
-    /// default is Info; tests see every line (Debug).
-    pub log_level: LogLevel,
     /// Keep what the logic hands over (callouts, replies, log lines, filter state, stat
     /// values). The profiling harness turns it off: Envoy does that work outside the VM, so it
     /// belongs in neither the allocations nor the instructions the harness counts.
-    pub recording: bool,
+    recording: bool,
     /// Hostcalls made: every `Host` method but `random_u64` (the VM's own generator), plus
     /// what a harness adds for the glue with [`FakeHost::count_hostcall`].
     pub hostcalls: Cell<u64>,
@@ -103,14 +145,23 @@ pub struct FakeHost {
 }
 
 impl FakeHost {
+    /// A fresh fake; this thread's log capture starts empty, at Debug, recording.
     pub fn new(seed: u64) -> FakeHost {
+        install_capture_logger();
+        LOGS.with(|logs| logs.borrow_mut().clear());
+        LOG_LEVEL.with(|level| level.set(LogLevel::Debug));
+        LOG_RECORDING.with(|on| on.set(true));
+        FakeHost::unlogged(seed)
+    }
+
+    /// A fake that leaves this thread's log capture as it is.
+    fn unlogged(seed: u64) -> FakeHost {
         FakeHost {
             now_ms: 1_700_000_000_000,
             rng_state: seed | 1,
             shared: Default::default(),
             callouts: Vec::new(),
             replies: Vec::new(),
-            logs: RefCell::new(Vec::new()),
             fail_dispatch: false,
             filter_state: HashMap::new(),
             request_headers: Vec::new(),
@@ -119,7 +170,6 @@ impl FakeHost {
             next_token: 1,
             metrics: Vec::new(),
             defined: 0,
-            log_level: LogLevel::Debug,
             recording: true,
             hostcalls: Cell::new(0),
             copied: Cell::new(0),
@@ -155,9 +205,27 @@ impl FakeHost {
         }
     }
 
+    /// Lowest level Envoy would print (`log_enabled`); lower lines are not kept. Envoy's
+    /// default is Info; tests see every line (Debug). Applies to this thread's log capture.
+    pub fn set_log_level(&self, level: LogLevel) {
+        LOG_LEVEL.with(|current| current.set(level));
+    }
+
+    /// Keep what the logic hands over (see `recording`), log lines of this thread included.
+    pub fn set_recording(&mut self, on: bool) {
+        self.recording = on;
+        LOG_RECORDING.with(|current| current.set(on));
+    }
+
+    /// The lines the facade emitted on this thread since `FakeHost::new` (every fake of the
+    /// thread, siblings included, shares them: one Envoy log).
+    pub fn logs(&self) -> Vec<(LogLevel, String)> {
+        LOGS.with(|logs| logs.borrow().clone())
+    }
+
     /// A second worker: same shared data, its own RNG, callouts and replies.
     pub fn sibling(&self, seed: u64) -> FakeHost {
-        let mut other = FakeHost::new(seed);
+        let mut other = FakeHost::unlogged(seed);
         other.shared = self.shared.clone();
         other.now_ms = self.now_ms;
         other
@@ -179,7 +247,7 @@ impl FakeHost {
     }
 
     pub fn logged(&self, needle: &str) -> bool {
-        self.logs.borrow().iter().any(|(_, m)| m.contains(needle))
+        LOGS.with(|logs| logs.borrow().iter().any(|(_, m)| m.contains(needle)))
     }
 
     /// The token of the latest callout dispatched (`None` before the first).
@@ -321,16 +389,6 @@ impl Host for FakeHost {
             self.filter_state.insert(key.to_string(), value.to_string());
         }
     }
-    fn log(&self, level: LogLevel, message: &str) {
-        self.count_hostcall();
-        if self.recording && level >= self.log_level {
-            self.logs.borrow_mut().push((level, message.to_string()));
-        }
-    }
-    fn log_enabled(&self, level: LogLevel) -> bool {
-        self.count_hostcall();
-        level >= self.log_level
-    }
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
         self.count_hostcall();
         self.defined += 1;
@@ -402,8 +460,9 @@ mod tests {
         assert_eq!(host.copied.get(), 20);
         assert_eq!(host.shared.borrow().reads.get(), 2);
 
-        host.recording = false;
-        host.log_level = LogLevel::Info;
+        host.set_recording(false);
+        host.set_log_level(LogLevel::Info);
+        // Logging goes through the facade: no hostcall.
         assert!(!host.log_enabled(LogLevel::Debug) && host.log_enabled(LogLevel::Warn));
         host.log(LogLevel::Warn, "kept only when recording");
         host.set_filter_state("key", "value");
@@ -414,9 +473,9 @@ mod tests {
         if let Some(id) = id {
             host.increment_metric(id, 1);
         }
-        assert!(host.logs.borrow().is_empty() && host.filter_state.is_empty());
+        assert!(host.logs().is_empty() && host.filter_state.is_empty());
         assert!(host.replies.is_empty() && host.callouts.is_empty());
         assert_eq!(host.metric("requests"), Some(0));
-        assert_eq!(host.hostcalls.get(), 5 + 8);
+        assert_eq!(host.hostcalls.get(), 5 + 5);
     }
 }

@@ -83,7 +83,7 @@ impl World {
         Some(ex)
     }
     fn no_secret_anywhere(&self) {
-        let logs = format!("{:?}", self.host.logs.borrow());
+        let logs = format!("{:?}", self.host.logs());
         let rest = format!("{:?} {:?}", self.host.callouts, self.host.replies);
         assert!(!logs.contains(SECRET) && !rest.contains(SECRET));
     }
@@ -610,8 +610,7 @@ fn copy_backs_are_limited_per_minute() {
     );
     let warnings = w
         .host
-        .logs
-        .borrow()
+        .logs()
         .iter()
         .filter(|(_, l)| l.contains("max_copy_backs_per_minute"))
         .count();

@@ -208,8 +208,7 @@ fn per_origin_series_stop_at_the_cap_with_one_warning() {
     assert_eq!(per_origin, 3);
     assert_eq!(host.metrics.len(), 5);
     let warnings: Vec<_> = host
-        .logs
-        .borrow()
+        .logs()
         .iter()
         .filter(|(_, m)| m.contains("the cap (metrics.max_origin_series)"))
         .cloned()

@@ -372,8 +372,7 @@ fn timeouts_and_missing_responses_fail_but_a_dispatch_error_blocks_nothing() {
     }
     let errors = broken
         .host
-        .logs
-        .borrow()
+        .logs()
         .iter()
         .filter(|(_, m)| m.contains("could not start the probe of master origin 10.0.0.1:80"))
         .count();
