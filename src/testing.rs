@@ -446,6 +446,42 @@ mod tests {
     }
 
     #[test]
+    fn log_lines_are_captured_per_thread_with_the_prefix_envoy_sees() {
+        let host = FakeHost::new(1);
+        log::warn!("{} is down", "origin a");
+        host.log(
+            LogLevel::Error,
+            "origin-pull 1.0 (worker 0): a complete line",
+        );
+        host.set_log_level(LogLevel::Info);
+        log::debug!("dropped below the level");
+        assert!(!log::log_enabled!(log::Level::Debug) && host.log_enabled(LogLevel::Info));
+        assert_eq!(
+            host.logs(),
+            vec![
+                (LogLevel::Warn, "origin-pull: origin a is down".to_string()),
+                (
+                    LogLevel::Error,
+                    "origin-pull 1.0 (worker 0): a complete line".to_string()
+                ),
+            ]
+        );
+        // Another test thread has its own capture and level.
+        let other = std::thread::spawn(|| {
+            let host = FakeHost::new(2);
+            log::debug!("other thread");
+            host.logs()
+        })
+        .join()
+        .unwrap_or_default();
+        assert_eq!(
+            other,
+            vec![(LogLevel::Debug, "origin-pull: other thread".to_string())]
+        );
+        assert!(!host.logged("other thread") && host.logged("origin a is down"));
+    }
+
+    #[test]
     fn hostcalls_and_copies_are_counted_and_a_quiet_fake_keeps_nothing() {
         let mut host = FakeHost::new(1);
         let _ = host.shared_set("k", b"12345", None);

@@ -14,7 +14,7 @@ use crate::engine::exchange::slot_of;
 use crate::engine::exchange::Role;
 use crate::engine::metrics::{BlockSource, OriginMetrics};
 use crate::engine::verdict::Failure;
-use crate::host::{Host, LogLevel};
+use crate::host::{Host, RAW_LOG_TARGET};
 
 /// An attempt that never got a connection for this long failed to connect (a connect timeout);
 /// ended sooner, it was cancelled (e.g. by a client that went away at once), which must not
@@ -218,18 +218,15 @@ impl AttemptObserver {
         if let Some(metrics) = &plan.metrics {
             metrics.refresh_masters_available(host, blocks, plan.domain);
         }
-        host.log(
-            LogLevel::Warn,
-            &passive_block_line(
-                &domain.name,
-                self.role.as_str(),
-                label,
-                answer.kind(),
-                detection.block_ms,
-                until.unwrap_or_default(),
-                (!kind.blocks_at_once()).then_some(&rule),
-            ),
-        );
+        log::warn!(target: RAW_LOG_TARGET, "{}", passive_block_line(
+            &domain.name,
+            self.role.as_str(),
+            label,
+            answer.kind(),
+            detection.block_ms,
+            until.unwrap_or_default(),
+            (!kind.blocks_at_once()).then_some(&rule),
+        ));
     }
 }
 

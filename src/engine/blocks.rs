@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::engine::verdict::{self, Failure, Rule, Strike, Verdict};
-use crate::host::{Host, LogLevel, SharedSetError};
+use crate::host::{Host, SharedSetError};
 
 pub const BLOCK_KEY_PREFIX: &str = "origin_pull.block|";
 pub const DOMAIN_KEY_PREFIX: &str = "origin_pull.blocked|";
@@ -174,12 +174,7 @@ impl BlockTable {
                 Err(SharedSetError::Other) => break,
             }
         }
-        host.log(
-            LogLevel::Error,
-            &format!(
-                "origin-pull: {domain}: could not record the block of origin {label} in shared data"
-            ),
-        );
+        log::error!("{domain}: could not record the block of origin {label} in shared data");
         BlockOutcome::Failed
     }
 
@@ -223,12 +218,7 @@ impl BlockTable {
                 Err(SharedSetError::Other) => break,
             }
         }
-        host.log(
-            LogLevel::Error,
-            &format!(
-                "origin-pull: {domain}: could not record the unblock of origin {label} in shared data"
-            ),
-        );
+        log::error!("{domain}: could not record the unblock of origin {label} in shared data");
         UnblockOutcome::Failed
     }
 
@@ -278,12 +268,7 @@ impl BlockTable {
                 Err(SharedSetError::Other) => break,
             }
         }
-        host.log(
-            LogLevel::Error,
-            &format!(
-                "origin-pull: {domain}: could not record a failure of origin {label} in shared data"
-            ),
-        );
+        log::error!("{domain}: could not record a failure of origin {label} in shared data");
         (Verdict::Excused, BlockOutcome::Failed)
     }
 

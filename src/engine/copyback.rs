@@ -17,7 +17,7 @@ pub use crate::config::{
     MAX_COPY_BACKS_PER_MINUTE,
 };
 use crate::config::{PluginConfig, Scheme};
-use crate::host::{Host, LogLevel};
+use crate::host::Host;
 use crate::s3::bucket::{self, BucketEvent, BucketStats};
 use crate::s3::sigv4;
 
@@ -150,13 +150,7 @@ impl CopyBack {
         }
         if let Some(reason) = reason {
             stats.count(host, BucketEvent::CopyBackSkipped);
-            host.log(
-                LogLevel::Info,
-                &format!(
-                    "origin-pull: not copying {} back: {reason}",
-                    printable_key(&job.key)
-                ),
-            );
+            log::info!("not copying {} back: {reason}", printable_key(&job.key));
             return false;
         }
         self.bytes += size;
@@ -203,13 +197,10 @@ impl CopyBack {
         }
         if !window.logged {
             window.logged = true;
-            host.log(
-                LogLevel::Warn,
-                &format!(
-                    "origin-pull: {}: {limit} objects were copied back in the last minute (mirror.max_copy_backs_per_minute); further objects are served but not copied back until the minute is over",
+            log::warn!(
+                    "{}: {limit} objects were copied back in the last minute (mirror.max_copy_backs_per_minute); further objects are served but not copied back until the minute is over",
                     domain.name
-                ),
-            );
+                );
         }
         false
     }
@@ -291,10 +282,7 @@ impl CopyBack {
 
     fn fail(&self, host: &mut impl Host, stats: &BucketStats, key: &[u8], reason: &str) {
         stats.count(host, BucketEvent::CopyBackFailed);
-        host.log(
-            LogLevel::Warn,
-            &format!("origin-pull: copy-back of {} {reason}", printable_key(key)),
-        );
+        log::warn!("copy-back of {} {reason}", printable_key(key));
     }
 
     /// A copy-back callout answered (root context): the source GET of a redirect-mode copy
@@ -327,10 +315,7 @@ impl CopyBack {
         match status {
             Some(200..=299) => {
                 stats.count(host, BucketEvent::CopyBackDone);
-                host.log(
-                    LogLevel::Debug,
-                    &format!("origin-pull: copied {} back", done.what),
-                );
+                log::debug!("copied {} back", done.what);
             }
             other => {
                 if other == Some(403) {
@@ -338,10 +323,7 @@ impl CopyBack {
                 }
                 stats.count(host, BucketEvent::CopyBackFailed);
                 let status = other.map_or("no response".to_string(), |s| format!("status {s}"));
-                host.log(
-                    LogLevel::Warn,
-                    &format!("origin-pull: copy-back of {} failed: {status}", done.what),
-                );
+                log::warn!("copy-back of {} failed: {status}", done.what);
             }
         }
         true
@@ -376,10 +358,7 @@ impl CopyBack {
         let size = body_size as u64;
         if size > limit || self.bytes + size > MAX_COPY_BACK_BYTES {
             stats.count(host, BucketEvent::CopyBackSkipped);
-            host.log(
-                LogLevel::Info,
-                &format!("origin-pull: not copying {what} back: {size} bytes is over mirror.max_copy_bytes ({limit}) or the copy-back memory budget"),
-            );
+            log::info!("not copying {what} back: {size} bytes is over mirror.max_copy_bytes ({limit}) or the copy-back memory budget");
             return;
         }
         job.body = host.callout_response_body(body_size).unwrap_or_default();

@@ -44,7 +44,7 @@ use crate::config::{PluginConfig, Scheme};
 use crate::engine::blocks::{BlockTable, SlotHasher};
 use crate::engine::classify::Answer;
 use crate::engine::exchange::Role;
-use crate::host::{Host, LogLevel, MetricKind};
+use crate::host::{Host, MetricKind};
 
 /// The tags the shipped bootstrap extracts, in the order they appear in a name.
 pub const TAGS: [&str; 6] = ["domain", "origin", "kind", "source", "result", "outcome"];
@@ -218,13 +218,10 @@ impl Registry {
             if self.origin_series >= self.max_origin_series {
                 if !self.cap_warned {
                     self.cap_warned = true;
-                    host.log(
-                        LogLevel::Warn,
-                        &format!(
-                            "origin-pull: {} per-origin stat series defined in this VM, the cap (metrics.max_origin_series); further per-origin series are not defined (first one dropped: {name})",
+                    log::warn!(
+                            "{} per-origin stat series defined in this VM, the cap (metrics.max_origin_series); further per-origin series are not defined (first one dropped: {name})",
                             self.origin_series
-                        ),
-                    );
+                        );
                 }
                 return None;
             }

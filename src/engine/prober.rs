@@ -15,7 +15,7 @@ use crate::engine::blocks::{BlockOutcome, BlockTable, UnblockOutcome, CREATE_ONL
 use crate::engine::classify::{read_callout, Answer};
 use crate::engine::exchange::{Role, ORIGINAL_DST_HEADER};
 use crate::engine::metrics::{BlockSource, Metrics, OriginMetrics};
-use crate::host::{Host, LogLevel};
+use crate::host::Host;
 
 pub const LEASE_KEY: &str = "origin_pull.probe_lease";
 /// Tick period without probes (the blocked gauges need refreshing, the counters flushing).
@@ -192,13 +192,10 @@ impl Prober {
         let holding = self.hold_lease(host, now);
         if holding != self.holding {
             self.holding = holding;
-            host.log(
-                LogLevel::Debug,
-                &format!(
-                    "origin-pull: prober {:016x} {} the probe lease",
-                    self.holder,
-                    if holding { "took" } else { "lost" }
-                ),
+            log::debug!(
+                "prober {:016x} {} the probe lease",
+                self.holder,
+                if holding { "took" } else { "lost" }
             );
             self.targets.iter_mut().for_each(Target::reset);
         }
@@ -255,16 +252,13 @@ impl Prober {
                     // A deployment problem (e.g. a missing cluster), not the origin's health.
                     if !target.dispatch_error_logged {
                         target.dispatch_error_logged = true;
-                        host.log(
-                            LogLevel::Error,
-                            &format!(
-                                "origin-pull: {}: could not start the probe of {} origin {} via cluster '{}': {status}",
+                        log::error!(
+                                "{}: could not start the probe of {} origin {} via cluster '{}': {status}",
                                 target.domain_name,
                                 target.role.as_str(),
                                 target.label,
                                 target.cluster
-                            ),
-                        );
+                            );
                     }
                 }
             }
@@ -360,7 +354,7 @@ fn judge(
         target.successes = 0;
     }
     let what = format!(
-        "origin-pull: {}: probe of {} origin {}",
+        "{}: probe of {} origin {}",
         target.domain_name,
         target.role.as_str(),
         target.label
@@ -377,14 +371,11 @@ fn judge(
         }
         let outcome = blocks.block(host, &target.domain_name, &target.label, target.block_ms);
         if outcome == BlockOutcome::Blocked && !blocked {
-            host.log(
-                LogLevel::Warn,
-                &format!(
-                    "{what} failed {} time(s) in a row ({}); blocked for {} s",
-                    target.failures,
-                    answer_text(answer),
-                    target.block_ms / 1000
-                ),
+            log::warn!(
+                "{what} failed {} time(s) in a row ({}); blocked for {} s",
+                target.failures,
+                answer_text(answer),
+                target.block_ms / 1000
             );
             if let Some(m) = origin {
                 let until = blocks.blocked_until(host, &target.domain_name, &target.label);
@@ -395,12 +386,9 @@ fn judge(
         target.saw_blocked = true;
     } else if healthy && blocked && target.successes >= target.probe.healthy_threshold {
         if blocks.unblock(host, &target.domain_name, &target.label) == UnblockOutcome::Unblocked {
-            host.log(
-                LogLevel::Info,
-                &format!(
-                    "{what} passed {} time(s) in a row; unblocked",
-                    target.successes
-                ),
+            log::info!(
+                "{what} passed {} time(s) in a row; unblocked",
+                target.successes
             );
             if let Some(m) = origin {
                 m.unblocked(host);
