@@ -39,7 +39,7 @@ DIST          ?= dist
 
 export ENVOY
 
-.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-ablation bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check docs-links ruff check scale
+.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-ablation bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check docs-links ruff imports check scale
 
 # Every Debian package make test / make run / make release need (only the missing ones; sudo
 # when not root; no system service is started), the wasm target and clippy/rustfmt: what .ci/run
@@ -188,12 +188,18 @@ docs-links:
 
 # The Python tests', benchmarks' and tools' linter (rules in ruff.toml; ruff comes from PyPI
 # through requirements-test.txt).
+# No import cycle among the crate's top-level modules or engine's (issue 15); the self-test
+# plants cycles in a scratch tree and fails unless they are found.
+imports:
+	$(PYTHON) tools/check_imports.py --self-test
+	$(PYTHON) tools/check_imports.py
+
 ruff: venv
 	$(VENV)/bin/ruff check tests bench tools
 
 # What a contributor runs before pushing (CI runs it too): formatting and clippy for the host
-# and the wasm target, ruff, the docs' links.
-check: lint ruff docs-links
+# and the wasm target, ruff, the docs' links, no import cycle.
+check: lint ruff docs-links imports
 
 # Release artifacts in dist/: the filter, its sha256 (Istio's WasmPlugin `sha256`), the native
 # command, the version + git revision both were built from (the filter logs it at start), and

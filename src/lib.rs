@@ -17,6 +17,7 @@ pub mod s3;
 pub mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod types;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -109,7 +109,7 @@ pub(super) fn compile_mirror(
         };
         let entry = parse_domain_entry(&domain)
             .map_err(|r| ctx.err("source.domain", Some(domain.clone()), r))?;
-        for (slot, client) in redirect_base.iter_mut().zip([Scheme::Http, Scheme::Https]) {
+        for (slot, client) in redirect_base.iter_mut().zip(Scheme::ALL) {
             let scheme = effective_scheme(source.protocol, client);
             let host = source.host.clone().unwrap_or_else(|| match entry.port {
                 Some(port) if port != scheme.default_port() => format!("{}:{port}", entry.name),

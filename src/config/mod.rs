@@ -45,8 +45,14 @@ pub const MAX_BLOCK_SECONDS: u64 = 86_400;
 /// Timeouts, resets after connect (and 5xx with `block_on_5xx`) from this many distinct
 /// requests within the window block an origin (see `verdict`).
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+/// Largest accepted `detection.failure_threshold`: strike lists never hold more entries.
+pub const MAX_FAILURE_THRESHOLD: u32 = 100;
 pub const DEFAULT_FAILURE_WINDOW_SECONDS: u64 = 10;
 pub const MAX_FAILURE_WINDOW_SECONDS: u64 = 3_600;
+/// Default of `metrics.max_origin_series`.
+pub const DEFAULT_MAX_ORIGIN_SERIES: u32 = 10_000;
+/// Largest accepted `metrics.max_origin_series`.
+pub const MAX_ORIGIN_SERIES: u32 = 1_000_000;
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
 pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 8 << 20;
 /// Envoy's default async-client buffer limit (`http.async_response_buffer_limit`): a larger

@@ -137,7 +137,7 @@ pub(super) fn dns_routes(
     port: Option<u16>,
     label: impl Fn(u16) -> String,
 ) -> [Route; 2] {
-    [Scheme::Http, Scheme::Https].map(|client| {
+    Scheme::ALL.map(|client| {
         let scheme = effective_scheme(protocol, client);
         let port = port.unwrap_or(scheme.default_port());
         Route {

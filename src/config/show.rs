@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::bucket::{CredentialSource, CredentialSources};
 use super::types::OriginSource;
-use super::{Domain, Mirror, OriginKind, OriginSet, PluginConfig, Probe, Target, REDACTED};
+use super::{Domain, Mirror, OriginKind, OriginSet, PluginConfig, Probe, Scheme, Target, REDACTED};
 
 impl PluginConfig {
     /// The configuration with every default filled in, as `check` prints it.
@@ -261,7 +261,7 @@ impl<'a> From<&'a OriginSet> for OriginView<'a> {
                 // A single cluster may not carry a weight: print it the way it may be written.
                 let weighted = set.targets.len() > 1;
                 let clusters = set.targets.iter().map(|t| ClusterView {
-                    name: &t.routes[0].cluster,
+                    name: &t.route(Scheme::Http).cluster,
                     weight: weighted.then_some(t.weight),
                 });
                 view.clusters = Some(clusters.collect());
@@ -361,7 +361,7 @@ fn targets_as_text(targets: &[Target]) -> Vec<String> {
     targets
         .iter()
         .map(|t| {
-            let label = &t.routes[0].label;
+            let label = &t.route(Scheme::Http).label;
             let text = match addrs(t) {
                 [Some(http), Some(https)] if http.port() != https.port() => http.ip().to_string(),
                 _ => label.clone(),

@@ -26,34 +26,7 @@ impl Protocol {
     }
 }
 
-/// The scheme actually used towards an origin for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    Http = 0,
-    Https = 1,
-}
-
-impl Scheme {
-    pub fn from_request(scheme: &str) -> Scheme {
-        if scheme.eq_ignore_ascii_case("https") {
-            Scheme::Https
-        } else {
-            Scheme::Http
-        }
-    }
-    pub(super) fn default_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-}
+pub use crate::types::Scheme;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OriginKind {
@@ -96,10 +69,7 @@ pub struct Target {
 
 impl Target {
     pub fn route(&self, scheme: Scheme) -> &Route {
-        match scheme {
-            Scheme::Http => &self.routes[0],
-            Scheme::Https => &self.routes[1],
-        }
+        scheme.pick(&self.routes)
     }
 }
 
@@ -204,8 +174,8 @@ impl Default for Detection {
 
 impl Detection {
     /// The blocking rule in the form `verdict` judges by.
-    pub fn rule(&self) -> crate::engine::verdict::Rule {
-        crate::engine::verdict::Rule {
+    pub fn rule(&self) -> crate::types::Rule {
+        crate::types::Rule {
             block_ms: self.block_ms,
             threshold: self.failure_threshold,
             window_ms: self.failure_window_ms,

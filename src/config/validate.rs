@@ -141,11 +141,11 @@ fn compile_envoy(raw: Option<RawEnvoy>, top: &Ctx) -> Result<EnvoyNames, ConfigE
 }
 
 fn compile_metrics(raw: Option<RawMetrics>, top: &Ctx) -> Result<MetricsSettings, ConfigError> {
-    let max = crate::engine::metrics::MAX_ORIGIN_SERIES;
+    let max = super::MAX_ORIGIN_SERIES;
     let max_origin_series = raw
         .as_ref()
         .and_then(|m| m.max_origin_series)
-        .unwrap_or(crate::engine::metrics::DEFAULT_MAX_ORIGIN_SERIES);
+        .unwrap_or(super::DEFAULT_MAX_ORIGIN_SERIES);
     if max_origin_series > max {
         return Err(top.err(
             "metrics.max_origin_series",
@@ -445,7 +445,7 @@ fn compile_detection(raw: Option<RawDetection>, ctx: &Ctx) -> Result<Detection, 
         .as_ref()
         .and_then(|d| d.failure_threshold)
         .unwrap_or(DEFAULT_FAILURE_THRESHOLD);
-    let max_threshold = crate::engine::verdict::MAX_THRESHOLD;
+    let max_threshold = super::MAX_FAILURE_THRESHOLD;
     if !(1..=max_threshold).contains(&threshold) {
         return Err(ctx.err(
             "failure_threshold",

@@ -188,7 +188,7 @@ impl PluginConfig {
             }
         };
         for domain in &self.domains {
-            for scheme in [Scheme::Http, Scheme::Https] {
+            for scheme in Scheme::ALL {
                 if !domain.router_failover(self.envoy.failover, scheme) || domain.max_chain() < 2 {
                     continue;
                 }

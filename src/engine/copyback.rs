@@ -68,10 +68,7 @@ impl Mirror {
     }
 
     pub fn redirect_location(&self, scheme: Scheme, client_path: &str) -> Option<String> {
-        let base = match scheme {
-            Scheme::Http => &self.redirect_base[0],
-            Scheme::Https => &self.redirect_base[1],
-        };
+        let base = scheme.pick(&self.redirect_base);
         Some(format!("{base}{}", self.source_path(client_path)?))
     }
 

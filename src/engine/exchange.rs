@@ -31,20 +31,7 @@ pub const DEBUG_WORKER_HEADER: &str = "x-origin-pull-worker";
 pub const ERROR_HEADER: &str = "x-origin-pull-error";
 pub const MIRROR_HEADER: &str = "x-origin-pull-mirror";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Master,
-    Slave,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Master => "master",
-            Role::Slave => "slave",
-        }
-    }
-}
+pub use crate::types::Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Attempt {

@@ -43,16 +43,11 @@ use std::rc::Rc;
 use crate::config::{PluginConfig, Scheme};
 use crate::engine::blocks::{BlockTable, SlotHasher};
 use crate::engine::classify::Answer;
-use crate::engine::exchange::Role;
 use crate::host::{Host, MetricKind};
+use crate::types::Role;
 
 /// The tags the shipped bootstrap extracts, in the order they appear in a name.
 pub const TAGS: [&str; 6] = ["domain", "origin", "kind", "source", "result", "outcome"];
-
-/// Default of `metrics.max_origin_series`.
-pub const DEFAULT_MAX_ORIGIN_SERIES: u32 = 10_000;
-/// Largest accepted `metrics.max_origin_series`.
-pub const MAX_ORIGIN_SERIES: u32 = 1_000_000;
 
 /// Who blocked an origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,7 +187,7 @@ impl Default for Registry {
         Registry {
             ids: HashMap::new(),
             origin_series: 0,
-            max_origin_series: DEFAULT_MAX_ORIGIN_SERIES,
+            max_origin_series: crate::config::DEFAULT_MAX_ORIGIN_SERIES,
             cap_warned: false,
             gauges: Vec::new(),
             gauge_ids: std::collections::HashSet::new(),
@@ -420,9 +415,9 @@ impl Metrics {
         let label = set.targets.get(target)?.route(scheme).label.as_str();
         let key = (
             u32::try_from(domain).ok()?,
-            role as u8,
+            role.index() as u8,
             u32::try_from(target).ok()?,
-            scheme as u8,
+            scheme.index() as u8,
         );
         Some(OriginMetrics {
             metrics: self,

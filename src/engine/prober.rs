@@ -13,9 +13,10 @@ use std::time::Duration;
 use crate::config::{Domain, OriginSet, PluginConfig, Probe, Route, Scheme};
 use crate::engine::blocks::{BlockOutcome, BlockTable, UnblockOutcome, CREATE_ONLY_CAS};
 use crate::engine::classify::{read_callout, Answer};
-use crate::engine::exchange::{Role, ORIGINAL_DST_HEADER};
+use crate::engine::exchange::ORIGINAL_DST_HEADER;
 use crate::engine::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::host::Host;
+use crate::types::Role;
 
 pub const LEASE_KEY: &str = "origin_pull.probe_lease";
 /// Tick period without probes (the blocked gauges need refreshing, the counters flushing).
@@ -138,10 +139,7 @@ impl Prober {
                 let Some(set) = set else { continue };
                 let Some(probe) = &set.probe else { continue };
                 for (index, target) in set.targets.iter().enumerate() {
-                    for (scheme, route) in [Scheme::Http, Scheme::Https]
-                        .into_iter()
-                        .zip(&target.routes)
-                    {
+                    for (scheme, route) in Scheme::ALL.into_iter().zip(&target.routes) {
                         // `follow` has two addresses per target; other protocols one, twice.
                         if scheme == Scheme::Https
                             && target

@@ -20,8 +20,6 @@
 /// A success this recent (ms before the failure, or after the failed attempt started) shows the
 /// origin is serving: the failure is the URL's, not the origin's.
 pub const EVIDENCE_MS: u64 = 1_000;
-/// Strike lists never hold more than this many entries (the threshold's upper bound).
-pub const MAX_THRESHOLD: u32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -42,15 +40,7 @@ impl FailureKind {
     }
 }
 
-/// A domain's blocking rule (from `detection.*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    /// 0: never block (and never skip a block).
-    pub block_ms: u64,
-    /// Strikes from distinct requests within `window_ms` that block (1 = the first one).
-    pub threshold: u32,
-    pub window_ms: u64,
-}
+pub use crate::types::Rule;
 
 /// One counted failure of a request on an origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +120,7 @@ pub fn judge(rule: &Rule, strikes: &mut Vec<Strike>, failure: &Failure) -> Verdi
         return Verdict::Block;
     }
     // Bounded whatever the stored value said: only the newest matter.
-    let keep = usize::try_from(MAX_THRESHOLD).unwrap_or(usize::MAX);
+    let keep = usize::try_from(crate::config::MAX_FAILURE_THRESHOLD).unwrap_or(usize::MAX);
     if strikes.len() > keep {
         strikes.sort_by_key(|s| s.at_ms);
         let extra = strikes.len() - keep;
