@@ -80,9 +80,49 @@ pub struct Rule {
     pub window_ms: u64,
 }
 
+/// How many characters of a text from outside (a client's host or path, an object key, a
+/// configuration value or a parser's message quoting one) a log line or an error shows.
+pub const MAX_SHOWN_CHARS: usize = 200;
+
+/// Text from outside as it may go into a log line or an error: one line (control characters
+/// escaped as Rust writes them: `\n`, `\u{1b}`), at most [`MAX_SHOWN_CHARS`] characters of it,
+/// then `…` if it was longer. So no client, origin or configuration can forge or flood a line.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_SHOWN_CHARS));
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(MAX_SHOWN_CHARS) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Role, Scheme};
+    use super::{printable, Role, Scheme, MAX_SHOWN_CHARS};
+
+    #[test]
+    fn printable_text_is_one_bounded_line() {
+        assert_eq!(
+            printable("a.com\r\nx: \u{1b}[31m"),
+            "a.com\\r\\nx: \\u{1b}[31m"
+        );
+        assert_eq!(printable("plain \"quoted\" é"), "plain \"quoted\" é");
+        let long = "é".repeat(MAX_SHOWN_CHARS + 1);
+        let shown = printable(&long);
+        assert_eq!(shown.chars().count(), MAX_SHOWN_CHARS + 1);
+        assert!(shown.ends_with("é…"));
+        assert_eq!(
+            printable(&long[..2 * MAX_SHOWN_CHARS]),
+            long[..2 * MAX_SHOWN_CHARS]
+        );
+    }
 
     #[test]
     fn indexes_follow_the_tables() {

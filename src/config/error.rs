@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::types::printable;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub domain: Option<String>,
@@ -15,11 +17,11 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid origin-pull configuration: ")?;
         if let Some(domain) = &self.domain {
-            write!(f, "domain {:?}: ", shorten(domain))?;
+            write!(f, "domain {}: ", quoted(domain))?;
         }
         write!(f, "field {}", self.field)?;
         if let Some(value) = &self.value {
-            write!(f, " value {:?}", shorten(value))?;
+            write!(f, " value {}", quoted(value))?;
         }
         write!(f, ": {}", self.reason)
     }
@@ -27,31 +29,11 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Control characters escaped (no log injection) and the length bounded.
-pub(super) fn one_line(text: &str) -> String {
-    const LIMIT: usize = 400;
-    let mut out = String::with_capacity(text.len().min(LIMIT));
-    for c in text.chars().take(LIMIT) {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    if text.chars().count() > LIMIT {
-        out.push('…');
-    }
-    out
-}
-
-/// Long values are cut so one hostile field cannot flood the log.
-pub(super) fn shorten(text: &str) -> String {
-    const LIMIT: usize = 96;
-    if text.chars().count() <= LIMIT {
-        return text.to_string();
-    }
-    let cut: String = text.chars().take(LIMIT).collect();
-    format!("{cut}…")
+/// In double quotes as Rust's `{:?}` writes a string (quotes and backslashes escaped), then
+/// [`printable`].
+fn quoted(text: &str) -> String {
+    let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{}\"", printable(&escaped))
 }
 
 pub(super) struct Ctx<'a> {

@@ -6,9 +6,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::one_line;
 use super::probe::RawProbe;
 use super::{strict_json, validate, ConfigError, EnvLookup, PluginConfig, REDACTED};
+use crate::types::printable;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,9 +209,9 @@ fn parse_tracked(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigErr
         }
         ConfigError {
             domain,
-            field: one_line(&field),
+            field: printable(&field),
             value: None,
-            reason: one_line(&reason),
+            reason: printable(&reason),
         }
     })?;
     validate::compile(raw, env)
@@ -232,7 +232,7 @@ fn duplicate_key(bytes: &[u8], path: &str, key: &str) -> ConfigError {
     }
     ConfigError {
         domain,
-        field: one_line(&field),
+        field: printable(&field),
         value: None,
         reason: "is given twice in the same object (duplicate key); JSON parsers would silently keep only one of them, so the configuration is refused".into(),
     }

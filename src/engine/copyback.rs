@@ -20,6 +20,7 @@ use crate::config::{PluginConfig, Scheme};
 use crate::host::Host;
 use crate::s3::bucket::{self, BucketEvent, BucketStats};
 use crate::s3::sigv4;
+use crate::types::printable;
 
 /// Memory held by copy-backs of one VM (queued and in flight); past it new copies are skipped.
 pub const MAX_COPY_BACK_BYTES: u64 = 64 << 20;
@@ -433,15 +434,9 @@ fn dispatch_put(host: &mut impl Host, job: &CopyJob) -> Result<(u32, String), St
         })
 }
 
-/// Keys go into logs: bounded, without control characters.
+/// Keys go into logs: quoted, [`printable`].
 pub fn printable_key(key: &[u8]) -> String {
-    let text = String::from_utf8_lossy(key);
-    let shown: String = text
-        .chars()
-        .take(200)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    format!("'{shown}'")
+    format!("'{}'", printable(&String::from_utf8_lossy(key)))
 }
 
 #[cfg(test)]
