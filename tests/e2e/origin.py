@@ -13,6 +13,9 @@ Special paths (for tests):
   /__sleep/<ms>/...    wait <ms> milliseconds before answering (response timeouts)
   /__size/<bytes>/...  answer with a body of exactly <bytes> bytes of "x" (large failovers)
   /__reset/...         read the request, answer nothing and reset the connection (TCP RST)
+  /__stall/<bytes>/... when the status is not 200: the status and headers with content-length
+                       <bytes>, then no body: the connection is held until the client closes it
+                       (at most 60 s) (a failed answer whose body stalls)
   /__big/<bytes>[/rate/<bytes per s>]/...  a large object streamed in 64 KiB chunks, never held
                        in memory: byte i is i % 256 (big_sha256() gives its digest); content-type
                        video/mp4, an ETag, Range (one range, 206) and If-None-Match (304); with
@@ -143,6 +146,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(parts) > 1 and parts[1] == "__reset":
             # SO_LINGER 0: closing sends RST instead of FIN (a crashing handler, a hostile URL).
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+
+        if len(parts) > 2 and parts[1] == "__stall" and status != 200:
+            self.send_response(status)
+            self.send_header("content-length", parts[2])
+            self.send_header("x-served-by", srv.name)
+            self.end_headers()
+            self.wfile.flush()
+            self.connection.settimeout(60)
+            try:
+                while self.connection.recv(4096):
+                    pass
+            except OSError:
+                pass
             self.close_connection = True
             return
 

@@ -4,6 +4,8 @@ Every test checks which origin served, from the origin's own answer (x-served-by
 Origins use 127.0.0.2-127.0.0.39.
 """
 
+import time
+
 import pytest
 
 from harness import wait_for
@@ -284,21 +286,55 @@ def test_router_failover_on_a_status_keeps_the_failed_origins_connection(make_en
     closes the HTTP/1.1 connection: every failover on a status then connected to the master
     again (100-165 µs of Envoy CPU each, `make bench` scenario f). The rendered drain filter
     reads a marked answer's short body first, so the connection stays in the pool; a body over
-    the limit is not read (the old behaviour: one new connection)."""
+    the limit is not read (the old behaviour: one new connection). Each failover is also quick:
+    an answer held until the per-try (first-byte) timeout would keep the connection too, so the
+    time is what tells a drain from a hang (docs/design.md: a wasm `Pause` on the headers
+    holds the answer that way). A HEAD answer (content-length, no body: its headers end the
+    stream) is relayed at once and keeps the connection as well."""
     origins = [{"name": "master", "ip": "127.0.0.2", "status": 404},
                {"name": "slave", "ip": "127.0.0.3"}]
     env = make_env(lambda e: domain({"ips": [e.addr("master")]}, {"ips": [e.addr("slave")]}),
                    origins=origins, concurrency=1)
     master_cx = "cluster.origin_pull_ip_http.upstream_cx_total"
     for i in range(20):
-        r = env.request("www.test.com", f"/__size/{DRAIN_MAX_BYTES}/miss-{i}")
+        began = time.monotonic()
+        r = env.request("www.test.com", f"/__size/{DRAIN_MAX_BYTES}/miss-{i}", timeout=30)
         assert (r.status, r.headers["x-served-by"], r.headers["x-origin-pull-attempts"]) == \
             (200, "slave", "2"), r
         assert len(r.body) == DRAIN_MAX_BYTES
+        # The default first-byte timeout is 10 s: far above a failover on a loaded machine.
+        assert time.monotonic() - began < 2.0, "the failed answer was held, not drained"
     assert env.stat("cluster.origin_pull_ip_http.upstream_rq_total") == 20
+    assert env.stat(master_cx) == 1
+    for i in range(3):
+        began = time.monotonic()
+        r = env.request("www.test.com", f"/head-{i}", method="HEAD", timeout=30)
+        assert (r.status, r.headers["x-served-by"], r.body) == (200, "slave", b""), r
+        assert time.monotonic() - began < 2.0, "the HEAD answer was held"
     assert env.stat(master_cx) == 1
     # One byte more: not drained, the router resets the attempt and closes the connection.
     for i in range(2):
         r = env.request("www.test.com", f"/__size/{DRAIN_MAX_BYTES + 1}/big-{i}")
         assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
     assert env.stat(master_cx) == 2
+
+
+def test_router_failover_on_a_status_whose_body_stalls_fails_over_at_the_first_byte_timeout(make_env):
+    """The drain filter holds a marked answer until its announced short body arrives; a body
+    that never comes is bounded by the router's per-try (first-byte) timeout, which still runs
+    because the router has not seen the headers: the request fails over to the slave then, it
+    does not hang. The answer was a 404: the master is not blocked."""
+    env = make_env(first_byte_timeout="1s")
+    master = env.start_origin("master", ip="127.0.0.2", status=404)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr]},
+                     detection={"failure_threshold": 1}))
+    began = time.monotonic()
+    r = env.request("www.test.com", "/__stall/1000/x", timeout=30)
+    took = time.monotonic() - began
+    assert (r.status, r.headers["x-served-by"], r.headers["x-origin-pull-attempts"]) == \
+        (200, "slave", "2"), r
+    assert 0.9 <= took < 5, took
+    r = env.request("www.test.com", "/after")
+    assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
+    assert master.count("/after") == 1, "a 404 whose body stalled does not block the master"
