@@ -1,0 +1,282 @@
+//! The clusters `render` writes: the origins' clusters from their specs, the composite
+//! (router failover) clusters with their drain filter and per-attempt wasm filter.
+
+use super::*;
+
+/// Room for an edge: Envoy's default of 1024 concurrent requests per cluster would cap every
+/// IP origin together, since they share one ORIGINAL_DST cluster.
+pub(super) const CIRCUIT_BREAKER_LIMIT: u32 = 100_000;
+
+/// The Envoy cluster for one spec; `None` for clusters the operator provides.
+pub fn cluster(spec: &ClusterSpec, opts: &Options) -> Option<Node> {
+    let mut c = vec![("name".to_string(), Node::from(&spec.name))];
+    let mut push = |k: &str, v: Node| c.push((k.to_string(), v));
+    match &spec.kind {
+        ClusterKind::Provided => return None,
+        ClusterKind::OriginalDst => {
+            // The filter always sets or removes x-envoy-original-dst-host, so a client can
+            // never pick the address.
+            push("type", "ORIGINAL_DST".into());
+            push("lb_policy", "CLUSTER_PROVIDED".into());
+            push("connect_timeout", opts.connect_timeout.as_str().into());
+            push(
+                "original_dst_lb_config",
+                map([("use_http_header", true.into())]),
+            );
+        }
+        ClusterKind::Dns { host, port } => {
+            push("type", "STRICT_DNS".into());
+            push("lb_policy", "ROUND_ROBIN".into());
+            push("connect_timeout", opts.connect_timeout.as_str().into());
+            push("dns_lookup_family", "V4_PREFERRED".into());
+            push(
+                "load_assignment",
+                map([
+                    ("cluster_name", spec.name.as_str().into()),
+                    (
+                        "endpoints",
+                        list([map([(
+                            "lb_endpoints",
+                            list([map([("endpoint", map([("address", socket(host, *port))]))])]),
+                        )])]),
+                    ),
+                ]),
+            );
+        }
+    }
+    let limit = Node::from(CIRCUIT_BREAKER_LIMIT);
+    push(
+        "circuit_breakers",
+        map([(
+            "thresholds",
+            list([map([
+                ("max_connections", limit.clone()),
+                ("max_pending_requests", limit.clone()),
+                ("max_requests", limit),
+            ])]),
+        )]),
+    );
+    if spec.tls {
+        // SNI and the certificate's name are the Host sent to the origin (the origin's `host`,
+        // else the client's host).
+        push(
+            "typed_extension_protocol_options",
+            map([(
+                HTTP_OPTIONS,
+                typed(
+                    &format!("type.googleapis.com/{HTTP_OPTIONS}"),
+                    entries(map([
+                        (
+                            "upstream_http_protocol_options",
+                            map([
+                                ("auto_sni", true.into()),
+                                ("auto_san_validation", true.into()),
+                            ]),
+                        ),
+                        (
+                            "explicit_http_config",
+                            map([("http_protocol_options", map([]))]),
+                        ),
+                    ])),
+                ),
+            )]),
+        );
+        push(
+            "transport_socket",
+            map([
+                ("name", "envoy.transport_sockets.tls".into()),
+                (
+                    "typed_config",
+                    typed(
+                        TLS_TYPE,
+                        entries(map([(
+                            "common_tls_context",
+                            map([(
+                                "validation_context",
+                                map([(
+                                    "trusted_ca",
+                                    map([("filename", opts.ca_file.as_str().into())]),
+                                )]),
+                            )]),
+                        )])),
+                    ),
+                ),
+            ]),
+        );
+    }
+    Some(Node::Map(c))
+}
+
+/// Every cluster render writes (operator-provided ones are left out): the origins' clusters,
+/// then, for failovers carried by Envoy's router, the `ORIGINAL_DST` clusters of attempt
+/// positions 2.. and the composite clusters (see `chain`).
+pub fn clusters(config: &PluginConfig, opts: &Options) -> Vec<Node> {
+    let mut out: Vec<Node> = config
+        .cluster_specs()
+        .iter()
+        .filter_map(|s| cluster(s, opts))
+        .collect();
+    out.extend(
+        config
+            .attempt_cluster_specs()
+            .iter()
+            .filter_map(|s| attempt_cluster(s, opts)),
+    );
+    out.extend(config.chain_specs().iter().map(|c| chain_cluster(c, opts)));
+    out
+}
+
+/// An IP cluster for attempt position k ≥ 2: the same as the first one but reading its own
+/// header, so the router's retry reaches the address the filter planned for that attempt.
+pub(super) fn attempt_cluster(spec: &AttemptClusterSpec, opts: &Options) -> Option<Node> {
+    let base = ClusterSpec {
+        name: spec.name.clone(),
+        kind: ClusterKind::OriginalDst,
+        tls: spec.tls,
+    };
+    let mut node = entries(cluster(&base, opts)?);
+    for (k, v) in node.iter_mut() {
+        if k == "original_dst_lb_config" {
+            *v = map([
+                ("use_http_header", true.into()),
+                ("http_header_name", spec.header.into()),
+            ]);
+        }
+    }
+    Some(Node::Map(node))
+}
+
+/// Failed answers up to this size are read to their end before the router retries (see
+/// [`drain_filter`]).
+pub const DRAIN_MAX_BYTES: u32 = 65_536;
+
+/// A Lua upstream filter, before the module's upstream instance (so it sees the answer after
+/// the instance marked it with [`crate::engine::chain::FAILOVER_STATUS`]): a marked answer with a body
+/// of at most [`DRAIN_MAX_BYTES`] is read to its end before the router sees its headers.
+/// Envoy's router resets an attempt it retries while the answer's body is still to come, which
+/// closes an HTTP/1.1 connection; a complete answer leaves the connection in the pool. Without
+/// this, every failover on a status opened a new connection to the failed origin for its next
+/// request (`make bench` scenario f: 100-165 µs of Envoy CPU per failover, and as much
+/// latency). A failed answer whose body stalls is still bounded by the per-try timeout (the
+/// router has not seen its headers yet).
+pub(super) fn drain_filter() -> Node {
+    let script = format!(
+        "-- origin-pull: read a failed answer's short body, so the router's retry keeps the connection.\n\
+         function envoy_on_response(handle)\n\
+         \x20 local headers = handle:headers()\n\
+         \x20 if headers:get(\":status\") ~= \"{mark}\" then return end\n\
+         \x20 local length = tonumber(headers:get(\"content-length\") or \"\")\n\
+         \x20 if length ~= nil and length > 0 and length <= {max} then handle:body() end\n\
+         end\n",
+        mark = crate::engine::chain::FAILOVER_STATUS,
+        max = DRAIN_MAX_BYTES,
+    );
+    map([
+        ("name", "envoy.filters.http.lua".into()),
+        (
+            "typed_config",
+            typed(
+                "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                entries(map([(
+                    "default_source_code",
+                    map([("inline_string", Node::Text(script))]),
+                )])),
+            ),
+        ),
+    ])
+}
+
+/// A composite cluster: attempt k goes to sub-cluster k. Carries the module's upstream
+/// instance (once per attempt: counts, blocks, sets the attempt's Host), the filter that
+/// drains a failed answer's short body ([`drain_filter`]) and, when an attempt is TLS, auto
+/// SNI / SAN validation (the router reads them from the cluster the route names).
+pub(super) fn chain_cluster(spec: &ChainSpec, opts: &Options) -> Node {
+    let limit = Node::from(CIRCUIT_BREAKER_LIMIT);
+    let mut options = Vec::new();
+    if spec.tls {
+        options.push((
+            "upstream_http_protocol_options".to_string(),
+            map([
+                ("auto_sni", true.into()),
+                ("auto_san_validation", true.into()),
+            ]),
+        ));
+    }
+    options.push((
+        "explicit_http_config".to_string(),
+        map([("http_protocol_options", map([]))]),
+    ));
+    options.push((
+        "http_filters".to_string(),
+        list([
+            drain_filter(),
+            upstream_wasm_filter(opts),
+            map([
+                ("name", "envoy.filters.http.upstream_codec".into()),
+                (
+                    "typed_config",
+                    typed(
+                        "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+                        vec![],
+                    ),
+                ),
+            ]),
+        ]),
+    ));
+    map([
+        ("name", spec.name.as_str().into()),
+        ("connect_timeout", opts.connect_timeout.as_str().into()),
+        ("lb_policy", "CLUSTER_PROVIDED".into()),
+        (
+            "cluster_type",
+            map([
+                ("name", "envoy.clusters.composite".into()),
+                (
+                    "typed_config",
+                    typed(
+                        "type.googleapis.com/envoy.extensions.clusters.composite.v3.ClusterConfig",
+                        entries(map([(
+                            "clusters",
+                            Node::List(
+                                spec.subs
+                                    .iter()
+                                    .map(|s| map([("name", s.as_str().into())]))
+                                    .collect(),
+                            ),
+                        )])),
+                    ),
+                ),
+            ]),
+        ),
+        (
+            "circuit_breakers",
+            map([(
+                "thresholds",
+                list([map([
+                    ("max_connections", limit.clone()),
+                    ("max_pending_requests", limit.clone()),
+                    ("max_requests", limit.clone()),
+                    // Envoy's default allows 3 concurrent retries per cluster: every failover
+                    // beyond them would get the first origin's failure.
+                    ("max_retries", limit),
+                ])]),
+            )]),
+        ),
+        (
+            "typed_extension_protocol_options",
+            map([(
+                HTTP_OPTIONS,
+                typed(&format!("type.googleapis.com/{HTTP_OPTIONS}"), options),
+            )]),
+        ),
+    ])
+}
+
+/// The clusters of the Envoy configuration: the filter's, plus the module's download cluster.
+pub(super) fn envoy_clusters(config: &PluginConfig, opts: &Options) -> Vec<Node> {
+    let mut all = clusters(config, opts);
+    if let Some(remote) = &opts.remote_wasm {
+        all.push(wasm_fetch_cluster(remote, opts));
+    }
+    all
+}
