@@ -4,27 +4,11 @@
 use super::error::Ctx;
 use super::origin::dns_routes;
 use super::raw::RawBucket;
-use super::types::{HostPort, OriginSource};
+use super::types::{CredentialSource, CredentialSources, HostPort, OriginSource};
 use super::{ConfigError, EnvLookup, Protocol, Route, REDACTED};
 use crate::config::address::parse_domain_entry;
 use crate::s3::bucket::{Addressing, Bucket};
 use crate::s3::sigv4::{Secret, Signer};
-
-/// Where a credential was read from. The value itself is in the bucket's signer only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CredentialSource {
-    /// Written in the configuration.
-    Inline,
-    /// Read from the VM environment variable of this name.
-    Env(String),
-}
-
-/// Where each of a bucket's two credentials came from (for `check`'s output).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CredentialSources {
-    pub access_key_id: CredentialSource,
-    pub secret_access_key: CredentialSource,
-}
 
 pub(super) fn compile_bucket(
     raw: RawBucket,

@@ -4,7 +4,8 @@
 use super::error::Ctx;
 use super::origin::{compile_origin, effective_scheme};
 use super::raw::RawMirror;
-use super::{ConfigError, EnvLookup, EnvoyNames, OriginKind, OriginSet, Scheme, MAX_RESPONSE_BODY};
+use super::types::{Mirror, MirrorMode, OnSourceFailure};
+use super::{ConfigError, EnvLookup, EnvoyNames, OriginKind, Scheme, MAX_RESPONSE_BODY};
 use crate::config::address::parse_domain_entry;
 
 /// Default of `mirror.max_copy_backs_per_minute` (per domain and worker).
@@ -13,61 +14,6 @@ pub const MAX_COPY_BACKS_PER_MINUTE: u32 = 1_000_000;
 pub const DEFAULT_MAX_COPY_BYTES: u64 = 8 << 20;
 /// Default of `mirror.on_status`: the bucket's answer for a missing object.
 pub const DEFAULT_MIRROR_ON_STATUS: u32 = 404;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MirrorMode {
-    Fetch,
-    Redirect,
-}
-
-impl MirrorMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MirrorMode::Fetch => "fetch",
-            MirrorMode::Redirect => "redirect",
-        }
-    }
-}
-
-/// What the client gets when the bucket missed and the source failed too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnSourceFailure {
-    /// The bucket's miss (404 by default).
-    NotFound,
-    /// The source's own answer.
-    Source,
-    /// Fail over to the slave as for any master error.
-    Slave,
-}
-
-impl OnSourceFailure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnSourceFailure::NotFound => "not_found",
-            OnSourceFailure::Source => "source",
-            OnSourceFailure::Slave => "slave",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Mirror {
-    pub source: OriginSet,
-    pub mode: MirrorMode,
-    pub pass_query_string: bool,
-    /// Object keys (client path without the leading '/') that are mirrored; empty = all.
-    pub key_prefixes: Vec<String>,
-    /// Bucket statuses that count as a miss.
-    pub on_status: Vec<u32>,
-    pub copy_back: bool,
-    /// Copy-backs accepted per domain and worker in one minute; past it objects are served but
-    /// not stored, so clients cannot grow the bucket faster than this.
-    pub max_copy_backs_per_minute: u32,
-    pub max_copy_bytes: u64,
-    pub on_source_failure: OnSourceFailure,
-    /// `scheme://host[:port]` of the source for redirects, by client scheme.
-    pub redirect_base: [String; 2],
-}
 
 pub(super) fn compile_mirror(
     raw: RawMirror<'_>,

@@ -24,15 +24,16 @@ mod validate;
 
 pub use error::ConfigError;
 pub use mirror::{
-    Mirror, MirrorMode, OnSourceFailure, DEFAULT_MAX_COPY_BACKS_PER_MINUTE, DEFAULT_MAX_COPY_BYTES,
-    DEFAULT_MIRROR_ON_STATUS, MAX_COPY_BACKS_PER_MINUTE,
+    DEFAULT_MAX_COPY_BACKS_PER_MINUTE, DEFAULT_MAX_COPY_BYTES, DEFAULT_MIRROR_ON_STATUS,
+    MAX_COPY_BACKS_PER_MINUTE,
 };
 pub use origin::{dns_cluster_name, parse_dns_cluster_name};
 pub use probe::Probe;
 pub use raw::{parse, parse_with_env};
 pub use types::{
-    Detection, Domain, EnvoyNames, FailoverMechanism, FailoverPolicy, MetricsSettings, OriginKind,
-    OriginSet, PluginConfig, Protocol, Route, Scheme, Target,
+    Detection, Domain, EnvoyNames, FailoverMechanism, FailoverPolicy, MetricsSettings, Mirror,
+    MirrorMode, OnSourceFailure, OriginKind, OriginSet, PluginConfig, Protocol, Route, Scheme,
+    Target,
 };
 
 /// Reads a variable of the VM's environment (`vm_config.environment_variables`).

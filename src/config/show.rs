@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::bucket::{CredentialSource, CredentialSources};
+use super::types::{CredentialSource, CredentialSources};
 use super::types::OriginSource;
 use super::{Domain, Mirror, OriginKind, OriginSet, PluginConfig, Probe, Scheme, Target, REDACTED};
 

@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 
-use super::bucket::CredentialSources;
-use super::mirror::Mirror;
 use super::probe::Probe;
 use super::{DEFAULT_BLOCK_SECONDS, DEFAULT_FAILURE_THRESHOLD, DEFAULT_FAILURE_WINDOW_SECONDS};
 use crate::s3::bucket::Bucket;
@@ -313,4 +311,75 @@ pub(super) fn strip_port(authority: &str) -> &str {
         Some(colon) if !authority[..colon].contains(':') => &authority[..colon],
         _ => authority,
     }
+}
+
+/// Where a credential was read from. The value itself is in the bucket's signer only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CredentialSource {
+    /// Written in the configuration.
+    Inline,
+    /// Read from the VM environment variable of this name.
+    Env(String),
+}
+
+/// Where each of a bucket's two credentials came from (for `check`'s output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CredentialSources {
+    pub access_key_id: CredentialSource,
+    pub secret_access_key: CredentialSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorMode {
+    Fetch,
+    Redirect,
+}
+
+impl MirrorMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorMode::Fetch => "fetch",
+            MirrorMode::Redirect => "redirect",
+        }
+    }
+}
+
+/// What the client gets when the bucket missed and the source failed too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSourceFailure {
+    /// The bucket's miss (404 by default).
+    NotFound,
+    /// The source's own answer.
+    Source,
+    /// Fail over to the slave as for any master error.
+    Slave,
+}
+
+impl OnSourceFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnSourceFailure::NotFound => "not_found",
+            OnSourceFailure::Source => "source",
+            OnSourceFailure::Slave => "slave",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub source: OriginSet,
+    pub mode: MirrorMode,
+    pub pass_query_string: bool,
+    /// Object keys (client path without the leading '/') that are mirrored; empty = all.
+    pub key_prefixes: Vec<String>,
+    /// Bucket statuses that count as a miss.
+    pub on_status: Vec<u32>,
+    pub copy_back: bool,
+    /// Copy-backs accepted per domain and worker in one minute; past it objects are served but
+    /// not stored, so clients cannot grow the bucket faster than this.
+    pub max_copy_backs_per_minute: u32,
+    pub max_copy_bytes: u64,
+    pub on_source_failure: OnSourceFailure,
+    /// `scheme://host[:port]` of the source for redirects, by client scheme.
+    pub redirect_base: [String; 2],
 }
