@@ -2,7 +2,7 @@
 //! the signing credentials, given inline or by the name of a VM environment variable.
 
 use super::error::Ctx;
-use super::origin::dns_routes;
+use super::names::dns_routes;
 use super::raw::RawBucket;
 use super::types::{CredentialSource, CredentialSources, HostPort, OriginSource};
 use super::{ConfigError, EnvLookup, Protocol, Route, REDACTED};

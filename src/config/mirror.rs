@@ -2,7 +2,8 @@
 //! object from, and whether and how much to copy back. `crate::engine::copyback` runs them.
 
 use super::error::Ctx;
-use super::origin::{compile_origin, effective_scheme};
+use super::names::effective_scheme;
+use super::origin::compile_origin;
 use super::raw::RawMirror;
 use super::types::{Mirror, MirrorMode, OnSourceFailure};
 use super::{ConfigError, EnvLookup, EnvoyNames, OriginKind, Scheme, MAX_RESPONSE_BODY};

@@ -14,6 +14,7 @@ pub mod address;
 mod bucket;
 mod error;
 mod mirror;
+mod names;
 mod origin;
 mod probe;
 mod raw;
@@ -27,7 +28,7 @@ pub use mirror::{
     DEFAULT_MAX_COPY_BACKS_PER_MINUTE, DEFAULT_MAX_COPY_BYTES, DEFAULT_MIRROR_ON_STATUS,
     MAX_COPY_BACKS_PER_MINUTE,
 };
-pub use origin::{dns_cluster_name, parse_dns_cluster_name};
+pub use names::{dns_cluster_name, parse_dns_cluster_name};
 pub use probe::Probe;
 pub use raw::{parse, parse_with_env};
 pub use types::{

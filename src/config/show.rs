@@ -5,8 +5,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::types::{CredentialSource, CredentialSources};
 use super::types::OriginSource;
+use super::types::{CredentialSource, CredentialSources};
 use super::{Domain, Mirror, OriginKind, OriginSet, PluginConfig, Probe, Scheme, Target, REDACTED};
 
 impl PluginConfig {

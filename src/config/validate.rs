@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::error::Ctx;
 use super::mirror::compile_mirror;
+use super::names::check_cluster_name;
 use super::origin::compile_origin;
 use super::probe::compile_probe;
 use super::raw::{
@@ -157,19 +158,6 @@ fn compile_metrics(raw: Option<RawMetrics>, top: &Ctx) -> Result<MetricsSettings
         per_origin: raw.and_then(|m| m.per_origin).unwrap_or(false),
         max_origin_series,
     })
-}
-
-pub(super) fn check_cluster_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("is empty".into());
-    }
-    if name.len() > 255 {
-        return Err("is longer than 255 characters".into());
-    }
-    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("contains whitespace or control characters".into());
-    }
-    Ok(())
 }
 
 fn normalize_accelerated_domain(name: &str) -> Result<String, String> {
