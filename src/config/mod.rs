@@ -30,12 +30,12 @@ pub use mirror::{
 };
 pub use names::{dns_cluster_name, parse_dns_cluster_name};
 pub use probe::Probe;
-pub use raw::{parse, parse_with_env};
 pub use types::{
     Detection, Domain, EnvoyNames, FailoverMechanism, FailoverPolicy, MetricsSettings, Mirror,
     MirrorMode, OnSourceFailure, OriginKind, OriginSet, PluginConfig, Protocol, Route, Scheme,
     Target,
 };
+pub use validate::{parse, parse_with_env};
 
 /// Reads a variable of the VM's environment (`vm_config.environment_variables`).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::probe::RawProbe;
-use super::{strict_json, validate, ConfigError, EnvLookup, PluginConfig, REDACTED};
+use super::{strict_json, ConfigError, REDACTED};
 use crate::types::printable;
 
 #[derive(Debug, Deserialize)]
@@ -153,12 +153,12 @@ pub(super) struct RawDetection {
 
 // ---------------------------------------------------------------- the document → raw
 
-/// Parses with the process environment (the VM's `vm_config.environment_variables` in Envoy).
-pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
-    parse_with_env(bytes, &|name| std::env::var(name).ok())
-}
-
-pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigError> {
+/// Reads the document into the raw structs and hands them to `compile` (they borrow from the
+/// bytes, or from the JSON tree of the tracked path, so they cannot be returned).
+pub(super) fn with_raw<T>(
+    bytes: &[u8],
+    compile: impl FnOnce(RawPluginConfig<'_>) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
     // Fast path: straight from the bytes into the raw structs, no JSON tree and no path
     // tracking (10,000 domains: several times faster). Any refusal, or a document that is not
     // an object (serde would take a list as a struct), goes through the tracked path below,
@@ -169,14 +169,17 @@ pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, Conf
         .is_some_and(|b| *b == b'{');
     if is_object {
         if let Ok(raw) = serde_json::from_slice::<RawPluginConfig>(bytes) {
-            return validate::compile(raw, env);
+            return compile(raw);
         }
     }
-    parse_tracked(bytes, env)
+    with_raw_tracked(bytes, compile)
 }
 
 /// The JSON tree + `serde_path_to_error` path: the error names the domain and the field.
-fn parse_tracked(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigError> {
+fn with_raw_tracked<T>(
+    bytes: &[u8],
+    compile: impl FnOnce(RawPluginConfig<'_>) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
     let tree: Value = strict_json::from_slice(bytes).map_err(|e| match e {
         strict_json::StrictJsonError::Syntax(e) => ConfigError {
             domain: None,
@@ -214,7 +217,7 @@ fn parse_tracked(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigErr
             reason: printable(&reason),
         }
     })?;
-    validate::compile(raw, env)
+    compile(raw)
 }
 
 /// An object of the document names `key` twice. Only now is the document read again (the

@@ -1,5 +1,6 @@
-//! Raw structs → compiled configuration: the top level, each domain, its failover policy and
-//! its detection settings. Origins are compiled by kind in `origin`, `bucket` and `mirror`.
+//! Raw structs → compiled configuration: the entry points (`parse`), the top level, each
+//! domain, its failover policy and its detection settings. Origins are compiled by kind in
+//! `origin`, `bucket` and `mirror`; `raw` reads the document.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,8 @@ use super::names::check_cluster_name;
 use super::origin::compile_origin;
 use super::probe::compile_probe;
 use super::raw::{
-    RawDetection, RawDomain, RawEnvoy, RawFailover, RawMetrics, RawOrigin, RawPluginConfig,
+    with_raw, RawDetection, RawDomain, RawEnvoy, RawFailover, RawMetrics, RawOrigin,
+    RawPluginConfig,
 };
 use super::{
     ConfigError, Detection, Domain, EnvLookup, EnvoyNames, FailoverMechanism, FailoverPolicy,
@@ -23,10 +25,16 @@ use super::{
 };
 use crate::config::address::{normalize_host_name, validate_host_name};
 
-pub(super) fn compile(
-    raw: RawPluginConfig<'_>,
-    env: EnvLookup,
-) -> Result<PluginConfig, ConfigError> {
+/// Parses with the process environment (the VM's `vm_config.environment_variables` in Envoy).
+pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+    parse_with_env(bytes, &|name| std::env::var(name).ok())
+}
+
+pub fn parse_with_env(bytes: &[u8], env: EnvLookup) -> Result<PluginConfig, ConfigError> {
+    with_raw(bytes, |raw| compile(raw, env))
+}
+
+fn compile(raw: RawPluginConfig<'_>, env: EnvLookup) -> Result<PluginConfig, ConfigError> {
     let top = Ctx {
         domain: None,
         prefix: String::new(),
