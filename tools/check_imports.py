@@ -5,13 +5,15 @@ Reads every `use crate::…` / `use super::…` statement and every inline `crat
 src/ (the library; src/bin is another crate) and fails when a module reaches one that reaches it
 back: between top-level modules (`config` -> `engine` -> `config`), and between the children of
 one module (`engine::prober` -> `engine::exchange` -> `engine::prober`). A reference into a
-child from its own parent, or up to a parent (its re-exports), is not an edge.
+child from its own parent is not an edge; a reference up to a parent is one to the child the
+parent re-exports the item from (`use super::Mirror` in `config::mirror` is an edge to
+`config::types` when config/mod.rs says `pub use types::Mirror`), else none.
 
 Test code is left out (`tests.rs` files and `#[cfg(test)] mod … { … }` blocks): tests reach
 into whatever they exercise. `testing.rs` (the FakeHost) is product-side and counts.
 
-Enforced for the crate's top level and `engine`'s children (`ENFORCED`); `--all` also lists
-the cycles among other modules' children (today: inside `config`), without failing on them.
+Enforced for the crate's top level and the children of `engine` and `config` (`ENFORCED`);
+`--all` also lists the cycles among other modules' children, without failing on them.
 
     python3 tools/check_imports.py [--all] [SRC_DIR]   # default: src
     python3 tools/check_imports.py --self-test  # plants cycles in a temporary tree
@@ -21,11 +23,12 @@ import re
 import sys
 import tempfile
 
-ENFORCED = {(), ("engine",)}
+ENFORCED = {(), ("engine",), ("config",)}
 COMMENT = re.compile(r"//[^\n]*")
 STRING = re.compile(r'"(?:\\.|[^"\\])*"')
 TEST_MOD = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{")
 USE = re.compile(r"\buse\s+((?:crate|super)\s*::[^;]*);")
+PUB_USE = re.compile(r"\bpub(?:\([^)]*\))?\s+use\s+([^;]*);")
 INLINE = re.compile(r"\bcrate::((?:\w+::)*\w+)")
 
 
@@ -93,6 +96,30 @@ def references(module, text):
     return refs
 
 
+def reexports(module, text, modules):
+    """{(module, item): source module} for each `pub use path::item;` of the module's file."""
+    found = {}
+    for m in PUB_USE.finditer(text):
+        for path in expand(m.group(1)):
+            names = [n for n in path.split("::") if n]
+            if names[0] == "crate":
+                full = names[1:]
+            else:
+                base = list(module)
+                if names[0] == "self":
+                    names = names[1:]
+                while names and names[0] == "super":
+                    base, names = base[:-1], names[1:]
+                full = base + names
+            source = next(
+                (tuple(full[:n]) for n in range(len(full) - 1, 0, -1) if tuple(full[:n]) in modules),
+                None,
+            )
+            if source is not None and full[-1] != "*":
+                found[module + (full[-1],)] = source
+    return found
+
+
 def graph(src):
     """Edges (parent, from_child, to_child) between sibling modules, with one example each."""
     files = {}
@@ -102,17 +129,23 @@ def graph(src):
                 path = os.path.join(root, name)
                 files[module_of(src, path)] = path
     modules = set(files)
+    texts, exported = {}, {}
+    for module, path in files.items():
+        with open(path, encoding="utf-8") as f:
+            texts[module] = strip_tests(f.read())
+        exported.update(reexports(module, texts[module], modules))
     edges = {}
     for module, path in files.items():
         if not module or module[-1] == "tests":
             continue
-        with open(path, encoding="utf-8") as f:
-            text = strip_tests(f.read())
-        for ref in references(module, text):
+        for ref in references(module, texts[module]):
             # The longest prefix that is a module: `config::DEFAULT_X` -> ("config",).
             target = next(
                 (ref[:n] for n in range(len(ref), 0, -1) if ref[:n] in modules), ()
             )
+            if target == module[: len(target)] and len(ref) > len(target):
+                # Up to an ancestor: the item's home is the module it re-exports it from.
+                target = exported.get(target + (ref[len(target)],), target)
             common = 0
             while common < min(len(module), len(target)) and module[common] == target[common]:
                 common += 1
@@ -179,8 +212,12 @@ def self_test():
 
         write("lib.rs", "pub mod config;\npub mod engine;\npub mod host;\n")
         write("host.rs", "// crate::engine::x in a comment is not an edge\npub trait Host {}\n")
-        write("config/mod.rs", "pub mod types;\npub use types::Rule;\n")
-        write("config/types.rs", "use crate::engine::{verdict::Kind, x};\npub struct Rule;\n")
+        write("config/mod.rs", "pub mod types;\npub mod mirror;\npub use types::Rule;\n"
+              "pub use self::mirror::{Mirror, compile as compile_mirror};\n")
+        # Through the parent's re-exports only: types -> mirror -> types.
+        write("config/types.rs", "use crate::engine::{verdict::Kind, x};\nuse super::Mirror;\n"
+              "pub struct Rule;\n")
+        write("config/mirror.rs", "use super::{Rule, compile_mirror};\npub struct Mirror;\n")
         write("engine/mod.rs", "pub mod verdict;\npub mod metrics;\npub mod exchange;\n")
         write("engine/verdict.rs", "use crate::config;\nuse crate::host::Host;\n")
         write("engine/metrics.rs", "use super::exchange::Role;\n")
@@ -189,11 +226,13 @@ def self_test():
         write("engine/exchange/tests.rs", "use crate::engine::verdict;\n")
         found = {(p, frozenset(c)) for p, c in cycles(graph(src))}
         want = {((), frozenset({"config", "engine"})),
-                (("engine",), frozenset({"metrics", "exchange"}))}
+                (("engine",), frozenset({"metrics", "exchange"})),
+                (("config",), frozenset({"types", "mirror"}))}
         assert found == want, f"planted cycles not found exactly: {found}"
         # Removed, the check passes.
         write("engine/verdict.rs", "use crate::host::Host;\n")
         write("engine/metrics.rs", "pub fn g() {}\n")
+        write("config/types.rs", "use crate::engine::x;\npub struct Rule;\n")
         assert not cycles(graph(src)), cycles(graph(src))
     print("check_imports self-test: planted cycles found, clean tree passes")
 
@@ -208,7 +247,8 @@ def main():
     src = args[0] if args else "src"
     if report(src, show_all):
         return 1
-    print(f"check_imports: no import cycle among the top-level modules of {src}/ or engine's")
+    print(f"check_imports: no import cycle among the top-level modules of {src}/, "
+          "engine's or config's")
     return 0
 
 

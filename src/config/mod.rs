@@ -3,12 +3,18 @@
 //! Every error names the domain, the field and the offending value.
 //!
 //! - `raw`: the document → raw serde structs (fast path, and a tracked path for errors);
-//! - `validate`: raw → compiled, top level, domains, failover, detection;
+//! - `validate`: `parse`, and raw → compiled: top level, domains, failover, detection;
 //! - `origin` (`ips`, `domain`, `clusters`), `bucket`, `mirror`, `probe`: one module per part;
-//! - `types`: the compiled structs, and the per-request host lookup;
+//! - `names`: cluster-name checks, the DNS cluster naming scheme and routes to those clusters;
+//! - `types`: the compiled structs (plain data, `Mirror` and credential sources included), and
+//!   the per-request host lookup;
 //! - `show`: `check`'s output, derived from the compiled structs;
 //! - `error`: [`ConfigError`] and the context that names domain and field;
 //! - `strict_json`: duplicate-key detection on the input.
+//!
+//! Each module imports only ones before it in: `error`, `address`, `strict_json`, `probe`,
+//! `types`, `names`, `raw`, `bucket`, `origin`, `mirror`, `validate`, `show`
+//! (`tools/check_imports.py` refuses any cycle).
 
 pub mod address;
 mod bucket;
