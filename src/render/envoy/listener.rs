@@ -108,8 +108,6 @@ pub fn listener_with_filter(config: &PluginConfig, filter: Node, opts: &Options)
                         list([map([
                             ("name", "origin_pull".into()),
                             ("domains", list(["*".into()])),
-                            // The upstream instance learns which attempt it sees from it.
-                            ("include_request_attempt_count", true.into()),
                             (
                                 "routes",
                                 list([route_entry(config, opts)]),
