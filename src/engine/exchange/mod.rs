@@ -1,0 +1,297 @@
+//! One client request's journey: pick the origin, judge its answer, block it if it failed,
+//! retry on another master IP or fail over to the slave with a callout, and finally hand the
+//! client one honest answer. Driven by the glue's events; side effects go through [`Host`].
+
+mod bucket;
+mod callout;
+mod mirror;
+mod pick;
+mod reply;
+mod router;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
+use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
+use crate::engine::chain::{
+    attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, MAX_RETRIES_HEADER,
+    PLAN_HEADER, RETRY_ON_HEADER,
+};
+use crate::engine::classify::{
+    classify_routed, connection_options, failure_kind, is_hop_by_hop, read_callout, Answer,
+};
+use crate::engine::copyback::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch};
+use crate::engine::metrics::{BlockSource, Metrics, OriginMetrics};
+use crate::engine::select;
+use crate::engine::verdict::{Failure, Verdict};
+use crate::host::{Host, LogLevel};
+use crate::s3::bucket::{
+    is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
+};
+use crate::s3::sigv4::EMPTY_PAYLOAD_SHA256;
+
+pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
+pub const DEBUG_ORIGIN_HEADER: &str = "x-origin-pull-origin";
+pub const DEBUG_ATTEMPTS_HEADER: &str = "x-origin-pull-attempts";
+pub const DEBUG_WORKER_HEADER: &str = "x-origin-pull-worker";
+pub const ERROR_HEADER: &str = "x-origin-pull-error";
+pub const MIRROR_HEADER: &str = "x-origin-pull-mirror";
+
+pub use crate::types::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Attempt {
+    role: Role,
+    target: usize,
+    /// When it was sent (ms): a strike is excused by an answer to a later request.
+    sent_ms: u64,
+}
+
+pub struct RequestInfo<'a> {
+    pub authority: &'a str,
+    pub scheme: &'a str,
+    pub method: &'a str,
+    /// The client's `:path` (with its query string); only read when the configuration
+    /// `uses_buckets`.
+    pub path: &'a str,
+    pub has_body: bool,
+    /// Shown in the debug header, to tell workers apart.
+    pub worker: &'a str,
+    pub stats: BucketStats,
+    /// This VM's stats for the configuration in use (`None`: not counted).
+    pub metrics: Option<&'a Rc<Metrics>>,
+}
+
+/// Where a mirror back-to-origin stands for this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MirrorState {
+    Idle,
+    /// The bucket missed with this status; the source was asked.
+    Fetching {
+        miss: u32,
+        source: String,
+    },
+    /// The source's answer went to the client.
+    Served {
+        source: String,
+    },
+}
+
+/// What the glue does after the routed response's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseStep {
+    /// Let the origin's response through (the glue adds debug headers).
+    Continue,
+    /// A callout is under way or a local reply was sent.
+    Pause,
+}
+
+enum Next {
+    Accept,
+    Dispatched,
+    Unreachable,
+}
+
+pub struct Exchange {
+    config: Rc<PluginConfig>,
+    domain: usize,
+    scheme: Scheme,
+    method: String,
+    client_authority: String,
+    worker: Option<String>,
+    has_body: bool,
+    body: Vec<u8>,
+    body_complete: bool,
+    body_overflow: bool,
+    tried: Vec<Attempt>,
+    attempts_in_role: u32,
+    pending_callout: Option<u32>,
+    request_headers: Option<Vec<(String, String)>>,
+    refusal_logged: bool,
+    path: String,
+    stats: BucketStats,
+    /// Path and signing headers of the routed request when it goes to a bucket.
+    routed_bucket: Option<ObjectRequest>,
+    mirror: MirrorState,
+    copy_job: Option<CopyJob>,
+    metrics: Option<Rc<Metrics>>,
+    /// Random id, drawn at the first failure: strikes count distinct requests.
+    request_id: Option<u64>,
+    /// This request already timed out, was reset or got a counted 5xx on some origin.
+    failed_softly: bool,
+    /// Planned attempts of a failover carried by Envoy's router (`chain`); empty when the
+    /// request is routed to one origin (failovers, if any, by callout).
+    chain: Vec<Attempt>,
+    /// The last answer judged (to say why no origin's answer can be relayed).
+    last_answer: Option<Answer>,
+    /// The domain's block key said a block may be active when the request arrived (only then
+    /// are the drawn origins' own keys read, also when planning a routed failover).
+    blocks_possible: bool,
+}
+
+impl Exchange {
+    /// Picks the first origin, or answers locally (and returns `None`) for an unknown host.
+    pub fn start(
+        config: &Rc<PluginConfig>,
+        blocks: &mut BlockTable,
+        host: &mut impl Host,
+        request: &RequestInfo,
+    ) -> Option<Exchange> {
+        let Some(domain_index) = config.domain_index(request.authority) else {
+            let body = format!(
+                "origin-pull: no origin is configured for host '{}'\n",
+                printable(request.authority)
+            );
+            host.send_local_reply(
+                config.unknown_host_status,
+                "origin_pull_unknown_host",
+                &[
+                    ("content-type", "text/plain"),
+                    (ERROR_HEADER, "unknown-host"),
+                ],
+                body.as_bytes(),
+            );
+            return None;
+        };
+        let mut exchange = Exchange {
+            config: config.clone(),
+            domain: domain_index,
+            scheme: Scheme::from_request(request.scheme),
+            method: request.method.to_string(),
+            client_authority: request.authority.to_string(),
+            worker: config.debug_headers.then(|| request.worker.to_string()),
+            has_body: request.has_body,
+            body: Vec::new(),
+            body_complete: !request.has_body,
+            body_overflow: false,
+            tried: Vec::with_capacity(2),
+            attempts_in_role: 1,
+            pending_callout: None,
+            request_headers: None,
+            refusal_logged: false,
+            path: request.path.to_string(),
+            stats: request.stats,
+            routed_bucket: None,
+            mirror: MirrorState::Idle,
+            copy_job: None,
+            metrics: request.metrics.cloned(),
+            request_id: None,
+            failed_softly: false,
+            chain: Vec::new(),
+            last_answer: None,
+            blocks_possible: false,
+        };
+        let Some(first) = exchange.first_attempt(blocks, host) else {
+            // Unreachable with a validated configuration (some weight is non-zero); never route blind.
+            host.send_local_reply(
+                503,
+                "origin_pull_no_origin",
+                &[(ERROR_HEADER, "no-origin")],
+                b"origin-pull: no origin could be picked\n",
+            );
+            return None;
+        };
+        exchange.tried.push(first);
+        if let Some(set) = exchange.set(first.role) {
+            if let Some(bucket) = &set.bucket {
+                match exchange.object_request(host, bucket) {
+                    Ok(request) => exchange.routed_bucket = Some(request),
+                    Err(reply) => {
+                        reply.send(host, &exchange.stats);
+                        return None;
+                    }
+                }
+            }
+        }
+        exchange.plan_chain(blocks, host);
+        if let Some(metrics) = &exchange.metrics {
+            metrics.request(host, exchange.domain);
+        }
+        // A chain's attempts are counted by the upstream instance, one per attempt.
+        if exchange.chain.is_empty() {
+            if let Some(m) = exchange.origin_metrics(first) {
+                m.request(host);
+            }
+        }
+        Some(exchange)
+    }
+
+    fn domain(&self) -> Option<&Domain> {
+        self.config.domains.get(self.domain)
+    }
+
+    fn set(&self, role: Role) -> Option<&OriginSet> {
+        let domain = self.domain()?;
+        match role {
+            Role::Master => Some(&domain.master),
+            Role::Slave => domain.slave.as_ref(),
+        }
+    }
+
+    fn current(&self) -> Attempt {
+        self.tried.last().copied().unwrap_or(Attempt {
+            role: Role::Master,
+            target: 0,
+            sent_ms: 0,
+        })
+    }
+
+    /// This origin's number within the configuration (worker-local evidence is kept by it).
+    fn slot(&self, attempt: Attempt) -> u64 {
+        slot_of(
+            self.domain,
+            attempt.target,
+            attempt.role == Role::Slave,
+            self.scheme == Scheme::Https,
+        )
+    }
+
+    fn route_of(&self, attempt: Attempt) -> Option<&Route> {
+        self.set(attempt.role)?
+            .targets
+            .get(attempt.target)
+            .map(|t| t.route(self.scheme))
+    }
+
+    /// Where the routed request goes: Envoy cluster, original destination, Host override.
+    pub fn route(&self) -> Option<(&Route, Option<&str>)> {
+        let attempt = self.current();
+        let host_override = self.set(attempt.role)?.host.as_deref();
+        Some((self.route_of(attempt)?, host_override))
+    }
+
+    pub fn cluster_header(&self) -> &str {
+        &self.config.envoy.cluster_header
+    }
+
+    /// Label and role of the origin asked last (tests and logs).
+    pub fn current_origin(&self) -> Option<(Role, &str)> {
+        let current = self.current();
+        self.route_of(current)
+            .map(|r| (current.role, r.label.as_str()))
+    }
+}
+
+/// The evidence slot of an origin of a configuration (see `health::BlockTable::note_answer`):
+/// domain, target, role and scheme.
+pub fn slot_of(domain: usize, target: usize, slave: bool, https: bool) -> u64 {
+    ((domain as u64) << 32) | ((target as u64) << 2) | (u64::from(slave) << 1) | u64::from(https)
+}
+
+/// Attempt counts as text without formatting (failovers are bounded far below 10).
+fn attempts_text(n: usize) -> &'static str {
+    const TEXT: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    TEXT.get(n).copied().unwrap_or("10+")
+}
+
+/// Host values go into logs and replies: keep them short and free of control characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(128)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
