@@ -16,20 +16,29 @@ impl Exchange {
 
     /// Whether the glue should copy request body chunks (so a failover can replay them).
     pub fn wants_request_body(&self) -> bool {
-        self.has_body && !self.body_overflow && self.failover_possible() && self.method_allowed()
+        matches!(self.body, Body::Receiving(_) | Body::Complete(_))
+            && self.failover_possible()
+            && self.method_allowed()
     }
 
     pub fn on_request_body(&mut self, chunk: &[u8], end_of_stream: bool) {
         let limit = self
             .domain()
             .map_or(0, |d| d.failover.max_request_body_bytes);
-        if self.body.len() as u64 + chunk.len() as u64 > limit {
-            self.body_overflow = true;
-            self.body = Vec::new();
+        let (Body::Receiving(mut body) | Body::Complete(mut body)) =
+            std::mem::replace(&mut self.body, Body::Overflow)
+        else {
+            return; // no body, or already over the limit (it stays so)
+        };
+        if body.len() as u64 + chunk.len() as u64 > limit {
             return;
         }
-        self.body.extend_from_slice(chunk);
-        self.body_complete = end_of_stream;
+        body.extend_from_slice(chunk);
+        self.body = if end_of_stream {
+            Body::Complete(body)
+        } else {
+            Body::Receiving(body)
+        };
     }
 
     pub(super) fn failover_possible(&self) -> bool {
@@ -79,7 +88,7 @@ impl Exchange {
         num_headers: usize,
         body_size: usize,
     ) {
-        if self.pending_callout != Some(token) {
+        if self.state.awaited_callout() != Some(token) {
             if host.log_enabled(LogLevel::Debug) {
                 host.log(
                     LogLevel::Debug,
@@ -88,10 +97,9 @@ impl Exchange {
             }
             return;
         }
-        self.pending_callout = None;
+        let state = std::mem::replace(&mut self.state, State::Origin);
         let (answer, headers) = read_callout(host, num_headers, body_size);
-        if let MirrorState::Fetching { miss, source } = &self.mirror {
-            let (miss, source) = (*miss, source.clone());
+        if let State::FetchingSource { miss, source, .. } = state {
             self.on_source_response(host, blocks, answer, &headers, body_size, miss, source);
             return;
         }
@@ -314,13 +322,13 @@ impl Exchange {
                 self.method, domain.failover.methods
             ));
         }
-        if self.has_body && self.body_overflow {
+        if self.body == Body::Overflow {
             return Some(format!(
                 "the request body is larger than failover.max_request_body_bytes ({}) and cannot be replayed",
                 domain.failover.max_request_body_bytes
             ));
         }
-        if self.has_body && !self.body_complete {
+        if matches!(self.body, Body::Receiving(_)) {
             return Some(
                 "the request body had not been fully received, so it cannot be replayed in full"
                     .into(),
@@ -360,17 +368,16 @@ impl Exchange {
                         ),
                     );
                 }
-                self.pending_callout = Some(token);
+                self.state = State::FailingOver { token };
                 self.tried.push(attempt);
                 if let Some(m) = self.origin_metrics(attempt) {
                     m.request(host);
                 }
                 true
             }
-            Err(status) => {
-                if status == "unsigned" {
-                    return false;
-                }
+            // Logged and counted where the bucket refused.
+            Err(CalloutError::BucketRefused) => false,
+            Err(CalloutError::Host(status)) => {
                 host.log(
                     LogLevel::Error,
                     &format!(
@@ -394,7 +401,7 @@ impl Exchange {
         set: &OriginSet,
         route: &Route,
         path: Option<&str>,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, CalloutError> {
         let timeout =
             Duration::from_millis(self.domain().map_or(10_000, |d| d.failover.timeout_ms));
         let bucket_request = match &set.bucket {
@@ -403,7 +410,7 @@ impl Exchange {
                 Ok(request) => Some((bucket.authority.as_str(), request)),
                 Err(refusal) => {
                     refusal.log(host, &self.stats, &route.label);
-                    return Err("unsigned".into());
+                    return Err(CalloutError::BucketRefused);
                 }
             },
         };
@@ -414,7 +421,7 @@ impl Exchange {
         let request_headers = self.request_headers.as_deref().unwrap_or_default();
         let cluster_header = self.config.envoy.cluster_header.as_str();
         let scheme = route.scheme.unwrap_or(self.scheme).as_str();
-        let replay_body = self.has_body && !self.body_overflow && self.body_complete;
+        let replay_body = matches!(self.body, Body::Complete(_));
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(request_headers.len() + 5);
         let replace_path = bucket_request.is_some() || path.is_some();
         let options = connection_options(request_headers);
@@ -444,7 +451,29 @@ impl Exchange {
         if let Some(dst) = &route.original_dst {
             headers.push((ORIGINAL_DST_HEADER, dst));
         }
-        let body = replay_body.then_some(self.body.as_slice());
+        let body = match &self.body {
+            Body::Complete(body) => Some(body.as_slice()),
+            _ => None,
+        };
         host.dispatch(&route.cluster, &headers, body, timeout)
+            .map_err(CalloutError::Host)
+    }
+}
+
+/// Why a failover callout was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum CalloutError {
+    /// The request cannot go to a bucket origin (logged and counted by [`BucketRefusal::log`]).
+    BucketRefused,
+    /// Envoy refused the callout (its status).
+    Host(String),
+}
+
+impl std::fmt::Display for CalloutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CalloutError::BucketRefused => f.write_str("the bucket request was refused"),
+            CalloutError::Host(status) => f.write_str(status),
+        }
     }
 }

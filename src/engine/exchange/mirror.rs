@@ -15,7 +15,7 @@ impl Exchange {
         let Answer::Status(status) = answer else {
             return false;
         };
-        if self.mirror != MirrorState::Idle
+        if self.state != State::Origin
             || self.current().role != Role::Master
             || !self.domain().is_some_and(|d| d.mirror.is_some())
         {
@@ -115,8 +115,8 @@ impl Exchange {
                         route.label
                     ),
                 );
-                self.pending_callout = Some(token);
-                self.mirror = MirrorState::Fetching {
+                self.state = State::FetchingSource {
+                    token,
                     miss: status,
                     source: route.label.clone(),
                 };
@@ -155,7 +155,7 @@ impl Exchange {
             return;
         };
         if let Answer::Status(200..=299) = answer {
-            self.mirror = MirrorState::Served { source };
+            self.state = State::SourceServed { source };
             let Some(body) = self.forward_callout_response(host, answer, headers, body_size) else {
                 return;
             };
@@ -215,20 +215,17 @@ impl Exchange {
                 mirror.on_source_failure.as_str()
             ),
         );
-        self.mirror = MirrorState::Idle;
+        self.state = State::Origin;
         match mirror.on_source_failure {
             OnSourceFailure::Source => {
-                self.mirror = MirrorState::Served { source };
+                self.state = State::SourceServed { source };
                 self.forward_callout_response(host, answer, headers, body_size);
             }
             OnSourceFailure::NotFound => self.reply_miss(host, miss),
             OnSourceFailure::Slave => {
-                // Mark the mirror as used so the slave's own answer is not mirrored again.
-                self.mirror = MirrorState::Served {
-                    source: String::new(),
-                };
+                // The slave's answer is never mirrored (only a master's miss is).
                 match self.next_step(host, blocks, Answer::Status(miss), false) {
-                    Next::Dispatched => self.mirror = MirrorState::Idle,
+                    Next::Dispatched => {}
                     Next::Unreachable => self.reply_unreachable(host),
                     Next::Accept => self.reply_miss(host, miss),
                 }
@@ -251,7 +248,7 @@ impl Exchange {
 
     /// The bucket's miss, told by the filter (the bucket's own body is gone by now).
     pub(super) fn reply_miss(&mut self, host: &mut impl Host, status: u32) {
-        self.mirror = MirrorState::Idle;
+        self.state = State::Origin;
         self.record_outcome(host);
         let mut headers: Vec<(&str, String)> = vec![
             ("content-type", "text/plain".into()),

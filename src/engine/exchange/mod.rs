@@ -63,19 +63,51 @@ pub struct RequestInfo<'a> {
     pub metrics: Option<&'a Rc<Metrics>>,
 }
 
-/// Where a mirror back-to-origin stands for this request.
+/// Where the request stands between the glue's events.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum MirrorState {
-    Idle,
-    /// The bucket missed with this status; the source was asked.
-    Fetching {
+enum State {
+    /// An origin's answer is awaited or judged: the routed request's, or a failover callout's
+    /// once it arrived. The mirror source has not been asked.
+    Origin,
+    /// A failover callout (another master, or the slave) is under way.
+    FailingOver { token: u32 },
+    /// The bucket master missed with status `miss`; the mirror source `source` was asked.
+    FetchingSource {
+        token: u32,
         miss: u32,
         source: String,
     },
-    /// The source's answer went to the client.
-    Served {
-        source: String,
-    },
+    /// The mirror source's answer went to the client.
+    SourceServed { source: String },
+}
+
+impl State {
+    /// The callout whose answer this state waits for.
+    fn awaited_callout(&self) -> Option<u32> {
+        match self {
+            State::FailingOver { token } | State::FetchingSource { token, .. } => Some(*token),
+            State::Origin | State::SourceServed { .. } => None,
+        }
+    }
+}
+
+/// The client's request body, kept for a failover replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    /// The request has none.
+    Empty,
+    /// Chunks are arriving (kept while within `failover.max_request_body_bytes`).
+    Receiving(Vec<u8>),
+    /// Received in full: a failover callout replays it.
+    Complete(Vec<u8>),
+    /// Over `failover.max_request_body_bytes`: dropped; the request cannot be failed over.
+    Overflow,
+}
+
+impl Body {
+    fn exists(&self) -> bool {
+        !matches!(self, Body::Empty)
+    }
 }
 
 /// What the glue does after the routed response's headers.
@@ -100,20 +132,16 @@ pub struct Exchange {
     method: String,
     client_authority: String,
     worker: Option<String>,
-    has_body: bool,
-    body: Vec<u8>,
-    body_complete: bool,
-    body_overflow: bool,
+    body: Body,
     tried: Vec<Attempt>,
     attempts_in_role: u32,
-    pending_callout: Option<u32>,
     request_headers: Option<Vec<(String, String)>>,
     refusal_logged: bool,
     path: String,
     stats: BucketStats,
     /// Path and signing headers of the routed request when it goes to a bucket.
     routed_bucket: Option<ObjectRequest>,
-    mirror: MirrorState,
+    state: State,
     copy_job: Option<CopyJob>,
     metrics: Option<Rc<Metrics>>,
     /// Random id, drawn at the first failure: strikes count distinct requests.
@@ -161,19 +189,19 @@ impl Exchange {
             method: request.method.to_string(),
             client_authority: request.authority.to_string(),
             worker: config.debug_headers.then(|| request.worker.to_string()),
-            has_body: request.has_body,
-            body: Vec::new(),
-            body_complete: !request.has_body,
-            body_overflow: false,
+            body: if request.has_body {
+                Body::Receiving(Vec::new())
+            } else {
+                Body::Empty
+            },
             tried: Vec::with_capacity(2),
             attempts_in_role: 1,
-            pending_callout: None,
             request_headers: None,
             refusal_logged: false,
             path: request.path.to_string(),
             stats: request.stats,
             routed_bucket: None,
-            mirror: MirrorState::Idle,
+            state: State::Origin,
             copy_job: None,
             metrics: request.metrics.cloned(),
             request_id: None,

@@ -60,15 +60,15 @@ impl Exchange {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         reply.extend(debug.iter().map(|(k, v)| (*k, v.as_str())));
-        if matches!(self.mirror, MirrorState::Served { .. }) {
+        if matches!(self.state, State::SourceServed { .. }) {
             reply.push((MIRROR_HEADER, "source"));
         }
         self.record_outcome(host);
         let served = self.domain().is_some_and(|d| !d.failover.triggers(answer));
         self.count_failover(host, served);
         // Honest in the access log: this status came from a failover origin, not the first.
-        let details = match (&self.mirror, self.current().role) {
-            (MirrorState::Served { .. }, _) => "origin_pull_mirror_source",
+        let details = match (&self.state, self.current().role) {
+            (State::SourceServed { .. }, _) => "origin_pull_mirror_source",
             (_, Role::Master) => "origin_pull_retried_on_another_master",
             (_, Role::Slave) => "origin_pull_failed_over_to_slave",
         };
@@ -213,10 +213,8 @@ impl Exchange {
     /// Role and label of the origin whose answer the client gets: the mirror source once it
     /// served, else the origin asked last.
     pub(super) fn served_by(&self) -> (&'static str, &str) {
-        if let MirrorState::Served { source } = &self.mirror {
-            if !source.is_empty() {
-                return ("mirror", source);
-            }
+        if let State::SourceServed { source } = &self.state {
+            return ("mirror", source);
         }
         let current = self.current();
         let label = self

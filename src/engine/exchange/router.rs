@@ -16,7 +16,7 @@ impl Exchange {
         if !domain.router_failover(self.config.envoy.failover, self.scheme)
             || domain.retry_on.is_none()
             || !domain.failover.method_allowed(&self.method)
-            || self.has_body
+            || self.body.exists()
         {
             return;
         }
