@@ -27,13 +27,24 @@ use std::rc::Rc;
 use origin_pull::config::parse;
 use origin_pull::engine::attempt::AttemptObserver;
 use origin_pull::engine::blocks::BlockTable;
-use origin_pull::engine::chain::{read_plan_id, PLAN_HEADER};
+use origin_pull::engine::chain::{plan_id_text, read_plan_id};
 use origin_pull::engine::classify::flags;
-use origin_pull::engine::exchange::{Exchange, RequestInfo, ResponseStep};
+use origin_pull::engine::exchange::{ClientRequest, Exchange, RequestInfo, ResponseStep};
 use origin_pull::engine::metrics::{Metrics, PendingCounters, FLUSH_INTERVAL_MS};
 use origin_pull::host::{Host, LogLevel};
 use origin_pull::s3::bucket::BucketStats;
 use origin_pull::testing::FakeHost;
+
+/// The client's request as the glue hands it to the engine.
+fn client(headers: Vec<(String, String)>, metrics: &Rc<Metrics>) -> ClientRequest<'_> {
+    ClientRequest {
+        headers,
+        has_body: false,
+        worker: "w1",
+        stats: BucketStats::default(),
+        metrics: Some(metrics),
+    }
+}
 
 /// Counts heap allocations, to show what the logic allocates per request.
 struct CountingAlloc;
@@ -69,46 +80,28 @@ fn router_request(
     scenario: &str,
     first_byte_read: &mut Option<u64>,
 ) {
-    // Listener filter, request phase: one get_map.
+    // Listener filter, request phase: one get_map; the engine sets the routing headers (a
+    // hostcall each, counted by the host).
     host.count_hostcall();
     host.count_copied(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
-    };
-    let request = RequestInfo {
-        authority: find(":authority"),
-        scheme: find(":scheme"),
-        method: find(":method"),
-        path: "",
-        has_body: false,
-        worker: "w1",
-        stats: BucketStats::default(),
-        metrics: Some(metrics),
-    };
-    let Some(mut exchange) = Exchange::start(config, blocks, host, &request) else {
+    let Some(mut exchange) = Exchange::on_request_headers(
+        Some(config),
+        blocks,
+        host,
+        client(headers.to_vec(), metrics),
+    ) else {
         return;
     };
-    exchange.keep_request_headers(headers.to_vec());
     assert!(
         exchange.routes_chain(),
         "the bench domain fails over through the router"
     );
-    let chain = exchange.chain_headers();
-    for _ in &chain {
-        host.count_hostcall(); // set_header / remove
-    }
-    let plan_id = chain
-        .iter()
-        .find(|(k, _)| k == PLAN_HEADER)
-        .and_then(|(_, v)| v.clone())
-        .unwrap_or_default();
     // Kept in the worker's in-flight map (no hostcall).
     let Some(plan) = exchange.chain_plan().map(Rc::new) else {
         return;
     };
+    // What the upstream instance reads from the header the engine set.
+    let plan_id = plan_id_text(plan.request);
     // The attempts, each seen by the upstream instance.
     let outcomes: &[Option<u32>] = match scenario {
         "router-404" => &[Some(404), Some(200)],
@@ -316,35 +309,17 @@ fn main() {
             );
             continue;
         }
-        // The glue's request phase: one get_map, two set_header.
+        // The glue's request phase: one get_map (here); the engine's two set_header are counted
+        // by the host.
         host.count_hostcall();
         let headers = client_headers.clone();
         host.count_copied(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
-        let find = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map_or("", |(_, v)| v.as_str())
-        };
-        let request = RequestInfo {
-            authority: find(":authority"),
-            scheme: find(":scheme"),
-            method: find(":method"),
-            path: "",
-            has_body: false,
-            worker: "w1",
-            stats: BucketStats::default(),
-            metrics: Some(&metrics),
-        };
-        let Some(mut exchange) = Exchange::start(&config, &mut blocks, &mut host, &request) else {
+        let client = client(headers, &metrics);
+        let Some(mut exchange) =
+            Exchange::on_request_headers(Some(&config), &mut blocks, &mut host, client)
+        else {
             continue;
         };
-        exchange.keep_request_headers(headers);
-        if let Some((route, _)) = exchange.route() {
-            std::hint::black_box(route);
-            host.count_hostcall();
-            host.count_hostcall();
-        }
         // The glue's response phase: :status (a copy), flags only on failures.
         host.count_hostcall();
         host.count_copied(3);

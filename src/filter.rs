@@ -21,11 +21,11 @@ use crate::engine::chain::{
     read_plan_id, Plan, EXPECTED_TIMEOUT_HEADER, FAILOVER_STATUS, PLAN_HEADER, UPSTREAM_ROOT_ID,
 };
 use crate::engine::copyback::{CopyBack, CopyJob};
-use crate::engine::exchange::{Exchange, RequestInfo, ResponseStep, ORIGINAL_DST_HEADER};
+use crate::engine::exchange::{ClientRequest, Exchange, ResponseStep};
 use crate::engine::metrics::{Metrics, PendingCounters, Registry};
 use crate::engine::prober::Prober;
 use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
-use crate::s3::bucket::{is_client_header_dropped, BucketEvent, BucketStats};
+use crate::s3::bucket::{BucketEvent, BucketStats};
 
 proxy_wasm::main! {{
     install_logger();
@@ -289,6 +289,11 @@ impl Host for EnvoyHost {
                 &format!("origin-pull: could not send the local reply: {status_code:?}"),
             );
         }
+    }
+
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        // The SDK's `set_http_request_header` panics on a failed status; this never does.
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
     }
 
     fn set_filter_state(&mut self, key: &str, value: &str) {
@@ -619,19 +624,11 @@ impl Context for OriginPullStream {
 impl HttpContext for OriginPullStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = self.state.config.borrow().clone();
-        let Some(config) = config else {
-            // Never route a request this filter has not decided on.
-            EnvoyHost.send_local_reply(
-                503,
-                "origin_pull_not_configured",
-                &[("x-origin-pull-error", "not-configured")],
-                b"origin-pull: not configured\n",
-            );
-            return Action::Pause;
-        };
         // One hostcall for everything: the host, scheme and method, and the copy a failover
         // replays (Envoy hides the request headers once the response is under way).
-        let headers = if cfg!(feature = "ablate-header-map") {
+        let headers = if config.is_none() {
+            Vec::new() // not configured: answered locally, nothing read
+        } else if cfg!(feature = "ablate-header-map") {
             [":authority", ":scheme", ":method", ":path"]
                 .iter()
                 .filter_map(|name| {
@@ -644,85 +641,34 @@ impl HttpContext for OriginPullStream {
         } else {
             hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
         };
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map_or("", |(_, v)| v.as_str())
-        };
         let metrics = self.state.metrics.borrow();
-        let request = RequestInfo {
-            metrics: Some(&*metrics),
-            authority: header(":authority"),
-            scheme: header(":scheme"),
-            method: header(":method"),
-            // Only bucket origins and mirrors look at the path; others pass it through untouched.
-            path: if config.uses_buckets {
-                header(":path")
-            } else {
-                ""
-            },
+        let client = ClientRequest {
+            headers,
             has_body: !end_of_stream,
             worker: &self.state.worker,
             stats: self.state.stats.get(),
+            metrics: Some(&*metrics),
         };
         let exchange = {
             let mut blocks = self.state.blocks.borrow_mut();
-            Exchange::start(&config, &mut blocks, &mut EnvoyHost, &request)
+            Exchange::on_request_headers(config.as_ref(), &mut blocks, &mut EnvoyHost, client)
         };
-        let Some(mut exchange) = exchange else {
+        let Some(exchange) = exchange else {
             return Action::Pause; // answered locally
         };
-        // A bucket never sees the client's credentials: note which headers to drop before the
-        // copy moves into the exchange (no second read of the map).
-        let dropped: Vec<String> = if exchange.bucket_request().is_some() {
-            headers
-                .iter()
-                .filter(|(name, _)| is_client_header_dropped(name))
-                .map(|(name, _)| name.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        exchange.keep_request_headers(headers);
-        if exchange.routes_chain() {
-            // Envoy's router carries the failover: composite cluster, per-attempt addresses,
-            // retry headers, plan (always overwritten: a client never sets any of them).
-            for (name, value) in exchange.chain_headers() {
-                self.set_http_request_header(&name, value.as_deref());
-            }
-            if let Some(plan) = exchange.chain_plan() {
-                let id = plan.request;
-                CHAINS.with(|c| {
-                    c.borrow_mut().insert(
-                        id,
-                        ChainLink {
-                            plan: Rc::new(plan),
-                            started: 0,
-                            answered: None,
-                        },
-                    )
-                });
-                self.chain_id = Some(id);
-            }
-        } else if let Some((route, host_override)) = exchange.route() {
-            // Always overwrite or remove: a client's copy of a routing header is never obeyed.
-            self.set_http_request_header(exchange.cluster_header(), Some(&route.cluster));
-            self.set_http_request_header(ORIGINAL_DST_HEADER, route.original_dst.as_deref());
-            if let Some(host) = host_override {
-                self.set_http_request_header(":authority", Some(host));
-            }
-        }
-        if let Some((authority, request)) = exchange.bucket_request() {
-            // The bucket sees our signature only, never the client's credentials.
-            for name in &dropped {
-                self.set_http_request_header(name, None);
-            }
-            self.set_http_request_header(":authority", Some(authority));
-            self.set_http_request_header(":path", Some(&request.path));
-            for (name, value) in &request.headers {
-                self.set_http_request_header(name, Some(value));
-            }
+        if let Some(plan) = exchange.chain_plan() {
+            let id = plan.request;
+            CHAINS.with(|c| {
+                c.borrow_mut().insert(
+                    id,
+                    ChainLink {
+                        plan: Rc::new(plan),
+                        started: 0,
+                        answered: None,
+                    },
+                )
+            });
+            self.chain_id = Some(id);
         }
         self.exchange = Some(exchange);
         Action::Continue

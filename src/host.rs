@@ -102,6 +102,10 @@ pub trait Host {
         body: &[u8],
     );
 
+    /// Sets (`Some`) or removes (`None`) a header of the client's request before Envoy routes it
+    /// (request phase only). Replaces every copy the client sent.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+
     /// Filter state readable by Envoy's access log (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
     fn set_filter_state(&mut self, key: &str, value: &str);
 

@@ -120,7 +120,9 @@ pub struct FakeHost {
     pub replies: Vec<LocalReply>,
     pub fail_dispatch: bool,
     pub filter_state: HashMap<String, String>,
-    /// The client's request headers; tests hand them to `Exchange::keep_request_headers`.
+    /// The client's request headers: what `Exchange::on_request_headers` reads, changed by
+    /// `set_request_header` as Envoy's header map is (tests hand them to
+    /// `Exchange::keep_request_headers` when they start an exchange themselves).
     pub request_headers: Vec<(String, String)>,
     /// What the next callout response delivers.
     pub response_headers: Vec<(String, String)>,
@@ -389,6 +391,28 @@ impl Host for FakeHost {
             self.filter_state.insert(key.to_string(), value.to_string());
         }
     }
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        self.count_hostcall();
+        if !self.recording {
+            return;
+        }
+        // Envoy's replace: the first copy takes the value, the others go.
+        let mut kept = false;
+        self.request_headers.retain_mut(|(k, v)| match value {
+            _ if k != name => true,
+            Some(value) if !kept => {
+                *v = value.to_string();
+                kept = true;
+                true
+            }
+            _ => false,
+        });
+        if let (Some(value), false) = (value, kept) {
+            self.request_headers
+                .push((name.to_string(), value.to_string()));
+        }
+    }
+
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
         self.count_hostcall();
         self.defined += 1;

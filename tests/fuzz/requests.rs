@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use origin_pull::config::{PluginConfig, Scheme};
 use origin_pull::engine::blocks::BlockTable;
 use origin_pull::engine::classify::flags;
-use origin_pull::engine::exchange::{Exchange, RequestInfo, ORIGINAL_DST_HEADER};
+use origin_pull::engine::exchange::{header, ClientRequest, Exchange, ORIGINAL_DST_HEADER};
 use origin_pull::engine::metrics::Metrics;
 use origin_pull::testing::FakeHost;
 
@@ -151,12 +151,15 @@ fn configured_routes(config: &PluginConfig) -> HashSet<(String, Option<String>)>
     out
 }
 
-fn spoofing_headers(host: &mut FakeHost, method: &str, authority: &str) {
+fn spoofing_headers(host: &mut FakeHost, req: &Req) {
     host.request_headers = vec![
-        (":method".into(), method.into()),
-        (":path".into(), "/p?q=1".into()),
-        (":authority".into(), authority.into()),
-        (":scheme".into(), "http".into()),
+        (":method".into(), req.method.into()),
+        (":path".into(), req.path.into()),
+        (":authority".into(), req.host.into()),
+        (
+            ":scheme".into(),
+            if req.https { "https" } else { "http" }.into(),
+        ),
         ("x-origin-pull-cluster".into(), "evil_cluster".into()),
         (ORIGINAL_DST_HEADER.into(), "127.66.66.66:80".into()),
         // Envoy hands header names over lower-cased; a duplicate is the spoofing variant left.
@@ -189,19 +192,18 @@ pub(crate) fn drive(
         let blocks = &mut tables[w];
         host.now_ms += req.advance_ms;
         host.shared.borrow_mut().inject_cas_mismatches = req.cas_mismatches;
-        spoofing_headers(host, req.method, req.host);
+        spoofing_headers(host, req);
         let (replies0, callouts0) = (host.replies.len(), host.callouts.len());
-        let info = RequestInfo {
-            authority: req.host,
-            scheme: if req.https { "https" } else { "http" },
-            method: req.method,
-            path: req.path,
+        // The glue's request phase: the engine reads the client's headers and sets the routed
+        // request's (`host.request_headers` plays Envoy's header map).
+        let client = ClientRequest {
+            headers: host.request_headers.clone(),
             has_body: req.body.is_some(),
             worker: "w",
             stats: origin_pull::s3::bucket::BucketStats::default(),
             metrics: Some(&metrics[w]),
         };
-        let Some(mut ex) = Exchange::start(config, blocks, host, &info) else {
+        let Some(mut ex) = Exchange::on_request_headers(Some(config), blocks, host, client) else {
             prop_assert_eq!(
                 host.replies.len(),
                 replies0 + 1,
@@ -218,6 +220,25 @@ pub(crate) fn drive(
             "routed to {:?}",
             route
         );
+        // Whatever the client sent, the routed request carries the engine's routing headers,
+        // once each.
+        let dsts: Vec<&String> = host
+            .request_headers
+            .iter()
+            .filter(|(k, _)| k == ORIGINAL_DST_HEADER)
+            .map(|(_, v)| v)
+            .collect();
+        prop_assert!(dsts.len() <= 1, "{:?}", host.request_headers);
+        let cluster = header(&host.request_headers, &config.envoy.cluster_header);
+        if ex.routes_chain() {
+            prop_assert!(cluster.is_some_and(|c| c.starts_with("origin_pull_chain")));
+        } else {
+            prop_assert_eq!(cluster, Some(route.cluster.as_str()));
+            prop_assert_eq!(
+                dsts.first().map(|d| d.as_str()),
+                route.original_dst.as_deref()
+            );
+        }
         if let Some((len, eos)) = req.body {
             if ex.wants_request_body() {
                 ex.on_request_body(&vec![b'b'; len], eos);

@@ -342,10 +342,7 @@ impl Exchange {
         let Some(set) = config
             .domains
             .get(self.domain)
-            .and_then(|d| match attempt.role {
-                Role::Master => Some(&d.master),
-                Role::Slave => d.slave.as_ref(),
-            })
+            .and_then(|d| role_set(d, attempt.role))
         else {
             return false;
         };
@@ -402,8 +399,10 @@ impl Exchange {
         route: &Route,
         path: Option<&str>,
     ) -> Result<u32, CalloutError> {
-        let timeout =
-            Duration::from_millis(self.domain().map_or(10_000, |d| d.failover.timeout_ms));
+        let timeout = Duration::from_millis(
+            self.domain()
+                .map_or(DEFAULT_CALLOUT_TIMEOUT_MS, |d| d.failover.timeout_ms),
+        );
         let bucket_request = match &set.bucket {
             None => None,
             Some(bucket) => match self.object_request(host, bucket) {

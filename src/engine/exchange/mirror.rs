@@ -189,10 +189,7 @@ impl Exchange {
             else {
                 return;
             };
-            let content_type = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                .map(|(_, v)| v.clone());
+            let content_type = header(headers, "content-type").map(str::to_string);
             self.copy_job = Some(CopyJob {
                 config: config.clone(),
                 domain: self.domain,

@@ -7,12 +7,15 @@ mod callout;
 mod mirror;
 mod pick;
 mod reply;
+mod request;
 mod router;
+
+pub use request::ClientRequest;
 
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme};
+use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme, DEFAULT_CALLOUT_TIMEOUT_MS};
 use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
 use crate::engine::chain::{
     attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, MAX_RETRIES_HEADER,
@@ -250,11 +253,7 @@ impl Exchange {
     }
 
     fn set(&self, role: Role) -> Option<&OriginSet> {
-        let domain = self.domain()?;
-        match role {
-            Role::Master => Some(&domain.master),
-            Role::Slave => domain.slave.as_ref(),
-        }
+        role_set(self.domain()?, role)
     }
 
     fn current(&self) -> Attempt {
@@ -305,6 +304,22 @@ impl Exchange {
 /// domain, target, role and scheme.
 pub fn slot_of(domain: usize, target: usize, slave: bool, https: bool) -> u64 {
     ((domain as u64) << 32) | ((target as u64) << 2) | (u64::from(slave) << 1) | u64::from(https)
+}
+
+/// A domain's origin set for `role` (`None`: no slave).
+fn role_set(domain: &Domain, role: Role) -> Option<&OriginSet> {
+    match role {
+        Role::Master => Some(&domain.master),
+        Role::Slave => domain.slave.as_ref(),
+    }
+}
+
+/// The value of header `name` (Envoy's header maps hold lowercase names; any case matches).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Attempt counts as text without formatting (failovers are bounded far below 10).

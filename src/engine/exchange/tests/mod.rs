@@ -84,5 +84,6 @@ fn start(
 
 mod blocks;
 mod callout;
+mod request;
 mod router;
 mod stats;

@@ -1,0 +1,105 @@
+//! The request phase: whether the filter handles the request, where it goes, and the request
+//! headers that say so. Every header the routed request carries is decided here (the glue only
+//! reads the client's headers and hands them over): the routing headers a client sent are
+//! always overwritten or removed, and a bucket never sees the client's credentials.
+
+use super::*;
+
+/// What the glue read in the request phase, for [`Exchange::on_request_headers`].
+pub struct ClientRequest<'a> {
+    /// Every request header, in one read (also the copy a failover replays: Envoy hides the
+    /// request headers once the response is under way).
+    pub headers: Vec<(String, String)>,
+    /// The request has a body (the headers did not end the stream).
+    pub has_body: bool,
+    /// Shown in the debug header, to tell workers apart.
+    pub worker: &'a str,
+    pub stats: BucketStats,
+    /// This VM's stats for the configuration in use (`None`: not counted).
+    pub metrics: Option<&'a Rc<Metrics>>,
+}
+
+impl Exchange {
+    /// Starts the exchange for a client request and sets its routing headers through
+    /// [`Host::set_request_header`], or answers locally (and returns `None`): not configured,
+    /// an unknown host, a request a bucket cannot serve.
+    pub fn on_request_headers(
+        config: Option<&Rc<PluginConfig>>,
+        blocks: &mut BlockTable,
+        host: &mut impl Host,
+        client: ClientRequest,
+    ) -> Option<Exchange> {
+        let Some(config) = config else {
+            // Never route a request this filter has not decided on.
+            host.send_local_reply(
+                503,
+                "origin_pull_not_configured",
+                &[(ERROR_HEADER, "not-configured")],
+                b"origin-pull: not configured\n",
+            );
+            return None;
+        };
+        let headers = client.headers;
+        let field = |name: &str| header(&headers, name).unwrap_or("");
+        let request = RequestInfo {
+            authority: field(":authority"),
+            scheme: field(":scheme"),
+            method: field(":method"),
+            // Only bucket origins and mirrors look at the path; others pass it through untouched.
+            path: if config.uses_buckets {
+                field(":path")
+            } else {
+                ""
+            },
+            has_body: client.has_body,
+            worker: client.worker,
+            stats: client.stats,
+            metrics: client.metrics,
+        };
+        let mut exchange = Exchange::start(config, blocks, host, &request)?;
+        // A bucket never sees the client's credentials: note which headers to drop before the
+        // copy moves into the exchange (no second read of the map).
+        let dropped: Vec<String> = if exchange.bucket_request().is_some() {
+            headers
+                .iter()
+                .filter(|(name, _)| is_client_header_dropped(name))
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        exchange.keep_request_headers(headers);
+        exchange.set_routing_headers(host, &dropped);
+        Some(exchange)
+    }
+
+    /// Overwrites or removes every header that routes the request, whatever the client sent,
+    /// and puts the bucket's `Host`, path and signature in place of the client's credentials.
+    fn set_routing_headers(&self, host: &mut impl Host, dropped: &[String]) {
+        if self.routes_chain() {
+            // Envoy's router carries the failover: composite cluster, per-attempt addresses,
+            // retry headers, plan (always overwritten: a client never sets any of them).
+            for (name, value) in self.chain_headers() {
+                host.set_request_header(&name, value.as_deref());
+            }
+        } else if let Some((route, host_override)) = self.route() {
+            // Always overwrite or remove: a client's copy of a routing header is never obeyed.
+            host.set_request_header(self.cluster_header(), Some(&route.cluster));
+            host.set_request_header(ORIGINAL_DST_HEADER, route.original_dst.as_deref());
+            if let Some(authority) = host_override {
+                host.set_request_header(":authority", Some(authority));
+            }
+        }
+        if let Some((authority, request)) = self.bucket_request() {
+            // The bucket sees our signature only, never the client's credentials.
+            for name in dropped {
+                host.set_request_header(name, None);
+            }
+            host.set_request_header(":authority", Some(authority));
+            host.set_request_header(":path", Some(&request.path));
+            for (name, value) in &request.headers {
+                host.set_request_header(name, Some(value));
+            }
+        }
+    }
+}
