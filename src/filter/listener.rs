@@ -1,0 +1,193 @@
+//! The listener's stream: the client's request and response, one [`Exchange`] each.
+
+use super::*;
+
+pub(super) struct OriginPullStream {
+    pub(super) state: Rc<RootState>,
+    pub(super) exchange: Option<Exchange>,
+    /// The request id of this stream's routed failover, registered in `CHAINS`.
+    pub(super) chain_id: Option<u64>,
+}
+
+impl Drop for OriginPullStream {
+    fn drop(&mut self) {
+        if let Some(id) = self.chain_id.take() {
+            CHAINS.with(|c| c.borrow_mut().remove(&id));
+        }
+    }
+}
+
+impl Context for OriginPullStream {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(exchange) = self.exchange.as_mut() {
+            {
+                let mut blocks = self.state.blocks.borrow_mut();
+                exchange.on_callout_response(
+                    &mut EnvoyHost,
+                    &mut blocks,
+                    token_id,
+                    num_headers,
+                    body_size,
+                );
+            }
+            if let Some(job) = exchange.take_copy_job() {
+                self.state.submit_copy(job);
+            }
+        }
+    }
+}
+
+impl HttpContext for OriginPullStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let config = self.state.config.borrow().clone();
+        // One hostcall for everything: the host, scheme and method, and the copy a failover
+        // replays (Envoy hides the request headers once the response is under way).
+        let headers = if config.is_none() {
+            Vec::new() // not configured: answered locally, nothing read
+        } else if cfg!(feature = "ablate-header-map") {
+            [":authority", ":scheme", ":method", ":path"]
+                .iter()
+                .filter_map(|name| {
+                    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+                        .ok()
+                        .flatten()
+                        .map(|v| (name.to_string(), v))
+                })
+                .collect()
+        } else {
+            hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+        };
+        let metrics = self.state.metrics.borrow();
+        let client = ClientRequest {
+            headers,
+            has_body: !end_of_stream,
+            worker: &self.state.worker,
+            stats: self.state.stats.get(),
+            metrics: Some(&*metrics),
+        };
+        let exchange = {
+            let mut blocks = self.state.blocks.borrow_mut();
+            Exchange::on_request_headers(config.as_ref(), &mut blocks, &mut EnvoyHost, client)
+        };
+        let Some(exchange) = exchange else {
+            return Action::Pause; // answered locally
+        };
+        if let Some(plan) = exchange.chain_plan() {
+            let id = plan.request;
+            CHAINS.with(|c| {
+                c.borrow_mut().insert(
+                    id,
+                    ChainLink {
+                        plan: Rc::new(plan),
+                        started: 0,
+                        answered: None,
+                    },
+                )
+            });
+            self.chain_id = Some(id);
+        }
+        self.exchange = Some(exchange);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(exchange) = self.exchange.as_mut() {
+            if exchange.wants_request_body() {
+                let chunk = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                exchange.on_request_body(&chunk, end_of_stream);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let status = if cfg!(feature = "ablate-status") {
+            200
+        } else {
+            hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        // Envoy's failure replies (connect error, timeout, no cluster...) are all 4xx/5xx:
+        // a 2xx/3xx needs no flags, which saves a hostcall on the happy path.
+        let response_flags = if (200..400).contains(&status) {
+            0
+        } else {
+            hostcalls::get_property(vec!["response", "flags"])
+                .ok()
+                .flatten()
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let step = if exchange.routes_chain() {
+            // Noted in `CHAINS` by the upstream instance when an origin answered; absent on
+            // Envoy's own replies.
+            let answered = self
+                .chain_id
+                .and_then(|id| CHAINS.with(|c| c.borrow().get(&id).and_then(|l| l.answered)));
+            if status == FAILOVER_STATUS {
+                if let Some((_, origin)) = answered.filter(|(_, o)| *o != FAILOVER_STATUS) {
+                    // An answer marked for a failover that the router relayed (no retry left):
+                    // the client gets the origin's own status, never the marker.
+                    let shown = if origin == 0 { 502 } else { origin };
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpResponseHeaders,
+                        ":status",
+                        Some(&shown.to_string()),
+                    );
+                }
+            }
+            let (attempt, status) = match answered {
+                Some((attempt, 0)) => (Some(attempt), 0), // the origin's status was invalid
+                Some((attempt, origin)) if status == FAILOVER_STATUS => (Some(attempt), origin),
+                Some((attempt, _)) => (Some(attempt), status),
+                None => (None, status),
+            };
+            if attempt.is_some_and(|a| a > 1) {
+                // A failed-over answer carries no hop-by-hop header Envoy's codec lets through
+                // (as the callout path guarantees).
+                for name in [
+                    "te",
+                    "trailer",
+                    "proxy-authenticate",
+                    "keep-alive",
+                    "proxy-connection",
+                    "upgrade",
+                ] {
+                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
+                }
+            }
+            exchange.on_chain_response(&mut EnvoyHost, status, response_flags, attempt)
+        } else {
+            let mut blocks = self.state.blocks.borrow_mut();
+            exchange.on_response_headers(&mut EnvoyHost, &mut blocks, status, response_flags)
+        };
+        if let Some(job) = exchange.take_copy_job() {
+            self.state.submit_copy(job);
+        }
+        match step {
+            ResponseStep::Pause => Action::Pause,
+            ResponseStep::Continue => {
+                for (name, value) in exchange.debug_headers() {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
+                }
+                Action::Continue
+            }
+        }
+    }
+}

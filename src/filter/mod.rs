@@ -1,0 +1,346 @@
+//! The thin proxy-wasm glue: turns Envoy's callbacks into [`Exchange`] events and implements
+//! [`Host`] over hostcalls. No origin-pull decision is made here:
+//! the engine decides (also which request headers are set) through [`Host`].
+//!
+//! `root` (configuration, ticks, probes, copy-backs), `listener` (the client's stream: one
+//! [`Exchange`] per request), `upstream` (one instance per attempt of a routed failover).
+#![allow(unsafe_code)] // `proxy_wasm::main!` expands to an exported `#[no_mangle]` entry point.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{
+    Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType, Status,
+};
+
+use crate::config::{self, PluginConfig};
+use crate::engine::attempt::AttemptObserver;
+use crate::engine::blocks::{BlockTable, SlotHasher};
+use crate::engine::chain::{
+    read_plan_id, Plan, EXPECTED_TIMEOUT_HEADER, FAILOVER_STATUS, PLAN_HEADER, UPSTREAM_ROOT_ID,
+};
+use crate::engine::copyback::{CopyBack, CopyJob};
+use crate::engine::exchange::{ClientRequest, Exchange, ResponseStep};
+use crate::engine::metrics::{Metrics, PendingCounters, Registry};
+use crate::engine::prober::Prober;
+use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
+use crate::s3::bucket::{BucketEvent, BucketStats};
+
+mod listener;
+mod root;
+mod upstream;
+
+use listener::OriginPullStream;
+use root::{OriginPullRoot, RootState};
+use upstream::OriginPullAttempt;
+
+proxy_wasm::main! {{
+    install_logger();
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(OriginPullRoot::new()) });
+}}
+
+thread_local! {
+    /// xorshift state of this VM, seeded once from the host's entropy.
+    static RNG: Cell<u64> = Cell::new(seed());
+    /// Stat ids this VM defined, by name: outlives root contexts (a reload reuses the VM), so a
+    /// name is defined once per VM whatever the reloads (Envoy gives a new id per definition).
+    static REGISTRY: Rc<RefCell<Registry>> = Rc::new(RefCell::new(Registry::default()));
+    /// Counter increments of this VM (its streams, upstream instance and root contexts) not yet
+    /// in Envoy's stats: the downstream root context flushes them on every tick.
+    static PENDING: RefCell<PendingCounters> = RefCell::new(PendingCounters::default());
+    /// Routed failovers in flight on this worker, by the request id `PLAN_HEADER` carries.
+    /// The downstream filter registers each with its compiled plan (the configuration it uses,
+    /// the attempts' origins by index); the upstream instance (same `vm_id` and module: the
+    /// same VM, same thread) finds it there, counts its attempts and notes which one was
+    /// answered. So no attempt parses a plan or looks a domain up, reads Envoy's attempt count
+    /// or marks the answer in a header. Without an entry (an upstream instance in another VM:
+    /// not what render writes) the attempt is not observed.
+    static CHAINS: RefCell<HashMap<u64, ChainLink, BuildHasherDefault<SlotHasher>>> =
+        RefCell::new(HashMap::default());
+    /// The router's per-try (first-byte) timeout of attempt 1 (`EXPECTED_TIMEOUT_HEADER`) as
+    /// last read, and when (ms): one route config carries it, so attempt 1 reads it again only
+    /// once it is a second old (a route change applies within a second); later attempts,
+    /// whose timeout can be shortened by the route's overall timeout, always read it.
+    static FIRST_BYTE: Cell<Option<(Option<u64>, u64)>> = const { Cell::new(None) };
+}
+
+/// One routed failover in flight (see `CHAINS`).
+#[derive(Debug)]
+struct ChainLink {
+    plan: Rc<Plan>,
+    /// Attempts whose upstream instance has started (Envoy's attempt count of the latest).
+    started: usize,
+    /// The attempt whose origin answered, and the origin's status (0: outside 100..=599,
+    /// shown to the router as 502); reset when a later attempt starts.
+    answered: Option<(usize, u32)>,
+}
+
+/// Microseconds on the wall clock (WASI), for the configure-time log line.
+fn micros_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+/// The bench-only switches this module was built with (Cargo.toml `ablate-*`; empty in every
+/// real build): logged at start, so an ablation module can never pass unnoticed.
+const ABLATED: &[(&str, bool)] = &[
+    ("filter-state", cfg!(feature = "ablate-filter-state")),
+    ("metrics", cfg!(feature = "ablate-metrics")),
+    ("block-read", cfg!(feature = "ablate-block-read")),
+    ("header-map", cfg!(feature = "ablate-header-map")),
+    ("status", cfg!(feature = "ablate-status")),
+    ("upstream", cfg!(feature = "ablate-upstream")),
+];
+
+fn ablated() -> String {
+    ABLATED
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // Still distinct per VM and start: better than a constant.
+        let nanos = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0x9E37_79B9, |d| d.as_nanos() as u64);
+        bytes = nanos.to_le_bytes();
+    }
+    u64::from_le_bytes(bytes) | 1
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+}
+
+/// proxy-wasm's header map encoding: count, (name length, value length)*, (name\0 value\0)*.
+fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
+    let size = 4 + map
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 10)
+        .sum::<usize>();
+    let mut bytes = Vec::with_capacity(size);
+    bytes.extend_from_slice(&(map.len() as u32).to_le_bytes());
+    for (name, value) in map {
+        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in map {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
+/// The `log` facade's logger: each record goes to Envoy's log hostcall, with the prefix
+/// [`crate::host::log_text`] gives it.
+struct EnvoyLogger;
+
+static LOGGER: EnvoyLogger = EnvoyLogger;
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        let level = match record.level() {
+            log::Level::Error => WasmLogLevel::Error,
+            log::Level::Warn => WasmLogLevel::Warn,
+            log::Level::Info => WasmLogLevel::Info,
+            log::Level::Debug => WasmLogLevel::Debug,
+            log::Level::Trace => WasmLogLevel::Trace,
+        };
+        let _ = hostcalls::log(level, &crate::host::log_text(record));
+    }
+
+    fn flush(&self) {}
+}
+
+/// Once per VM (its start): the logger, everything enabled until the first configure reads
+/// Envoy's level, and panics reported to Envoy's log (what proxy-wasm's own logger did).
+fn install_logger() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+        std::panic::set_hook(Box::new(|info| {
+            let _ = hostcalls::log(WasmLogLevel::Critical, &info.to_string());
+        }));
+    }
+}
+
+/// The facade's max level follows Envoy's wasm log level: read at configure and on each tick
+/// (so a `/logging` change applies within a tick), and a disabled line costs one compare.
+fn refresh_log_level() {
+    let filter = match hostcalls::get_log_level() {
+        Ok(WasmLogLevel::Trace) | Err(_) => log::LevelFilter::Trace,
+        Ok(WasmLogLevel::Debug) => log::LevelFilter::Debug,
+        Ok(WasmLogLevel::Info) => log::LevelFilter::Info,
+        Ok(WasmLogLevel::Warn) => log::LevelFilter::Warn,
+        Ok(WasmLogLevel::Error) => log::LevelFilter::Error,
+        Ok(WasmLogLevel::Critical) => log::LevelFilter::Off,
+    };
+    log::set_max_level(filter);
+}
+
+/// [`Host`] over proxy-wasm hostcalls. Every `Status` is handled; none panics.
+struct EnvoyHost;
+
+impl Host for EnvoyHost {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        RNG.with(|state| {
+            let mut x = state.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            state.set(x);
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        })
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        if cfg!(feature = "ablate-block-read")
+            && key.starts_with(crate::engine::blocks::DOMAIN_KEY_PREFIX)
+        {
+            return (None, None);
+        }
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedSetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedSetError::CasMismatch),
+            Err(_) => Err(SharedSetError::Other),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, Vec::new(), timeout)
+            .map_err(|status| format!("{status:?}"))
+    }
+
+    fn callout_response_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default()
+    }
+
+    fn callout_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+            .ok()
+            .flatten()
+    }
+
+    fn send_local_reply(
+        &mut self,
+        status: u32,
+        details: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        // The SDK's send_http_response passes no details (and panics on a failed status).
+        let headers = serialize_map(headers);
+        // SAFETY: every pointer/length pair describes a live buffer for the whole call.
+        let status_code = unsafe {
+            proxy_send_local_response(
+                status,
+                details.as_ptr(),
+                details.len(),
+                body.as_ptr(),
+                body.len(),
+                headers.as_ptr(),
+                headers.len(),
+                -1,
+            )
+        };
+        if status_code != Status::Ok {
+            self.log(
+                LogLevel::Error,
+                &format!("origin-pull: could not send the local reply: {status_code:?}"),
+            );
+        }
+    }
+
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        // The SDK's `set_http_request_header` panics on a failed status; this never does.
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn set_filter_state(&mut self, key: &str, value: &str) {
+        if cfg!(feature = "ablate-filter-state") {
+            return;
+        }
+        // Failure only loses access-log attribution; the request itself is unaffected.
+        let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+        };
+        hostcalls::define_metric(kind, name).ok()
+    }
+
+    fn increment_metric(&mut self, id: u32, delta: i64) {
+        if cfg!(feature = "ablate-metrics") {
+            return;
+        }
+        // Kept in the VM; `flush_counters` adds it to Envoy's stat on the next tick.
+        PENDING.with(|p| p.borrow_mut().add(id, delta));
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// Adds the counters this VM kept since the last flush to Envoy's stats (one hostcall per
+/// counter that changed).
+fn flush_counters() {
+    PENDING.with(|p| {
+        // A lost increment only skews a stat; the requests themselves are unaffected.
+        p.borrow_mut().flush(|id, delta| {
+            let _ = hostcalls::increment_metric(id, delta);
+        })
+    });
+}
