@@ -13,7 +13,7 @@
 //! `other domains`: that many more domains, each with one origin that a connect failure has
 //! blocked before the measured requests (a region outage); default 0. With `unblocked` they
 //! are configured but nothing is blocked (what the configuration's size alone costs).
-//! Drives [`Exchange`] exactly as the glue (src/filter.rs) does for each request: the request
+//! Drives [`Exchange`] exactly as the glue (src/filter/) does for each request: the request
 //! headers arrive as one copied map (one `get_map` hostcall), the exchange picks the origin,
 //! the response is judged, a failover is dispatched and its answer relayed. The host (the tests'
 //! `FakeHost`, recording nothing) mimics what each hostcall costs the VM: every call is
@@ -69,7 +69,7 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// One request through the router failover: the glue's hostcalls are counted here
 /// (`count_hostcall` where the glue calls Envoy), the logic's by `FakeHost`. `first_byte_read`
-/// is the worker's cached per-try timeout reading (src/filter.rs `FIRST_BYTE`): when it was
+/// is the worker's cached per-try timeout reading (src/filter/mod.rs `FIRST_BYTE`): when it was
 /// last read.
 fn router_request(
     host: &mut FakeHost,
