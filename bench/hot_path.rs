@@ -161,15 +161,11 @@ fn router_request(
             }
         }
     }
-    // Listener filter, response phase: :status; the answered attempt from the in-flight entry.
+    // Listener filter, response phase: :status; the answered attempt from the in-flight entry;
+    // the engine removes a failed-over answer's hop-by-hop headers (hostcalls the host counts).
     host.count_hostcall();
     host.count_copied(3);
-    if answered.is_some_and(|a| a > 1) {
-        for _ in 0..6 {
-            host.count_hostcall(); // hop-by-hop headers removed from a failed-over answer
-        }
-    }
-    exchange.on_chain_response(host, 200, 0, answered);
+    exchange.on_routed_response(host, blocks, 200, 0, answered.map(|k| (k, 200)));
 }
 
 fn main() {

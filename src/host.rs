@@ -106,6 +106,10 @@ pub trait Host {
     /// (request phase only). Replaces every copy the client sent.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
 
+    /// Sets (`Some`) or removes (`None`) a header of the response to the client (response
+    /// headers phase only).
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+
     /// Filter state readable by Envoy's access log (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
     fn set_filter_state(&mut self, key: &str, value: &str);
 

@@ -124,6 +124,8 @@ pub struct FakeHost {
     /// `set_request_header` as Envoy's header map is (tests hand them to
     /// `Exchange::keep_request_headers` when they start an exchange themselves).
     pub request_headers: Vec<(String, String)>,
+    /// `set_response_header` calls on the client's response, in order (name, `None`: removed).
+    pub response_header_changes: Vec<(String, Option<String>)>,
     /// What the next callout response delivers.
     pub response_headers: Vec<(String, String)>,
     pub response_body: Vec<u8>,
@@ -167,6 +169,7 @@ impl FakeHost {
             fail_dispatch: false,
             filter_state: HashMap::new(),
             request_headers: Vec::new(),
+            response_header_changes: Vec::new(),
             response_headers: Vec::new(),
             response_body: Vec::new(),
             next_token: 1,
@@ -410,6 +413,14 @@ impl Host for FakeHost {
         if let (Some(value), false) = (value, kept) {
             self.request_headers
                 .push((name.to_string(), value.to_string()));
+        }
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        self.count_hostcall();
+        if self.recording {
+            self.response_header_changes
+                .push((name.to_string(), value.map(str::to_string)));
         }
     }
 

@@ -133,61 +133,27 @@ impl HttpContext for OriginPullStream {
                 .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
                 .map_or(0, u64::from_le_bytes)
         };
-        let step = if exchange.routes_chain() {
-            // Noted in `CHAINS` by the upstream instance when an origin answered; absent on
-            // Envoy's own replies.
-            let answered = self
-                .chain_id
-                .and_then(|id| CHAINS.with(|c| c.borrow().get(&id).and_then(|l| l.answered)));
-            if status == FAILOVER_STATUS {
-                if let Some((_, origin)) = answered.filter(|(_, o)| *o != FAILOVER_STATUS) {
-                    // An answer marked for a failover that the router relayed (no retry left):
-                    // the client gets the origin's own status, never the marker.
-                    let shown = if origin == 0 { 502 } else { origin };
-                    let _ = hostcalls::set_map_value(
-                        MapType::HttpResponseHeaders,
-                        ":status",
-                        Some(&shown.to_string()),
-                    );
-                }
-            }
-            let (attempt, status) = match answered {
-                Some((attempt, 0)) => (Some(attempt), 0), // the origin's status was invalid
-                Some((attempt, origin)) if status == FAILOVER_STATUS => (Some(attempt), origin),
-                Some((attempt, _)) => (Some(attempt), status),
-                None => (None, status),
-            };
-            if attempt.is_some_and(|a| a > 1) {
-                // A failed-over answer carries no hop-by-hop header Envoy's codec lets through
-                // (as the callout path guarantees).
-                for name in [
-                    "te",
-                    "trailer",
-                    "proxy-authenticate",
-                    "keep-alive",
-                    "proxy-connection",
-                    "upgrade",
-                ] {
-                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
-                }
-            }
-            exchange.on_chain_response(&mut EnvoyHost, status, response_flags, attempt)
-        } else {
+        // Noted in `CHAINS` by the upstream instance when an origin answered; absent on Envoy's
+        // own replies.
+        let answered = self
+            .chain_id
+            .and_then(|id| CHAINS.with(|c| c.borrow().get(&id).and_then(|l| l.answered)));
+        let step = {
             let mut blocks = self.state.blocks.borrow_mut();
-            exchange.on_response_headers(&mut EnvoyHost, &mut blocks, status, response_flags)
+            exchange.on_routed_response(
+                &mut EnvoyHost,
+                &mut blocks,
+                status,
+                response_flags,
+                answered,
+            )
         };
         if let Some(job) = exchange.take_copy_job() {
             self.state.submit_copy(job);
         }
         match step {
             ResponseStep::Pause => Action::Pause,
-            ResponseStep::Continue => {
-                for (name, value) in exchange.debug_headers() {
-                    let _ =
-                        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
-                }
-                Action::Continue
-            }
+            ResponseStep::Continue => Action::Continue,
         }
     }
 }

@@ -305,6 +305,10 @@ impl Host for EnvoyHost {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
     }
 
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+    }
+
     fn set_filter_state(&mut self, key: &str, value: &str) {
         if cfg!(feature = "ablate-filter-state") {
             return;

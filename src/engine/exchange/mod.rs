@@ -8,6 +8,7 @@ mod mirror;
 mod pick;
 mod reply;
 mod request;
+mod response;
 mod router;
 
 pub use request::ClientRequest;
@@ -18,8 +19,8 @@ use std::time::Duration;
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme, DEFAULT_CALLOUT_TIMEOUT_MS};
 use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
 use crate::engine::chain::{
-    attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, MAX_RETRIES_HEADER,
-    PLAN_HEADER, RETRY_ON_HEADER,
+    attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, FAILOVER_STATUS,
+    MAX_RETRIES_HEADER, PLAN_HEADER, RETRY_ON_HEADER,
 };
 use crate::engine::classify::{
     classify_routed, connection_options, failure_kind, is_hop_by_hop, read_callout, Answer,

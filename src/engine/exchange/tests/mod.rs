@@ -85,5 +85,6 @@ fn start(
 mod blocks;
 mod callout;
 mod request;
+mod response;
 mod router;
 mod stats;
