@@ -28,7 +28,7 @@ use crate::engine::copyback::{CopyBack, CopyJob};
 use crate::engine::exchange::{ClientRequest, Exchange, ResponseStep};
 use crate::engine::metrics::{Metrics, PendingCounters, Registry};
 use crate::engine::prober::Prober;
-use crate::host::{Host, LogLevel, MetricKind, SharedSetError};
+use crate::host::{Host, MetricKind, SharedSetError, RAW_LOG_TARGET};
 use crate::s3::bucket::{BucketEvent, BucketStats};
 
 mod listener;
@@ -293,10 +293,7 @@ impl Host for EnvoyHost {
             )
         };
         if status_code != Status::Ok {
-            self.log(
-                LogLevel::Error,
-                &format!("origin-pull: could not send the local reply: {status_code:?}"),
-            );
+            log::error!("could not send the local reply: {status_code:?}");
         }
     }
 

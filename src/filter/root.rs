@@ -25,10 +25,7 @@ impl RootState {
         let stats = self.stats.get();
         let Some(queue) = self.copy_queue.get() else {
             stats.count(&mut EnvoyHost, BucketEvent::CopyBackFailed);
-            EnvoyHost.log(
-                LogLevel::Error,
-                "origin-pull: no copy-back queue is registered; object not copied back",
-            );
+            log::error!("no copy-back queue is registered; object not copied back");
             return;
         };
         if !self
@@ -39,10 +36,7 @@ impl RootState {
             return;
         }
         if let Err(status) = hostcalls::enqueue_shared_queue(queue, Some(b"copy")) {
-            EnvoyHost.log(
-                LogLevel::Error,
-                &format!("origin-pull: could not wake the copy-back worker: {status:?}"),
-            );
+            log::error!("could not wake the copy-back worker: {status:?}");
         }
     }
 }
@@ -140,21 +134,16 @@ impl RootContext for OriginPullRoot {
         self.state.upstream.set(upstream);
         let ablated = ablated();
         if !ablated.is_empty() {
-            EnvoyHost.log(
-                LogLevel::Warn,
-                &format!("origin-pull: BENCH-ONLY ablation build, not for use: {ablated} off"),
-            );
+            log::warn!("BENCH-ONLY ablation build, not for use: {ablated} off");
         }
         if upstream {
             // It observes each attempt with the plan (and configuration) the downstream instance
             // of its VM made for the request (see CHAINS).
-            EnvoyHost.log(
-                LogLevel::Info,
-                &format!(
-                    "origin-pull {} (worker {}): upstream instance ready",
-                    crate::BUILD,
-                    self.state.worker
-                ),
+            log::info!(
+                target: RAW_LOG_TARGET,
+                "origin-pull {} (worker {}): upstream instance ready",
+                crate::BUILD,
+                self.state.worker
             );
             return true;
         }
@@ -163,10 +152,7 @@ impl RootContext for OriginPullRoot {
             let name = format!("origin_pull.copy_back.{}", self.state.worker);
             match hostcalls::register_shared_queue(&name) {
                 Ok(id) => self.state.copy_queue.set(Some(id)),
-                Err(status) => EnvoyHost.log(
-                    LogLevel::Error,
-                    &format!("origin-pull: cannot register the copy-back queue: {status:?}"),
-                ),
+                Err(status) => log::error!("cannot register the copy-back queue: {status:?}"),
             }
         }
         let bytes = self.get_plugin_configuration().unwrap_or_default();
@@ -193,24 +179,22 @@ impl RootContext for OriginPullRoot {
                 // Freeing the previous configuration is part of the cost of a reload.
                 drop((old_metrics, old_config));
                 let total_us = micros_now().saturating_sub(started);
-                EnvoyHost.log(
-                    LogLevel::Info,
-                    &format!(
-                        "origin-pull {} (worker {}): configured {domains} domain(s) in {}.{:03} ms (parse {}.{:03} ms, {} bytes)",
-                        crate::BUILD,
-                        self.state.worker,
-                        total_us / 1000,
-                        total_us % 1000,
-                        parse_us / 1000,
-                        parse_us % 1000,
-                        bytes.len(),
-                    ),
+                log::info!(
+                    target: RAW_LOG_TARGET,
+                    "origin-pull {} (worker {}): configured {domains} domain(s) in {}.{:03} ms (parse {}.{:03} ms, {} bytes)",
+                    crate::BUILD,
+                    self.state.worker,
+                    total_us / 1000,
+                    total_us % 1000,
+                    parse_us / 1000,
+                    parse_us % 1000,
+                    bytes.len(),
                 );
                 true
             }
             Err(error) => {
                 // Envoy rejects the configuration: at bootstrap it exits, under LDS it keeps the old one.
-                EnvoyHost.log(LogLevel::Error, &error.to_string());
+                log::error!(target: RAW_LOG_TARGET, "{error}");
                 false
             }
         }

@@ -52,12 +52,9 @@ impl BucketRefusal {
         if let BucketRefusal::Bucket(BucketError::NoClock) = self {
             stats.count(host, BucketEvent::SignFailure);
         }
-        host.log(
-            LogLevel::Warn,
-            &format!(
-                "origin-pull: not sending the request to bucket {label}: {}",
-                self.reason()
-            ),
+        log::warn!(
+            "not sending the request to bucket {label}: {}",
+            self.reason()
         );
     }
 

@@ -89,12 +89,7 @@ impl Exchange {
         body_size: usize,
     ) {
         if self.state.awaited_callout() != Some(token) {
-            if host.log_enabled(LogLevel::Debug) {
-                host.log(
-                    LogLevel::Debug,
-                    &format!("origin-pull: ignoring stale callout response {token}"),
-                );
-            }
+            log::debug!("ignoring stale callout response {token}");
             return;
         }
         let state = std::mem::replace(&mut self.state, State::Origin);
@@ -187,9 +182,10 @@ impl Exchange {
                 if let Some(metrics) = &self.metrics {
                     metrics.refresh_masters_available(host, blocks, self.domain);
                 }
-                host.log(
-                    LogLevel::Warn,
-                    &passive_block_line(
+                log::warn!(
+                    target: RAW_LOG_TARGET,
+                    "{}",
+                    passive_block_line(
                         &domain_name,
                         current.role.as_str(),
                         &label,
@@ -197,9 +193,9 @@ impl Exchange {
                         detection.block_ms,
                         until.unwrap_or_default(),
                         (!kind.blocks_at_once()).then_some(&rule),
-                    ),
+                    )
                 );
-            } else if host.log_enabled(LogLevel::Debug) {
+            } else if log::log_enabled!(log::Level::Debug) {
                 let what = match verdict {
                     Verdict::Excused if failure.failed_elsewhere => {
                         "not counted: this request failed on another origin too".to_string()
@@ -212,13 +208,10 @@ impl Exchange {
                     }
                     Verdict::Disabled | Verdict::Block => "not blocked".to_string(),
                 };
-                host.log(
-                    LogLevel::Debug,
-                    &format!(
-                        "origin-pull: {domain_name}: {} origin {label} failed ({}); {what}",
-                        current.role.as_str(),
-                        answer.kind()
-                    ),
+                log::debug!(
+                    "{domain_name}: {} origin {label} failed ({}); {what}",
+                    current.role.as_str(),
+                    answer.kind()
                 );
             }
         }
@@ -227,10 +220,7 @@ impl Exchange {
                 .route_of(current)
                 .map(|r| r.cluster.clone())
                 .unwrap_or_default();
-            host.log(
-                LogLevel::Error,
-                &format!("origin-pull: {domain_name}: Envoy has no cluster named '{cluster}' for origin {label}; add it to the Envoy configuration (`origin-pull check` lists the clusters needed)"),
-            );
+            log::error!("{domain_name}: Envoy has no cluster named '{cluster}' for origin {label}; add it to the Envoy configuration (`origin-pull check` lists the clusters needed)");
         }
         // Nothing else to try: relay the answer, or say clearly that no origin was reachable.
         let finish = || {
@@ -246,13 +236,10 @@ impl Exchange {
         if let Some(reason) = self.refusal_reason() {
             if !self.refusal_logged {
                 self.refusal_logged = true;
-                host.log(
-                    LogLevel::Info,
-                    &format!(
-                        "origin-pull: {domain_name}: not failing over {} after {} from {label}: {reason}",
-                        self.method,
-                        answer.kind()
-                    ),
+                log::info!(
+                    "{domain_name}: not failing over {} after {} from {label}: {reason}",
+                    self.method,
+                    answer.kind()
                 );
             }
             return finish();
@@ -355,16 +342,11 @@ impl Exchange {
         };
         match self.send_callout(host, set, route, None) {
             Ok(token) => {
-                if host.log_enabled(LogLevel::Debug) {
-                    host.log(
-                        LogLevel::Debug,
-                        &format!(
-                            "origin-pull: failing over to {} origin {}",
-                            attempt.role.as_str(),
-                            route.label
-                        ),
-                    );
-                }
+                log::debug!(
+                    "failing over to {} origin {}",
+                    attempt.role.as_str(),
+                    route.label
+                );
                 self.state = State::FailingOver { token };
                 self.tried.push(attempt);
                 if let Some(m) = self.origin_metrics(attempt) {
@@ -375,15 +357,7 @@ impl Exchange {
             // Logged and counted where the bucket refused.
             Err(CalloutError::BucketRefused) => false,
             Err(CalloutError::Host(status)) => {
-                host.log(
-                    LogLevel::Error,
-                    &format!(
-                        "origin-pull: could not start the failover request to {} origin {} via cluster '{}': {status}",
-                        attempt.role.as_str(),
-                        route.label,
-                        route.cluster
-                    ),
-                );
+                log::error!("could not start the failover request to {} origin {} via cluster '{}': {status}", attempt.role.as_str(), route.label, route.cluster);
                 false
             }
         }

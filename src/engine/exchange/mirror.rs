@@ -106,14 +106,11 @@ impl Exchange {
         match self.send_callout(host, source_set, route, Some(path)) {
             Ok(token) => {
                 self.stats.count(host, BucketEvent::MirrorFetch);
-                host.log(
-                    LogLevel::Debug,
-                    &format!(
-                        "origin-pull: {}: bucket answered {status} for {}; fetching it from the mirror source {}",
-                        domain.name,
-                        printable(&self.path),
-                        route.label
-                    ),
+                log::debug!(
+                    "{}: bucket answered {status} for {}; fetching it from the mirror source {}",
+                    domain.name,
+                    printable(&self.path),
+                    route.label
                 );
                 self.state = State::FetchingSource {
                     token,
@@ -124,12 +121,11 @@ impl Exchange {
             }
             Err(status) => {
                 self.stats.count(host, BucketEvent::MirrorSourceFailure);
-                host.log(
-                    LogLevel::Error,
-                    &format!(
-                        "origin-pull: {}: could not ask the mirror source {} via cluster '{}': {status}",
-                        domain.name, route.label, route.cluster
-                    ),
+                log::error!(
+                    "{}: could not ask the mirror source {} via cluster '{}': {status}",
+                    domain.name,
+                    route.label,
+                    route.cluster
                 );
                 false
             }
@@ -169,15 +165,12 @@ impl Exchange {
             }
             if body.len() as u64 > mirror.max_copy_bytes {
                 self.stats.count(host, BucketEvent::CopyBackSkipped);
-                host.log(
-                    LogLevel::Info,
-                    &format!(
-                        "origin-pull: {}: not copying {} back: {} bytes is over mirror.max_copy_bytes ({})",
-                        domain.name,
-                        printable(&self.path),
-                        body.len(),
-                        mirror.max_copy_bytes
-                    ),
+                log::info!(
+                    "{}: not copying {} back: {} bytes is over mirror.max_copy_bytes ({})",
+                    domain.name,
+                    printable(&self.path),
+                    body.len(),
+                    mirror.max_copy_bytes
                 );
                 return;
             }
@@ -202,16 +195,7 @@ impl Exchange {
             return;
         }
         self.stats.count(host, BucketEvent::MirrorSourceFailure);
-        host.log(
-            LogLevel::Warn,
-            &format!(
-                "origin-pull: {}: the bucket answered {miss} for {} and the mirror source {source} failed too ({}); answering per mirror.on_source_failure = {}",
-                domain.name,
-                printable(&self.path),
-                answer.kind(),
-                mirror.on_source_failure.as_str()
-            ),
-        );
+        log::warn!("{}: the bucket answered {miss} for {} and the mirror source {source} failed too ({}); answering per mirror.on_source_failure = {}", domain.name, printable(&self.path), answer.kind(), mirror.on_source_failure.as_str());
         self.state = State::Origin;
         match mirror.on_source_failure {
             OnSourceFailure::Source => {
@@ -234,12 +218,9 @@ impl Exchange {
     /// query-less key (issue 13: bucket poisoning).
     pub(super) fn skip_query_copy(&self, host: &mut impl Host, domain: &str) {
         self.stats.count(host, BucketEvent::CopyBackSkipped);
-        host.log(
-            LogLevel::Debug,
-            &format!(
-                "origin-pull: {domain}: not copying {} back: it was fetched with the client's query string",
-                printable(&self.path)
-            ),
+        log::debug!(
+            "{domain}: not copying {} back: it was fetched with the client's query string",
+            printable(&self.path)
         );
     }
 

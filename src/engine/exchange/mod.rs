@@ -29,7 +29,7 @@ use crate::engine::copyback::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch}
 use crate::engine::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::engine::select;
 use crate::engine::verdict::{Failure, Verdict};
-use crate::host::{Host, LogLevel};
+use crate::host::{Host, RAW_LOG_TARGET};
 use crate::s3::bucket::{
     is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
 };

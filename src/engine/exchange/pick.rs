@@ -29,15 +29,10 @@ impl Exchange {
         // blocked master is a better bet than a certain error.
         if domain.slave.is_some() {
             if let Some(target) = self.choose(Role::Slave, blocks, host, true, now) {
-                if host.log_enabled(LogLevel::Debug) {
-                    host.log(
-                        LogLevel::Debug,
-                        &format!(
-                            "origin-pull: {}: every master origin is blocked; going to the slave",
-                            domain.name
-                        ),
-                    );
-                }
+                log::debug!(
+                    "{}: every master origin is blocked; going to the slave",
+                    domain.name
+                );
                 return Some(Attempt {
                     role: Role::Slave,
                     target,
@@ -45,15 +40,10 @@ impl Exchange {
                 });
             }
         }
-        if host.log_enabled(LogLevel::Debug) {
-            host.log(
-                LogLevel::Debug,
-                &format!(
-                    "origin-pull: {}: every origin is blocked; trying a master anyway",
-                    domain.name
-                ),
-            );
-        }
+        log::debug!(
+            "{}: every origin is blocked; trying a master anyway",
+            domain.name
+        );
         self.choose(Role::Master, blocks, host, false, now)
             .map(|target| Attempt {
                 role: Role::Master,

@@ -20,10 +20,7 @@ impl Exchange {
                 .route_of(self.current())
                 .map(|r| r.label.clone())
                 .unwrap_or_default();
-            host.log(
-                LogLevel::Warn,
-                &format!("origin-pull: failover response from {label} is {body_size} bytes, over failover.max_response_body_bytes ({limit})"),
-            );
+            log::warn!("failover response from {label} is {body_size} bytes, over failover.max_response_body_bytes ({limit})");
             self.record_outcome(host);
             self.count_failover(host, false);
             let body =
@@ -90,12 +87,9 @@ impl Exchange {
             })
             .collect();
         let domain = self.domain().map(|d| d.name.clone()).unwrap_or_default();
-        host.log(
-            LogLevel::Warn,
-            &format!(
-                "origin-pull: {domain}: no origin could be reached (tried {})",
-                tried.join(", ")
-            ),
+        log::warn!(
+            "{domain}: no origin could be reached (tried {})",
+            tried.join(", ")
         );
         self.record_outcome(host);
         self.count_failover(host, false);
@@ -125,12 +119,7 @@ impl Exchange {
             .map(|r| r.label.clone())
             .unwrap_or_default();
         let domain = self.domain().map(|d| d.name.clone()).unwrap_or_default();
-        host.log(
-            LogLevel::Warn,
-            &format!(
-                "origin-pull: {domain}: the failover request to {label} ended without a response to relay (connection reset, or an answer larger than Envoy's async response buffer)"
-            ),
-        );
+        log::warn!("{domain}: the failover request to {label} ended without a response to relay (connection reset, or an answer larger than Envoy's async response buffer)");
         self.record_outcome(host);
         self.count_failover(host, false);
         let body = format!(

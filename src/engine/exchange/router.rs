@@ -200,13 +200,7 @@ impl Exchange {
                     .then_some(v)
                     .flatten()
             });
-            host.log(
-                LogLevel::Error,
-                &format!(
-                    "origin-pull: Envoy has no cluster named '{}'; render the Envoy configuration with `origin-pull render`",
-                    cluster.unwrap_or_default()
-                ),
-            );
+            log::error!("Envoy has no cluster named '{}'; render the Envoy configuration with `origin-pull render`", cluster.unwrap_or_default());
         }
         if answer.is_unreachable() && n > 1 {
             self.reply_unreachable(host);
