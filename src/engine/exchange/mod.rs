@@ -30,10 +30,12 @@ use crate::engine::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::engine::select;
 use crate::engine::verdict::{Failure, Verdict};
 use crate::host::{Host, RAW_LOG_TARGET};
+// Host values and paths go into logs and replies: the one sanitiser keeps them to one short line.
 use crate::s3::bucket::{
     is_client_header_dropped, Bucket, BucketError, BucketEvent, BucketStats, ObjectRequest,
 };
 use crate::s3::sigv4::EMPTY_PAYLOAD_SHA256;
+use crate::types::printable;
 
 pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 pub const DEBUG_ORIGIN_HEADER: &str = "x-origin-pull-origin";
@@ -327,14 +329,6 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
 fn attempts_text(n: usize) -> &'static str {
     const TEXT: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
     TEXT.get(n).copied().unwrap_or("10+")
-}
-
-/// Host values go into logs and replies: keep them short and free of control characters.
-fn printable(text: &str) -> String {
-    text.chars()
-        .take(128)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 #[cfg(test)]

@@ -199,3 +199,20 @@ fn unconfigured_or_unknown_hosts_are_answered_and_never_routed() {
         b
     });
 }
+
+#[test]
+fn an_unknown_host_is_shown_through_the_one_sanitiser() {
+    let cfg =
+        config(r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80"]}}]}"#);
+    let (mut host, mut blocks) = (FakeHost::new(1), BlockTable::default());
+    let long = format!("evil\n{}.test.com", "a".repeat(300));
+    host.request_headers = spoofed(&long, "/a.jpg");
+    assert!(request_phase(Some(&cfg), &mut host, &mut blocks).is_none());
+    let body = String::from_utf8_lossy(&host.replies[0].body).to_string();
+    assert!(
+        body.contains(&format!("'{}'", crate::types::printable(&long))),
+        "{body}"
+    );
+    assert!(body.contains("evil\\n") && body.contains('…'), "{body}");
+    assert_eq!(body.matches('\n').count(), 1, "one line: {body}");
+}
