@@ -6,7 +6,7 @@ use super::*;
 impl Exchange {
     /// An object fetched from the mirror source, to copy into the bucket from the root context.
     pub fn take_copy_job(&mut self) -> Option<CopyJob> {
-        self.copy_job.take()
+        self.copy_job.take().map(|job| *job)
     }
 
     /// A bucket master missed: redirect to the mirror source, or ask it. True when the request
@@ -87,7 +87,7 @@ impl Exchange {
                 if let Some(dst) = &route.original_dst {
                     headers.push((ORIGINAL_DST_HEADER.into(), dst.clone()));
                 }
-                self.copy_job = Some(CopyJob {
+                self.copy_job = Some(Box::new(CopyJob {
                     config: config.clone(),
                     domain: self.domain,
                     scheme: self.scheme,
@@ -99,7 +99,7 @@ impl Exchange {
                         headers,
                         label: route.label.clone(),
                     }),
-                });
+                }));
             }
             return true;
         }
@@ -183,7 +183,7 @@ impl Exchange {
                 return;
             };
             let content_type = header(headers, "content-type").map(str::to_string);
-            self.copy_job = Some(CopyJob {
+            self.copy_job = Some(Box::new(CopyJob {
                 config: config.clone(),
                 domain: self.domain,
                 scheme: self.scheme,
@@ -191,7 +191,7 @@ impl Exchange {
                 content_type,
                 body,
                 fetch: None,
-            });
+            }));
             return;
         }
         self.stats.count(host, BucketEvent::MirrorSourceFailure);

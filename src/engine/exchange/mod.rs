@@ -148,7 +148,8 @@ pub struct Exchange {
     /// Path and signing headers of the routed request when it goes to a bucket.
     routed_bucket: Option<ObjectRequest>,
     state: State,
-    copy_job: Option<CopyJob>,
+    /// Boxed: rare, and the exchange is moved and dropped on every request.
+    copy_job: Option<Box<CopyJob>>,
     metrics: Option<Rc<Metrics>>,
     /// Random id, drawn at the first failure: strikes count distinct requests.
     request_id: Option<u64>,

@@ -40,14 +40,25 @@ impl Exchange {
             return None;
         };
         let headers = client.headers;
-        let field = |name: &str| header(&headers, name).unwrap_or("");
+        // One pass over the map for the four pseudo-headers (Envoy's names are lowercase).
+        let [mut authority, mut scheme, mut method, mut path] = [None::<&str>; 4];
+        for (name, value) in &headers {
+            let slot = match name.as_str() {
+                ":authority" => &mut authority,
+                ":scheme" => &mut scheme,
+                ":method" => &mut method,
+                ":path" => &mut path,
+                _ => continue,
+            };
+            slot.get_or_insert(value.as_str());
+        }
         let request = RequestInfo {
-            authority: field(":authority"),
-            scheme: field(":scheme"),
-            method: field(":method"),
+            authority: authority.unwrap_or(""),
+            scheme: scheme.unwrap_or(""),
+            method: method.unwrap_or(""),
             // Only bucket origins and mirrors look at the path; others pass it through untouched.
             path: if config.uses_buckets {
-                field(":path")
+                path.unwrap_or("")
             } else {
                 ""
             },
@@ -56,7 +67,9 @@ impl Exchange {
             stats: client.stats,
             metrics: client.metrics,
         };
-        let mut exchange = Exchange::start(config, blocks, host, &request)?;
+        // Returned as started (no move of the exchange: it is large).
+        let mut started = Exchange::start(config, blocks, host, &request);
+        let exchange = started.as_mut()?;
         // A bucket never sees the client's credentials: note which headers to drop before the
         // copy moves into the exchange (no second read of the map).
         let dropped: Vec<String> = if exchange.bucket_request().is_some() {
@@ -70,7 +83,7 @@ impl Exchange {
         };
         exchange.keep_request_headers(headers);
         exchange.set_routing_headers(host, &dropped);
-        Some(exchange)
+        started
     }
 
     /// Overwrites or removes every header that routes the request, whatever the client sent,
