@@ -1,4 +1,4 @@
-//! The one seam between the logic and Envoy. `filter.rs` implements it over proxy-wasm
+//! The one seam between the logic and Envoy. `src/filter/` implements it over proxy-wasm
 //! hostcalls; `crate::testing::FakeHost` implements it for tests (fixed clock, seeded RNG).
 
 use std::time::Duration;
@@ -112,17 +112,6 @@ pub trait Host {
 
     /// Filter state readable by Envoy's access log (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
     fn set_filter_state(&mut self, key: &str, value: &str);
-
-    /// A complete line (with its own prefix) through the `log` facade; new code calls the
-    /// `log::…!` macros instead, which add [`LOG_PREFIX`].
-    fn log(&self, level: LogLevel, message: &str) {
-        log::log!(target: RAW_LOG_TARGET, log::Level::from(level), "{message}");
-    }
-    /// Whether a message of this level would be printed: one static compare when it would not
-    /// (the facade's max level, which the glue keeps at Envoy's wasm log level).
-    fn log_enabled(&self, level: LogLevel) -> bool {
-        log::log_enabled!(target: RAW_LOG_TARGET, log::Level::from(level))
-    }
 
     /// Defines (or finds) an Envoy stat; the id stays valid for the VM's life. Define stats
     /// when a configuration is applied, not per request. `None` if Envoy refused it.

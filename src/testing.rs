@@ -458,7 +458,7 @@ impl Host for FakeHost {
 #[cfg(test)]
 mod tests {
     use super::FakeHost;
-    use crate::host::{Host, LogLevel, MetricKind};
+    use crate::host::{Host, LogLevel, MetricKind, RAW_LOG_TARGET};
 
     #[test]
     fn fake_metrics_are_defined_once_and_counted() {
@@ -484,13 +484,10 @@ mod tests {
     fn log_lines_are_captured_per_thread_with_the_prefix_envoy_sees() {
         let host = FakeHost::new(1);
         log::warn!("{} is down", "origin a");
-        host.log(
-            LogLevel::Error,
-            "origin-pull 1.0 (worker 0): a complete line",
-        );
+        log::error!(target: RAW_LOG_TARGET, "origin-pull 1.0 (worker 0): a complete line");
         host.set_log_level(LogLevel::Info);
         log::debug!("dropped below the level");
-        assert!(!log::log_enabled!(log::Level::Debug) && host.log_enabled(LogLevel::Info));
+        assert!(!log::log_enabled!(log::Level::Debug) && log::log_enabled!(log::Level::Info));
         assert_eq!(
             host.logs(),
             vec![
@@ -534,8 +531,8 @@ mod tests {
         host.set_recording(false);
         host.set_log_level(LogLevel::Info);
         // Logging goes through the facade: no hostcall.
-        assert!(!host.log_enabled(LogLevel::Debug) && host.log_enabled(LogLevel::Warn));
-        host.log(LogLevel::Warn, "kept only when recording");
+        assert!(!log::log_enabled!(log::Level::Debug) && log::log_enabled!(log::Level::Warn));
+        log::warn!("kept only when recording");
         host.set_filter_state("key", "value");
         host.send_local_reply(503, "x", &[], b"");
         let token = host.dispatch("c", &[], None, std::time::Duration::from_secs(1));
