@@ -30,24 +30,16 @@ const TLS_TYPE: &str =
 /// One line per request: what the client asked, what it got, and which origin served it.
 /// `upstream=` is Envoy's own view (for a callout failover the FIRST origin: Envoy does not
 /// attribute a callout); `details=` names replies made by the filter
-/// (`origin_pull_failed_over_to_slave`…). `origin=`, `role=`, `attempts=` and `failed_over=`
-/// come from filter state the filter writes only where the log cannot tell by itself
-/// (`Exchange::record_attribution`; nothing on the happy path, a hostcall saved per write):
-/// without it, an answer Envoy relayed from an origin (`via_upstream`) was the first master's,
-/// at `%UPSTREAM_HOST%`, after 1 attempt. `-` when no origin answered and the filter wrote
-/// nothing (e.g. unknown host). `failed_over` is `true` exactly when attempts were written
-/// (more than 1).
-pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" \
+/// (`origin_pull_failed_over_to_slave`…). `origin= role= attempts= failed_over=` is ONE
+/// filter-state value the filter writes for every request it handles
+/// (`Exchange::record_attribution`): one `%FILTER_STATE%` here and one hostcall there cost
+/// Envoy less than `%CEL(…)%` fields computing it (bench/results/access-log.md).
+/// `origin=- role=- attempts=- failed_over=-` when the filter answered before choosing an
+/// origin (e.g. an unknown host); a bare `-` when the filter never saw the request.
+pub const ACCESS_LOG_FORMAT: &str =
+    "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" \
 %RESPONSE_CODE% %RESPONSE_FLAGS% details=%RESPONSE_CODE_DETAILS% upstream=%UPSTREAM_HOST% \
-origin=%CEL('wasm.origin_pull.origin' in filter_state ? filter_state['wasm.origin_pull.origin'] : \
-(response.code_details == 'via_upstream' ? upstream.address : '-'))% \
-role=%CEL('wasm.origin_pull.role' in filter_state ? filter_state['wasm.origin_pull.role'] : \
-('wasm.origin_pull.origin' in filter_state || response.code_details == 'via_upstream' ? 'master' : '-'))% \
-attempts=%CEL('wasm.origin_pull.attempts' in filter_state ? filter_state['wasm.origin_pull.attempts'] : \
-('wasm.origin_pull.origin' in filter_state || response.code_details == 'via_upstream' ? '1' : '-'))% \
-failed_over=%CEL('wasm.origin_pull.attempts' in filter_state ? 'true' : \
-('wasm.origin_pull.origin' in filter_state || response.code_details == 'via_upstream' ? 'false' : '-'))% \
-%DURATION%ms\n";
+%FILTER_STATE(wasm.origin_pull.served:PLAIN)% %DURATION%ms\n";
 
 fn typed(type_url: &str, rest: Vec<(String, Node)>) -> Node {
     let mut entries = vec![("@type".to_string(), Node::from(type_url))];

@@ -195,7 +195,10 @@ fn a_bucket_miss_is_fetched_from_the_source_served_and_copied_back() {
         reply.header("x-origin-pull-origin"),
         Some("mirror=src.test:8080")
     );
-    assert_eq!(w.host.filter_state["origin_pull.role"], "mirror");
+    assert!(
+        w.host.filter_state[crate::engine::exchange::ATTRIBUTION_KEY]
+            .starts_with("origin=src.test:8080 role=mirror ")
+    );
     assert_eq!(w.host.metric("origin_pull_mirror_fetches_total"), Some(1));
 
     // The copy-back: queued by the stream, signed and sent by the root context.

@@ -66,9 +66,7 @@ impl Exchange {
         }
         match self.next_step(host, blocks, answer, false) {
             Next::Accept => {
-                // The origin's own answer (no Envoy flag) is relayed: %UPSTREAM_HOST% names it.
-                let relayed = response_flags == 0 && matches!(answer, Answer::Status(_));
-                self.record_attribution(host, relayed);
+                self.record_attribution(host);
                 ResponseStep::Continue
             }
             Next::Dispatched => ResponseStep::Pause,

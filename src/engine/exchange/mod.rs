@@ -43,6 +43,10 @@ pub const DEBUG_ATTEMPTS_HEADER: &str = "x-origin-pull-attempts";
 pub const DEBUG_WORKER_HEADER: &str = "x-origin-pull-worker";
 pub const ERROR_HEADER: &str = "x-origin-pull-error";
 pub const MIRROR_HEADER: &str = "x-origin-pull-mirror";
+/// The filter-state key (Envoy: `wasm.origin_pull.served`) the access log prints whole.
+pub const ATTRIBUTION_KEY: &str = "origin_pull.served";
+/// Its value when no origin served (a reply made before any origin was chosen).
+pub const NO_ORIGIN_ATTRIBUTION: &str = "origin=- role=- attempts=- failed_over=-";
 
 pub use crate::types::Role;
 
@@ -324,12 +328,6 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
-}
-
-/// Attempt counts as text without formatting (failovers are bounded far below 10).
-fn attempts_text(n: usize) -> &'static str {
-    const TEXT: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    TEXT.get(n).copied().unwrap_or("10+")
 }
 
 #[cfg(test)]

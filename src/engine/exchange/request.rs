@@ -37,6 +37,7 @@ impl Exchange {
                 &[(ERROR_HEADER, "not-configured")],
                 b"origin-pull: not configured\n",
             );
+            host.set_filter_state(ATTRIBUTION_KEY, NO_ORIGIN_ATTRIBUTION);
             return None;
         };
         let headers = client.headers;
@@ -69,7 +70,11 @@ impl Exchange {
         };
         // Returned as started (no move of the exchange: it is large).
         let mut started = Exchange::start(config, blocks, host, &request);
-        let exchange = started.as_mut()?;
+        let Some(exchange) = started.as_mut() else {
+            // Answered locally before any origin was chosen (e.g. an unknown host).
+            host.set_filter_state(ATTRIBUTION_KEY, NO_ORIGIN_ATTRIBUTION);
+            return None;
+        };
         // A bucket never sees the client's credentials: note which headers to drop before the
         // copy moves into the exchange (no second read of the map).
         let dropped: Vec<String> = if exchange.bucket_request().is_some() {

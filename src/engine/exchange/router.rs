@@ -206,8 +206,7 @@ impl Exchange {
             self.reply_unreachable(host);
             return ResponseStep::Pause;
         }
-        // An attempt's own answer is relayed by the router (%UPSTREAM_HOST% names its origin).
-        self.record_attribution(host, attempt.is_some());
+        self.record_attribution(host);
         let served = self.domain().is_some_and(|d| !d.failover.triggers(answer));
         self.count_failover(host, served);
         ResponseStep::Continue

@@ -73,8 +73,10 @@ fn seeds_example_master_404_slave_200() {
     assert_eq!(reply.header("x-slave-hop"), None); // named by the slave's Connection
     assert_eq!(reply.header(DEBUG_ORIGIN_HEADER), Some("slave=2.2.2.2:80"));
     assert_eq!(reply.header(DEBUG_ATTEMPTS_HEADER), Some("2"));
-    assert_eq!(host.filter_state["origin_pull.origin"], "2.2.2.2:80");
-    assert_eq!(host.filter_state["origin_pull.role"], "slave");
+    assert_eq!(
+        host.filter_state[ATTRIBUTION_KEY],
+        "origin=2.2.2.2:80 role=slave attempts=2 failed_over=true"
+    );
     // A 404 does not block the master.
     assert!(!blocks.domain_has_blocks(&host, "www.test.com", host.now_ms));
 }
@@ -91,8 +93,10 @@ fn master_200_passes_through() {
     );
     assert!(host.callouts.is_empty() && host.replies.is_empty());
     assert_eq!(ex.debug_headers()[0].1, "master=1.1.1.1:80");
-    // Nothing for the access log to be told: %UPSTREAM_HOST%, master, 1 attempt.
-    assert!(host.filter_state.is_empty(), "{:?}", host.filter_state);
+    assert_eq!(
+        host.filter_state[ATTRIBUTION_KEY],
+        "origin=1.1.1.1:80 role=master attempts=1 failed_over=false"
+    );
 }
 
 #[test]

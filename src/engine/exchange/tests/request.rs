@@ -187,11 +187,15 @@ fn unconfigured_or_unknown_hosts_are_answered_and_never_routed() {
     assert!(request_phase(None, &mut host, &mut blocks).is_none());
     assert_eq!(host.replies[0].status, 503);
     assert_eq!(host.replies[0].header(ERROR_HEADER), Some("not-configured"));
+    // The access log says no origin served.
+    assert_eq!(host.filter_state[ATTRIBUTION_KEY], NO_ORIGIN_ATTRIBUTION);
+    host.filter_state.clear();
     let cfg =
         config(r#"{"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80"]}}]}"#);
     host.request_headers = spoofed("evil.test.com", "/a.jpg");
     assert!(request_phase(Some(&cfg), &mut host, &mut blocks).is_none());
     assert_eq!(host.replies[1].header(ERROR_HEADER), Some("unknown-host"));
+    assert_eq!(host.filter_state[ATTRIBUTION_KEY], NO_ORIGIN_ATTRIBUTION);
     // Nothing the client sent was turned into a route.
     assert_eq!(host.request_headers, {
         let mut b = before;

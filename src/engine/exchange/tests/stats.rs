@@ -128,14 +128,18 @@ fn stats_count_requests_failures_and_failover_outcomes() {
 #[test]
 fn access_log_attribution_and_honest_response_code_details() {
     let (host, _) = counted((404, 0), Some(200));
-    assert_eq!(host.filter_state["origin_pull.origin"], "2.2.2.2:80");
-    assert_eq!(host.filter_state["origin_pull.attempts"], "2");
-    assert_eq!(host.filter_state["origin_pull.role"], "slave");
-    assert_eq!(host.filter_state.len(), 3);
+    assert_eq!(
+        host.filter_state[ATTRIBUTION_KEY],
+        "origin=2.2.2.2:80 role=slave attempts=2 failed_over=true"
+    );
+    assert_eq!(host.filter_state.len(), 1);
     assert_eq!(host.replies[0].details, "origin_pull_failed_over_to_slave");
 
     let (host, _) = counted((200, 0), None);
-    assert!(host.filter_state.is_empty(), "{:?}", host.filter_state);
+    assert_eq!(
+        host.filter_state[ATTRIBUTION_KEY],
+        "origin=1.1.1.1:80 role=master attempts=1 failed_over=false"
+    );
     assert!(
         host.replies.is_empty(),
         "the origin's own reply keeps Envoy's details"
@@ -176,17 +180,19 @@ fn retry_on_another_master_says_so_in_the_details() {
         host.replies[0].details,
         "origin_pull_retried_on_another_master"
     );
-    // A local reply: the origin is written (Envoy's upstream is the first master); the role
-    // is the log's default.
-    assert!(host.filter_state["origin_pull.origin"].starts_with("10.0.0."));
-    assert_eq!(host.filter_state["origin_pull.attempts"], "2");
-    assert!(!host.filter_state.contains_key("origin_pull.role"));
+    // A local reply: the origin that answered (Envoy's upstream is the first master).
+    let served = &host.filter_state[ATTRIBUTION_KEY];
+    assert!(
+        served.starts_with("origin=10.0.0.")
+            && served.ends_with(":80 role=master attempts=2 failed_over=true"),
+        "{served}"
+    );
 }
 
-/// The access log falls back to %UPSTREAM_HOST%, `master` and `1` (render's format): the filter
-/// writes only what differs, nothing on the happy path.
+/// One filter-state value per request, the whole attribution part of the access log line
+/// (render's format prints it with one %FILTER_STATE%), whoever answered.
 #[test]
-fn access_log_filter_state_only_where_the_log_cannot_tell() {
+fn access_log_attribution_is_one_value_for_every_answer() {
     let written = |text: &str, status: u32, flags: u64| {
         let cfg = config(text);
         let mut host = FakeHost::new(1);
@@ -197,21 +203,21 @@ fn access_log_filter_state_only_where_the_log_cannot_tell() {
         state.sort();
         state
     };
+    let served = |text: &str| vec![(ATTRIBUTION_KEY.to_string(), text.to_string())];
     let one_ip = r#"{"domains":[{"domain":"a.com","master":{"ips":["10.0.0.1"]}}]}"#;
-    assert_eq!(written(one_ip, 200, 0), []);
-    assert_eq!(written(one_ip, 404, 0), [], "the origin's own 404, relayed");
-    // Envoy's own reply (connect failure, nothing to fail over to): not `via_upstream`.
+    let first_master = "origin=10.0.0.1:80 role=master attempts=1 failed_over=false";
+    assert_eq!(written(one_ip, 200, 0), served(first_master));
     assert_eq!(
-        written(one_ip, 503, UF),
-        [("origin_pull.origin".to_string(), "10.0.0.1:80".to_string())]
+        written(one_ip, 404, 0),
+        served(first_master),
+        "the origin's own 404, relayed"
     );
-    // A domain origin: %UPSTREAM_HOST% shows the address it resolved to, not the label.
+    // Envoy's own reply (connect failure, nothing to fail over to): the origin it tried.
+    assert_eq!(written(one_ip, 503, UF), served(first_master));
+    // A domain origin: named by its label, not the address Envoy resolved it to.
     let named = r#"{"domains":[{"domain":"a.com","master":{"domain":"origin.example.com"}}]}"#;
     assert_eq!(
         written(named, 200, 0),
-        [(
-            "origin_pull.origin".to_string(),
-            "origin.example.com:80".to_string()
-        )]
+        served("origin=origin.example.com:80 role=master attempts=1 failed_over=false")
     );
 }
