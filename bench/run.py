@@ -77,7 +77,7 @@ SYSTEM_LABEL = {
     "nginx": "nginx (upstream backup)",
 }
 ABLATION_LABEL = {
-    "filter-state": "no access-log filter-state writes (none on the happy path anyway)",
+    "filter-state": "no access-log filter-state write (one per request)",
     "metrics": "no counter adds in the VM (nothing to flush)",
     "block-read": "no per-domain block-key read",
     "header-map": "no header-map copy (3 headers read one by one)",
