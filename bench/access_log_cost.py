@@ -4,28 +4,30 @@
 Envoy --concurrency 1 on CPU 0; an nginx origin and wrk -t1 -c32 on CPU 1; 1 KiB object; the
 access log to /dev/null (stdout logger). Filter state is written by Envoy's native
 set_filter_state filter, so the rows differ only in the log format (and (5) in the writes).
-Usage: python3 bench/access_log_cost.py OUTDIR [REPS] [DURATION]   (results.md in OUTDIR)
+Usage: .venv/bin/python bench/access_log_cost.py OUTDIR [REPS] [DURATION]   (results.md in OUTDIR)
 Every process started is stopped by PID; every loop is bounded."""
 
 import json
 import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-ENVOY = os.environ.get("ENVOY", str(Path(__file__).resolve().parent.parent / ".venv/bin/envoy"))
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import configs as cf  # noqa: E402  (the nginx origin of `make bench`)
+import run as br  # noqa: E402  (process, wrk and CPU helpers of `make bench`)
+
 OUT = Path(sys.argv[1])
 REPS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 DUR = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-OUT.mkdir(parents=True, exist_ok=True)
 ORIGIN = ("127.0.0.61", 18081)
 LISTEN = "127.0.0.62"
-PROXY_CPU, CLIENT_CPU = "0", "1"
+ENVOY = os.environ.get("ENVOY", str(BENCH.parent / ".venv" / "bin" / "envoy"))
+OPTIONS = {"client_cpu": "1"}
+PROXY_CPU = 0
 HEAD = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% details=%RESPONSE_CODE_DETAILS% upstream=%UPSTREAM_HOST% "
@@ -56,8 +58,16 @@ FOUR_FMT = (
     + " %DURATION%ms\n"
 )
 FOUR = {"origin": "127.0.0.61:18081", "role": "master", "attempts": "1", "failed_over": "false"}
-# Now (render's ACCESS_LOG_FORMAT): one value, one %FILTER_STATE%.
-ONE_FMT = HEAD + "%FILTER_STATE(wasm.origin_pull.served:PLAIN)% %DURATION%ms\n"
+
+
+def shipped_format():
+    """The access-log format `origin-pull render` writes (envoy/lds.yaml): one value, one %FILTER_STATE%."""
+    doc = yaml.safe_load((BENCH.parent / "envoy" / "lds.yaml").read_text())
+    hcm = doc["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm["access_log"][0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+
+
+ONE_FMT = shipped_format()
 ONE = {"served": "origin=127.0.0.61:18081 role=master attempts=1 failed_over=false"}
 
 # system -> (access log format or None, filter-state values written per request)
@@ -157,142 +167,63 @@ def envoy_cfg(name, port, admin, fmt, fs):
     }
 
 
-NGINX = f"""daemon off; master_process off; worker_processes 1; pid {OUT}/origin.pid;
-error_log {OUT}/origin.error.log warn;
-events {{ worker_connections 16384; }}
-http {{ access_log off; default_type application/octet-stream; sendfile on; tcp_nodelay on;
- keepalive_timeout 300s; keepalive_requests 10000000;
- client_body_temp_path {OUT}/tmp/body; proxy_temp_path {OUT}/tmp/proxy; fastcgi_temp_path {OUT}/tmp/f;
- uwsgi_temp_path {OUT}/tmp/u; scgi_temp_path {OUT}/tmp/s;
- server {{ listen {ORIGIN[0]}:{ORIGIN[1]}; root {OUT}/docroot; }} }}
-"""
-PROCS = []
-
-
-def spawn(args, cpu, out):
-    p = subprocess.Popen(
-        ["taskset", "-c", cpu, *map(str, args)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-    )
-    PROCS.append(p)
-    SLOG.open("a").write(f"{p.pid} {args[0]}\n")
-    return p
-
-
-def cpu_s(pid):
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_http(url, deadline=30):
-    t = time.time() + deadline
-    while time.time() < t:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} not answering")
-
-
-def wrk(url, dur):
-    p = subprocess.run(
-        ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c32", f"-d{dur}s", "--timeout", "5s", url],
-        capture_output=True,
-        text=True,
-        timeout=dur + 60,
-    )
-    m = re.search(r"(\d+) requests in", p.stdout)
-    n = int(m.group(1))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", p.stdout).group(1))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", p.stdout)
-    return n, rps, int(non2xx.group(1)) if non2xx else 0, p.stdout
-
-
 def main():
-    (OUT / "docroot").mkdir(exist_ok=True)
-    (OUT / "tmp").mkdir(exist_ok=True)
-    (OUT / "docroot" / "1k").write_bytes(b"x" * 1024)
-    (OUT / "origin.conf").write_text(NGINX)
+    OUT.mkdir(parents=True, exist_ok=True)
+    docroot = OUT / "www"
+    docroot.mkdir(exist_ok=True)
+    (docroot / "1k").write_bytes(b"x" * 1024)
+    topo = cf.Topology([ORIGIN + (1,)], ORIGIN, LISTEN, {})
+    (OUT / "origin.conf").write_text(cf.origin_nginx_conf(topo, OUT, docroot))
     load_before = os.getloadavg()
-    spawn(
-        ["nginx", "-p", OUT, "-c", OUT / "origin.conf", "-e", OUT / "origin.error.log"], CLIENT_CPU, subprocess.DEVNULL
+    origin = br.spawn(
+        ["nginx", "-p", OUT, "-c", OUT / "origin.conf", "-e", OUT / "origin.error.log"],
+        OUT / "origin.log",
+        OPTIONS["client_cpu"],
     )
+    br.wait_http(*ORIGIN, origin)
     envoys = {}
     for i, (name, (fmt, fs)) in enumerate(SYSTEMS.items()):
         port, admin = 18100 + i, 18200 + i
-        cfg = OUT / f"envoy-{name}.json"
+        cfg = OUT / f"envoy-{i}.json"
         cfg.write_text(json.dumps(envoy_cfg(name, port, admin, fmt, fs)))
-        # stdout (the access log) goes to /dev/null
-        envoys[name] = (
-            spawn(
-                [
-                    ENVOY,
-                    "-c",
-                    cfg,
-                    "--concurrency",
-                    "1",
-                    "--disable-hot-restart",
-                    "-l",
-                    "warn",
-                    "--log-path",
-                    OUT / f"envoy-{name}.log",
-                    "--base-id",
-                    str(700 + i),
-                ],
-                PROXY_CPU,
-                subprocess.DEVNULL,
-            ),
-            f"http://{LISTEN}:{port}/1k",
+        # stdout (the access log) goes to the process log, which this bench never reads.
+        proc = br.spawn(
+            [ENVOY, "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "warn", "--base-id", 700 + i],
+            "/dev/null",
+            PROXY_CPU,
         )
-    try:
-        wait_http(f"http://{ORIGIN[0]}:{ORIGIN[1]}/1k")
-        for _process, url in envoys.values():
-            wait_http(url)
-            wrk(url, 1)  # warm-up
-        runs = {s: [] for s in SYSTEMS}
-        names = list(SYSTEMS)
-        for rep in range(REPS):
-            order = names[rep % len(names) :] + names[: rep % len(names)]
-            for s in order:
-                p, url = envoys[s]
-                c0 = cpu_s(p.pid)
-                n, rps, bad, txt = wrk(url, DUR)
-                c1 = cpu_s(p.pid)
-                (OUT / f"wrk-{s}-{rep}.txt").write_text(txt)
-                runs[s].append({"n": n, "rps": rps, "non2xx": bad, "cpu_us": (c1 - c0) / n * 1e6})
-                print(
-                    f"rep {rep} {s:22s} rps {rps:9.0f} cpu/req {(c1 - c0) / n * 1e6:6.2f} us non2xx {bad}", flush=True
-                )
-    finally:
-        for p in PROCS:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=10)
+        br.wait_http(LISTEN, port, proc)
+        br.run_wrk(OPTIONS, f"http://{LISTEN}:{port}/1k", 1, 32)  # warm-up
+        envoys[name] = (proc, f"http://{LISTEN}:{port}/1k")
+    runs = {s: [] for s in SYSTEMS}
+    names = list(SYSTEMS)
+    for rep in range(REPS):
+        for s in names[rep % len(names) :] + names[: rep % len(names)]:
+            proc, url = envoys[s]
+            c0 = br.cpu_seconds(proc.pid)
+            r, text = br.run_wrk(OPTIONS, url, DUR, 32)
+            c1 = br.cpu_seconds(proc.pid)
+            (OUT / f"wrk-{names.index(s) + 1}-{rep}.txt").write_text(text)
+            runs[s].append({"rps": r["rps"], "non2xx": r["non2xx"], "cpu_us": (c1 - c0) / r["requests"] * 1e6})
+            br.log(f"rep {rep} {s:40s} rps {r['rps']:9.0f} cpu/req {runs[s][-1]['cpu_us']:6.2f} us")
+    br.stop_all()
     load_after = os.getloadavg()
     med = {
-        s: {
-            "rps": statistics.median(r["rps"] for r in runs[s]),
-            "cpu": statistics.median(r["cpu_us"] for r in runs[s]),
-            "cpu_all": [round(r["cpu_us"], 2) for r in runs[s]],
-        }
+        s: {"rps": statistics.median(r["rps"] for r in runs[s]), "cpu": statistics.median(r["cpu_us"] for r in runs[s])}
         for s in SYSTEMS
     }
-    base = med["1-plain, no log"]["cpu"]
+    base = med[names[0]]["cpu"]
     lines = [
-        f"load before {load_before} after {load_after}; reps {REPS} x {DUR}s",
+        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; {REPS} reps x {DUR} s",
         "",
-        "| system | rps | CPU/req | Δ vs (1) | CPU/req each rep |",
-        "|---|---:|---:|---:|---|",
+        "| system | rps | CPU/req | Δ vs (1) |",
+        "|---|---:|---:|---:|",
     ]
     for s in SYSTEMS:
         m = med[s]
-        lines.append(f"| {s} | {m['rps']:.0f} | {m['cpu']:.2f} µs | {m['cpu'] - base:+.2f} µs | {m['cpu_all']} |")
+        lines.append(f"| {s} | {m['rps']:.0f} | {m['cpu']:.2f} µs | {m['cpu'] - base:+.2f} µs |")
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
-    (OUT / "results.json").write_text(json.dumps({"runs": runs, "med": med}))
+    (OUT / "results.json").write_text(json.dumps({"runs": runs, "median": med}))
     print("\n".join(lines))
 
 
