@@ -170,12 +170,22 @@ impl Exchange {
             host.set_filter_state(ATTRIBUTION_KEY, NO_ORIGIN_ATTRIBUTION);
             return;
         }
+        // Built with push_str, not format!: this runs on every request.
         let attempts = self.tried.len();
-        let failed_over = attempts > 1;
-        host.set_filter_state(
-            ATTRIBUTION_KEY,
-            &format!("origin={label} role={role} attempts={attempts} failed_over={failed_over}"),
-        );
+        let mut value = String::with_capacity(label.len() + 56);
+        for part in ["origin=", label, " role=", role, " attempts="] {
+            value.push_str(part);
+        }
+        match attempts {
+            0..=9 => value.push(char::from(b'0' + attempts as u8)),
+            _ => value.push_str(&attempts.to_string()),
+        }
+        value.push_str(if attempts > 1 {
+            " failed_over=true"
+        } else {
+            " failed_over=false"
+        });
+        host.set_filter_state(ATTRIBUTION_KEY, &value);
     }
 
     /// Counts a request that was failed over (retried or sent to the slave), once.
