@@ -143,12 +143,8 @@ fn domain_entry(valid_leaning: bool) -> impl Strategy<Value = Value> {
             if switch {
                 d["master_slave_switch"] = json!(true);
             }
-            if let Some((on, codes, retries, limit)) = failover {
-                let mut f = json!({ "on": on, "status_codes": codes, "master_retries": retries });
-                if let Some(limit) = limit {
-                    f["max_response_body_bytes"] = json!(limit);
-                }
-                d["failover"] = f;
+            if let Some(f) = failover {
+                d["failover"] = failover_json(f);
             }
             if let Some((secs, on_5xx)) = detection {
                 let secs = if valid_leaning { secs % 120 } else { secs };
@@ -302,12 +298,8 @@ fn valid_domain(name: &'static str) -> impl Strategy<Value = Value> {
                 d["slave"] = s;
                 d["master_slave_switch"] = json!(switch);
             }
-            if let Some((on, codes, retries, limit)) = failover {
-                let mut f = json!({ "on": on, "status_codes": codes, "master_retries": retries });
-                if let Some(limit) = limit {
-                    f["max_response_body_bytes"] = json!(limit);
-                }
-                d["failover"] = f;
+            if let Some(f) = failover {
+                d["failover"] = failover_json(f);
             }
             if let Some((secs, on_5xx)) = detection {
                 d["detection"] = json!({ "block_seconds": secs, "block_on_5xx": on_5xx });
@@ -359,4 +351,20 @@ pub(crate) fn check_parse(bytes: &[u8]) -> Result<Option<PluginConfig>, TestCase
             Ok(None)
         }
     }
+}
+
+/// A domain's `failover` block from its generated parts (both generators build it alike).
+fn failover_json<
+    O: serde::Serialize,
+    C: serde::Serialize,
+    R: serde::Serialize,
+    L: serde::Serialize,
+>(
+    (on, codes, retries, limit): (O, C, R, Option<L>),
+) -> Value {
+    let mut f = json!({ "on": on, "status_codes": codes, "master_retries": retries });
+    if let Some(limit) = limit {
+        f["max_response_body_bytes"] = json!(limit);
+    }
+    f
 }
