@@ -23,10 +23,11 @@ Where the failover time goes (scenarios b and f; issue 11):
               naming that cluster, the master's and the slave's addresses added by the route
               (request_headers_to_add) and the retry conditions in its retry_policy; no wasm
     compnodrain composite without the rendered Lua filter that reads a failed answer's short body
-              before the retry (src/render/envoy.rs drain_filter): the mechanism before it
-    compwasm    composite + the trivial wasm filter (bench/floor) on the listener AND as the
-              composite cluster's upstream filter (once per attempt): the wasm floor of the
-              mechanism origin-pull uses
+              before the retry (src/render/envoy/upstream.rs drain_filter): the mechanism before it
+    complean    composite + the trivial wasm filter (bench/floor) on the listener: the wasm floor
+              of the mechanism origin-pull uses by default (a logged chain; also in scenario a)
+    compwasm    complean + the trivial wasm filter as the composite cluster's upstream filter
+              too (once per attempt): the wasm floor of an observed chain
     plain404    (f only) plain route to the masters, asking the path they answer 404: the first
               half of a failover as a request of its own (the upstream connection kept alive)
     plain404new (f only) the same, one upstream connection per request
@@ -65,11 +66,11 @@ def ablation_wasm(system):
     return ABLATION_DIR / f"origin_pull-{system[3:]}.wasm"
 HOST = "www.test.com"
 ENVOY_SYSTEMS = ("plain", "plain404", "plain404new", "floor", "odst", "native", "composite",
-                 "compnodrain", "compwasm", "originpull", "opnodrain", "opcallout")
+                 "compnodrain", "compwasm", "complean", "originpull", "opnodrain", "opcallout")
 SYSTEMS = ("direct", "plain", "plain404", "plain404new", "floor", "odst", "native", "composite",
-           "compnodrain", "compwasm", "originpull", "opnodrain", "opcallout", "nginx")
+           "compnodrain", "compwasm", "complean", "originpull", "opnodrain", "opcallout", "nginx")
 # Systems that isolate the failover mechanism (scenarios b and f) and the two-request reference (f).
-MECHANISM_SYSTEMS = ("composite", "compnodrain", "compwasm", "opnodrain")
+MECHANISM_SYSTEMS = ("composite", "compnodrain", "compwasm", "complean", "opnodrain")
 TWO_REQUEST_SYSTEMS = ("plain404", "plain404new")
 # Statuses every system fails over on: the issue's nginx list (404 included, scenario b).
 RETRY_STATUSES = (404, 500, 502, 503, 504)
@@ -249,8 +250,9 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
     shipped_wasm = _wasm_filter(lst)[0]
     extra = []
     if system in MECHANISM_SYSTEMS:
-        floor = _floor_filter(shipped_wasm, floor_wasm) if system == "compwasm" else None
-        extra.extend(_mechanism_clusters(topo, plugin, floor, drain=system != "compnodrain"))
+        floor = _floor_filter(shipped_wasm, floor_wasm) if system in ("compwasm", "complean") else None
+        extra.extend(_mechanism_clusters(topo, plugin, floor if system == "compwasm" else None,
+                                         drain=system != "compnodrain"))
         _mechanism_route(lst, topo)
         hcm["http_filters"] = ([floor] if floor else []) + router
     elif system in ("plain", "floor", "plain404", "plain404new"):
@@ -292,43 +294,34 @@ def _http1_options(**fields):
                            "explicit_http_config": {"http_protocol_options": {}}, **fields}}
 
 
-LUA = "envoy.filters.http.lua"
-# The rendered drain filter reads the body of an answer the module marked for a failover (status
-# 590, src/engine/chain.rs FAILOVER_STATUS); with no module, the same answers are the statuses the
-# route retries.
-DRAIN_MARK_TEST = 'headers:get(":status") ~= "590"'
-DRAIN_STATUS_TEST = "not ({})".format(" or ".join(
-    f'headers:get(":status") == "{code}"' for code in RETRY_STATUSES))
+# The rendered drain filter (src/render/envoy/upstream.rs drain_filter): Lua behind Envoy's matcher,
+# run on the answers a logged chain's route retries (any status but 1xx-3xx).
+DRAIN = "origin_pull_drain"
 
 
 def _drop_drain(cluster):
     opts = cluster.get("typed_extension_protocol_options", {}).get(HTTP_OPTIONS, {})
     if "http_filters" in opts:
-        opts["http_filters"] = [f for f in opts["http_filters"] if f["name"] != LUA]
+        opts["http_filters"] = [f for f in opts["http_filters"] if f["name"] != DRAIN]
 
 
 def _mechanism_clusters(topo, plugin, floor=None, drain=True):
     """The clusters render writes for the scenario's configuration (ORIGINAL_DST sub-clusters,
-    the composite cluster), the module's upstream instance replaced by the trivial filter
-    (`floor`) or removed, the drain filter keyed on the retried statuses (or removed)."""
+    the composite cluster of a logged chain: no upstream instance), with the trivial filter
+    (`floor`) as an upstream filter after the drain filter, or the drain filter removed."""
     out = []
     for c in ec.render_set(plugin, route_timeout=ROUTE_TIMEOUT).clusters:
         c = ec._untyped(copy.deepcopy(c))
         if c.get("cluster_type", {}).get("name") == "envoy.clusters.composite":
             c["name"] = MECHANISM_CLUSTER
             opts = c["typed_extension_protocol_options"][HTTP_OPTIONS]
-            filters = [f for f in opts["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
-            for f in filters:
-                if f["name"] == LUA:
-                    src = f["typed_config"]["default_source_code"]
-                    if DRAIN_MARK_TEST not in src["inline_string"]:
-                        raise ValueError("bench: the rendered drain filter changed; update configs.py")
-                    src["inline_string"] = src["inline_string"].replace(
-                        DRAIN_MARK_TEST, DRAIN_STATUS_TEST)
+            filters = opts["http_filters"]
+            if any(f["name"] == "envoy.filters.http.wasm" for f in filters):
+                raise ValueError("bench: the rendered chain is observed (upstream instance); "
+                                 "the mechanism systems expect a logged chain")
             if not drain:
-                filters = [f for f in filters if f["name"] != LUA]
-            # The trivial module takes the upstream instance's place (after the drain filter).
-            at = 1 if filters and filters[0]["name"] == LUA else 0
+                filters = [f for f in filters if f["name"] != DRAIN]
+            at = 1 if filters and filters[0]["name"] == DRAIN else 0
             opts["http_filters"] = filters[:at] + ([floor] if floor else []) + filters[at:]
         elif c["name"] in (ec.IP_CLUSTER_HTTP, ec.IP_CLUSTER_HTTPS):
             continue  # already in the bootstrap
@@ -344,15 +337,17 @@ ATTEMPT_2_HEADER = "x-origin-pull-dst-2"
 
 def _mechanism_route(listener, topo):
     vh = _hcm(listener)["route_config"]["virtual_hosts"][0]
-    route = vh["routes"][0]["route"]
+    # The rendered route a logged chain with the usual rules names (x-origin-pull-retry: slave),
+    # taken by every request: its policy retries once on connect failures, resets, timeouts and
+    # every 4xx/5xx.
+    usual = vh["routes"][0]
+    if usual["match"].get("headers", [{}])[0].get("string_match", {}).get("exact") != "slave":
+        raise ValueError("bench: the rendered routes changed; update configs.py")
+    usual["match"] = {"prefix": "/"}
+    vh["routes"] = [usual]
+    route = usual["route"]
     route.pop("cluster_header")
     route["cluster"] = MECHANISM_CLUSTER
-    route["retry_policy"].pop("retriable_headers", None)
-    route["retry_policy"].update({
-        "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
-        "retriable_status_codes": list(RETRY_STATUSES),
-        "num_retries": 1,
-    })
     ip, port, _ = max(topo.masters, key=lambda m: m[2])
     vh["request_headers_to_add"] = [
         {"header": {"key": "x-envoy-original-dst-host", "value": f"{ip}:{port}"},

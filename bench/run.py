@@ -70,7 +70,8 @@ SYSTEM_LABEL = {
     "native": "Envoy native (retry + outlier)",
     "composite": "Envoy composite-cluster retry, no wasm (mechanism floor)",
     "compnodrain": "composite retry, no wasm, without the drain filter (mechanism before)",
-    "compwasm": "composite retry + trivial wasm, listener and upstream (wasm floor of it)",
+    "compwasm": "composite retry + trivial wasm, listener and upstream (observed chains' floor)",
+    "complean": "composite retry + trivial wasm on the listener (wasm floor of origin-pull's mechanism)",
     "originpull": "Envoy + origin-pull",
     "opnodrain": "Envoy + origin-pull without the drain filter (before)",
     "opcallout": "Envoy + origin-pull, callout failover",
@@ -339,9 +340,10 @@ def systems_of(scenario):
     skip = cf.MECHANISM_SYSTEMS + cf.TWO_REQUEST_SYSTEMS  # they measure failover only (b, f)
     if scenario == "c":
         return tuple(s for s in cf.SYSTEMS if s != "odst" and s not in skip)
-    # (a) keeps opnodrain: what the drain filter costs a request that does not fail over.
+    # (a) keeps opnodrain (what the drain filter costs a request that does not fail over) and
+    # complean (the mechanism's own wasm floor).
     return tuple(s for s in cf.SYSTEMS
-                 if s != "opcallout" and (s not in skip or s == "opnodrain"))
+                 if s != "opcallout" and (s not in skip or s in ("opnodrain", "complean")))
 
 
 def run_group(o, run_dir, docroot, scenario, size, floor_wasm):
@@ -578,7 +580,7 @@ def write_ablation_report(o, results, meta):
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
-FAILOVER_ROWS = ("plain", "plain404", "plain404new", "compnodrain", "composite", "compwasm",
+FAILOVER_ROWS = ("plain", "plain404", "plain404new", "compnodrain", "composite", "complean", "compwasm",
                  "opnodrain", "originpull", "opcallout", "native", "nginx")
 
 

@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use crate::config::{OriginKind, Scheme};
 use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
-use crate::engine::chain::Plan;
-use crate::engine::classify::{failure_kind, Answer};
+use crate::engine::chain::{ChainProgress, Plan};
+use crate::engine::classify::{classify_routed, failure_kind, Answer};
 use crate::engine::exchange::slot_of;
 use crate::engine::exchange::Role;
 use crate::engine::metrics::{BlockSource, OriginMetrics};
@@ -80,6 +80,58 @@ impl AttemptObserver {
     }
 
     /// What this attempt changes in the request headers (borrowed from the plan).
+    /// Attempt `attempt` of a logged chain (no upstream instance): reported by the router's
+    /// upstream log (a failed attempt, `status` 0 when none came) or seen answering by the
+    /// listener's filter (`flags` 0). Its request is counted once, by whichever sees it first
+    /// (`progress`).
+    pub fn observe_logged(
+        plan: &Rc<Plan>,
+        progress: &mut ChainProgress,
+        host: &mut impl Host,
+        blocks: &mut BlockTable,
+        attempt: usize,
+        status: u32,
+        flags: u64,
+    ) {
+        // Attempt 1 began with the listener's pick; a later one just before it failed (the
+        // log comes at its end), which only widens the evidence window.
+        let started_ms = if attempt == 1 {
+            plan.sent_ms
+        } else {
+            host.now_ms()
+        };
+        let Some((step, _, _)) = plan.step(attempt) else {
+            return;
+        };
+        let mut observer = AttemptObserver {
+            plan: plan.clone(),
+            role: if step.slave {
+                Role::Slave
+            } else {
+                Role::Master
+            },
+            target: step.target,
+            attempt,
+            judged: false,
+            started_ms,
+            first_byte_timeout_ms: None,
+            retry_possible: false,
+        };
+        if attempt > progress.started {
+            progress.started = attempt;
+            if let Some(m) = observer.origin() {
+                m.request(host);
+            }
+        }
+        if attempt <= progress.judged {
+            return;
+        }
+        progress.judged = attempt;
+        if let Some(answer) = logged_answer(status, flags) {
+            observer.judge(host, blocks, answer);
+        }
+    }
+
     pub fn start_headers(&self) -> AttemptStart<'_> {
         let step = self.plan.step(self.attempt);
         AttemptStart {
@@ -230,6 +282,27 @@ impl AttemptObserver {
     }
 }
 
+/// What the router's upstream log says of an attempt: the origin's answer when it answered
+/// (Envoy's "retry limit exceeded" flag only says no retry was left), else what failed; `None`
+/// for an attempt cancelled by the client or the router (a reset on the downstream side), which
+/// says nothing about the origin.
+pub fn logged_answer(status: u32, flags: u64) -> Option<Answer> {
+    use crate::engine::classify::flags::*;
+    let origin_flags = flags & !UPSTREAM_RETRY_LIMIT_EXCEEDED;
+    if origin_flags == 0 && status != 0 {
+        // An invalid status ("HTTP/1.1 2000") is a broken origin: judged like a reset.
+        return Some(classify_routed(status, 0));
+    }
+    const ORIGIN_FAILURES: u64 = NO_HEALTHY_UPSTREAM
+        | UPSTREAM_REQUEST_TIMEOUT
+        | UPSTREAM_REMOTE_RESET
+        | UPSTREAM_CONNECTION_FAILURE
+        | UPSTREAM_CONNECTION_TERMINATION
+        | UPSTREAM_PROTOCOL_ERROR
+        | DNS_RESOLUTION_FAILURE;
+    (origin_flags & ORIGIN_FAILURES != 0).then(|| classify_routed(status, origin_flags))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +345,7 @@ mod tests {
                     authority: Some("backup.test".into()),
                 },
             ],
+            observed: true,
         })
     }
 
@@ -388,6 +462,7 @@ mod tests {
             scheme: Scheme::Http,
             request: 1,
             sent_ms: 0,
+            observed: true,
         });
         assert!(AttemptObserver::start(&broken, &mut host, 1, None, 0).is_none());
         assert_eq!(
@@ -396,6 +471,124 @@ mod tests {
             )
             .unwrap_or(0),
             0
+        );
+    }
+
+    #[test]
+    fn the_upstream_log_names_what_failed_and_ignores_cancelled_attempts() {
+        use crate::engine::classify::flags::*;
+        assert_eq!(logged_answer(404, 0), Some(Answer::Status(404)));
+        assert_eq!(
+            logged_answer(503, UPSTREAM_RETRY_LIMIT_EXCEEDED),
+            Some(Answer::Status(503)),
+            "no retry left: still the origin's answer"
+        );
+        assert_eq!(logged_answer(2000, 0), Some(Answer::Reset));
+        assert_eq!(
+            logged_answer(0, UPSTREAM_CONNECTION_FAILURE),
+            Some(Answer::ConnectError)
+        );
+        assert_eq!(
+            logged_answer(0, UPSTREAM_REQUEST_TIMEOUT),
+            Some(Answer::Timeout)
+        );
+        assert_eq!(logged_answer(0, UPSTREAM_REMOTE_RESET), Some(Answer::Reset));
+        // Cut by the client (downstream termination, 1 << 14) or no information at all.
+        assert_eq!(logged_answer(0, 1 << 14), None);
+        assert_eq!(logged_answer(0, 0), None);
+    }
+
+    /// A logged chain (same Host on every attempt): master 127.0.0.3, then the slave.
+    fn logged_plan(config: &Rc<PluginConfig>, metrics: &Rc<Metrics>) -> Rc<Plan> {
+        let plan = plan_of(config, metrics, 1);
+        Rc::new(Plan {
+            config: plan.config.clone(),
+            metrics: plan.metrics.clone(),
+            steps: plan.steps.clone(),
+            observed: false,
+            ..*plan
+        })
+    }
+
+    #[test]
+    fn a_logged_chain_counts_each_attempt_once_and_blocks_a_refusing_master() {
+        use crate::engine::classify::flags::*;
+        let (config, metrics, mut host) = setup();
+        let plan = logged_plan(&config, &metrics);
+        let mut progress = ChainProgress::new(&plan);
+        assert_eq!(progress.started, 1, "attempt 1 is counted with the pick");
+        let mut blocks = BlockTable::default();
+        // The upstream log reports attempt 1 refused, then the listener sees the slave's 200.
+        progress.logged += 1;
+        AttemptObserver::observe_logged(
+            &plan,
+            &mut progress,
+            &mut host,
+            &mut blocks,
+            1,
+            0,
+            UPSTREAM_CONNECTION_FAILURE,
+        );
+        assert!(blocks.is_blocked(&host, "www.test.com", "127.0.0.3:80", host.now_ms()));
+        assert_eq!(
+            progress.relayed(&plan, 200, 0, false),
+            Some((2, 200)),
+            "the answer after one logged failure is attempt 2's"
+        );
+        assert_eq!(
+            progress.relayed(&plan, 503, UPSTREAM_CONNECTION_FAILURE, false),
+            None
+        );
+        assert_eq!(progress.relayed(&plan, 502, 0, true), Some((2, 0)));
+        for _ in 0..2 {
+            // The listener judges the 200; a second report of the same attempt changes nothing.
+            AttemptObserver::observe_logged(
+                &plan,
+                &mut progress,
+                &mut host,
+                &mut blocks,
+                2,
+                200,
+                0,
+            );
+        }
+        assert_eq!(
+            host.metric(
+                "origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.5:80"
+            )
+            .unwrap_or(0),
+            1,
+            "the slave's attempt is counted once"
+        );
+        assert_eq!(
+            host.metric(
+                "origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.3:80"
+            )
+            .unwrap_or(0),
+            0,
+            "attempt 1 is the listener's to count"
+        );
+        assert_eq!(
+            host.metric("origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.3:80;kind=connect")
+                .unwrap_or(0),
+            1
+        );
+        // Judged once even when the listener and the log both report an attempt.
+        let before = progress;
+        AttemptObserver::observe_logged(
+            &plan,
+            &mut progress,
+            &mut host,
+            &mut blocks,
+            1,
+            0,
+            UPSTREAM_CONNECTION_FAILURE,
+        );
+        assert_eq!(progress, before);
+        assert_eq!(
+            host.metric("origin_pull_origin_failures_total;domain=www.test.com;origin=127.0.0.3:80;kind=connect")
+                .unwrap_or(0),
+            1
         );
     }
 }

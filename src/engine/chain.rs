@@ -8,11 +8,21 @@
 //! rules. The router then re-sends the request itself and streams whichever answer it keeps:
 //! nothing is buffered, whatever the size.
 //!
-//! The same module runs as an upstream HTTP filter on the composite cluster, once per attempt
-//! (root id [`UPSTREAM_ROOT_ID`]): it counts the attempt against its origin, blocks an origin
-//! that did not answer, and sets the attempt's `Host`. It finds the request's [`Plan`] (kept
-//! by the downstream filter of the same worker) by the id in [`PLAN_HEADER`] and counts the
-//! attempts itself.
+//! Who observes the attempts depends on whether a later attempt needs another `Host`:
+//! - *Logged* chains (every attempt sends the same `Host`, the usual case): no module runs per
+//!   attempt. The composite cluster carries no wasm filter, the route retries the statuses
+//!   themselves, and the router's upstream log calls the module (root id [`LOGGER_ROOT_ID`],
+//!   an access logger behind a native filter that passes only 4xx/5xx and flagged attempts)
+//!   for each failed attempt: it counts the failure and blocks the origin. An attempt that
+//!   succeeds costs nothing beyond the listener's own filter.
+//! - *Observed* chains (the slave's `Host` differs from the master's): the same module runs as an
+//!   upstream HTTP filter on the composite cluster, once per attempt (root id
+//!   [`UPSTREAM_ROOT_ID`]): it sets the attempt's `Host`, counts the attempt against its origin,
+//!   blocks an origin that did not answer, and marks an answer to fail over on with
+//!   [`FAILOVER_STATUS`].
+//!
+//! Both find the request's [`Plan`] (kept by the downstream filter of the same worker) by the
+//! id in [`PLAN_HEADER`].
 
 use std::rc::Rc;
 
@@ -21,8 +31,25 @@ use crate::config::{
 };
 use crate::engine::metrics::Metrics;
 
-/// Root id of the upstream (per-attempt) instance of the module.
+/// Root id of the upstream (per-attempt) instance of the module (observed chains).
 pub const UPSTREAM_ROOT_ID: &str = "origin_pull_upstream";
+/// Root id of the module as the router's upstream access logger (logged chains).
+pub const LOGGER_ROOT_ID: &str = "origin_pull_attempts";
+/// Names the route whose retry policy fits a logged chain with the usual failover rules
+/// ([`Domain::usual_retry`]): set to [`USUAL_RETRY`], the route retries once on a connect
+/// failure, a reset or first-byte timeout and every 4xx/5xx status, with no per-request retry
+/// headers. The filter removes a client's copy.
+pub const RETRY_ROUTE_HEADER: &str = "x-origin-pull-retry";
+pub const USUAL_RETRY: &str = "slave";
+/// Names the route of observed chains: it retries [`FAILOVER_STATUS`], the upstream
+/// instance's mark (the default route retries no status of its own).
+pub const OBSERVED_RETRY: &str = "observed";
+/// Set by a logged chain's drain filter on an answer whose status was not a valid HTTP status
+/// ("2000"): the router saw a 502 instead (retried like one); the listener's filter reads it on
+/// a relayed 502 only, and removes it.
+pub const BROKEN_STATUS_HEADER: &str = "x-origin-pull-broken-status";
+/// Statuses a logged chain with other failover rules retries (Envoy adds them to the route's).
+pub const RETRIABLE_CODES_HEADER: &str = "x-envoy-retriable-status-codes";
 /// The id of a routed failover's [`Plan`] (the request's random id, hex), read by the upstream
 /// instance.
 pub const PLAN_HEADER: &str = "x-origin-pull-plan";
@@ -77,9 +104,14 @@ pub fn attempt_cluster(route: &Route, k: usize) -> String {
     }
 }
 
-/// Name of the composite cluster over `subs` (attempt order).
-pub fn chain_name(subs: &[String]) -> String {
-    let mut name = String::from("origin_pull_chain");
+/// Name of the composite cluster over `subs` (attempt order): `observed` ones carry the
+/// module's upstream instance.
+pub fn chain_name(subs: &[String], observed: bool) -> String {
+    let mut name = String::from(if observed {
+        "origin_pull_chain_observed"
+    } else {
+        "origin_pull_chain"
+    });
     for sub in subs {
         name.push('(');
         name.push_str(sub);
@@ -156,7 +188,45 @@ impl Domain {
     pub fn retries_status(&self, status: u32) -> bool {
         self.slave.is_some() && self.failover.status_triggers(status)
     }
+
+    /// Whether a later attempt of this domain's chains sends another `Host` than the first:
+    /// only the module's upstream instance can set it, once per attempt (an *observed*
+    /// chain); otherwise the chain is *logged*.
+    pub fn attempts_set_host(&self) -> bool {
+        self.slave
+            .as_ref()
+            .is_some_and(|slave| slave.host != self.master.host)
+    }
+
+    /// A slave and the usual failover rules (every 4xx and 5xx, connect errors, timeouts, no
+    /// other statuses): a logged chain takes the route named by [`USUAL_RETRY`], which carries
+    /// the whole retry policy (no per-request retry headers).
+    pub fn usual_retry(&self) -> bool {
+        let f = &self.failover;
+        self.slave.is_some()
+            && f.on_4xx
+            && f.on_5xx
+            && f.on_connect_error
+            && f.on_timeout
+            && f.status_codes.iter().all(|c| (400..600).contains(c))
+    }
+
+    /// The statuses a logged chain retries, as [`RETRIABLE_CODES_HEADER`] lists them (`None`:
+    /// none).
+    pub fn retriable_codes(&self) -> Option<String> {
+        let mut codes = String::new();
+        for code in (300..600u32).filter(|c| self.retries_status(*c)) {
+            if !codes.is_empty() {
+                codes.push(',');
+            }
+            codes.push_str(&code.to_string());
+        }
+        (!codes.is_empty()).then_some(codes)
+    }
 }
+
+/// The statuses the [`USUAL_RETRY`] route retries (render writes them into its policy).
+pub const USUAL_RETRY_STATUSES: std::ops::Range<u32> = 400..600;
 
 /// A composite cluster render writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +237,8 @@ pub struct ChainSpec {
     /// Some attempt goes over TLS: the composite carries `auto_sni`/`auto_san_validation`
     /// (the router reads them from the cluster the route names).
     pub tls: bool,
+    /// It carries the module's upstream instance (see the module's documentation).
+    pub observed: bool,
 }
 
 /// An `ORIGINAL_DST` cluster for attempt positions 2.. of IP origins.
@@ -181,10 +253,15 @@ impl PluginConfig {
     /// Every composite cluster the filter may route a chain to, each once, sorted.
     pub fn chain_specs(&self) -> Vec<ChainSpec> {
         let mut out: Vec<ChainSpec> = Vec::new();
-        let mut add = |subs: Vec<String>, tls: bool| {
-            let name = chain_name(&subs);
+        let mut add = |subs: Vec<String>, tls: bool, observed: bool| {
+            let name = chain_name(&subs, observed);
             if !out.iter().any(|c| c.name == name) {
-                out.push(ChainSpec { name, subs, tls });
+                out.push(ChainSpec {
+                    name,
+                    subs,
+                    tls,
+                    observed,
+                });
             }
         };
         for domain in &self.domains {
@@ -193,14 +270,23 @@ impl PluginConfig {
                     continue;
                 }
                 let master = &domain.master;
+                let observed = domain.attempts_set_host();
                 match &domain.slave {
                     Some(slave) => {
                         let any_tls = tls(master, scheme) || tls(slave, scheme);
                         for m in &master.targets {
                             for s in &slave.targets {
                                 let (m, s) = (m.route(scheme), s.route(scheme));
-                                add(vec![attempt_cluster(m, 1), attempt_cluster(s, 2)], any_tls);
-                                add(vec![attempt_cluster(s, 1), attempt_cluster(m, 2)], any_tls);
+                                add(
+                                    vec![attempt_cluster(m, 1), attempt_cluster(s, 2)],
+                                    any_tls,
+                                    observed,
+                                );
+                                add(
+                                    vec![attempt_cluster(s, 1), attempt_cluster(m, 2)],
+                                    any_tls,
+                                    observed,
+                                );
                             }
                         }
                     }
@@ -211,7 +297,7 @@ impl PluginConfig {
                         let route = first.route(scheme);
                         for len in 2..=domain.max_chain() {
                             let subs = (1..=len).map(|k| attempt_cluster(route, k)).collect();
-                            add(subs, tls(master, scheme));
+                            add(subs, tls(master, scheme), observed);
                         }
                     }
                 }
@@ -276,6 +362,57 @@ pub struct Plan {
     pub sent_ms: u64,
     /// In attempt order.
     pub steps: Vec<PlannedStep>,
+    /// The module's upstream instance observes each attempt; otherwise the router's upstream
+    /// log reports the failed ones (see the module's documentation).
+    pub observed: bool,
+}
+
+/// How far a routed failover has come, as the listener's filter and the attempts' observers
+/// of the same worker see it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChainProgress {
+    /// Attempts counted against their origin so far (Envoy starts them in order).
+    pub started: usize,
+    /// Attempts the router's upstream log reported (a logged chain's failed attempts).
+    pub logged: usize,
+    /// A logged chain's attempts judged so far (by the upstream log or the listener's filter,
+    /// whichever saw the attempt first).
+    pub judged: usize,
+    /// The attempt whose origin answered, and the origin's status (0: outside 100..=599,
+    /// shown to the router as 502); reset when a later attempt starts.
+    pub answered: Option<(usize, u32)>,
+}
+
+impl ChainProgress {
+    /// A new chain: a logged chain's attempt 1 was counted by the listener's filter with its
+    /// pick; an observed chain's upstream instance counts every attempt.
+    pub fn new(plan: &Plan) -> ChainProgress {
+        ChainProgress {
+            started: usize::from(!plan.observed),
+            ..ChainProgress::default()
+        }
+    }
+
+    /// The attempt whose origin gave the response the router relays (`status`, Envoy's
+    /// `response_flags`) and its status; `None` for Envoy's own reply (no origin answered).
+    /// A logged chain's failed attempts were reported before the relayed one began.
+    /// `broken`: the drain filter replaced the origin's invalid status ([`BROKEN_STATUS_HEADER`]),
+    /// reported as 0.
+    pub fn relayed(
+        &self,
+        plan: &Plan,
+        status: u32,
+        response_flags: u64,
+        broken: bool,
+    ) -> Option<(usize, u32)> {
+        if plan.observed {
+            return self.answered;
+        }
+        let origin_flags =
+            response_flags & !crate::engine::classify::flags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        (origin_flags == 0 && status != 0)
+            .then_some((self.logged + 1, if broken { 0 } else { status }))
+    }
 }
 
 impl Plan {

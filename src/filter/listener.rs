@@ -7,13 +7,34 @@ pub(super) struct OriginPullStream {
     pub(super) exchange: Option<Exchange>,
     /// The request id of this stream's routed failover, registered in `CHAINS`.
     pub(super) chain_id: Option<u64>,
+    /// The client got a failure: the last attempt's upstream log may still come (`ENDED`).
+    pub(super) failed: bool,
 }
 
 impl Drop for OriginPullStream {
     fn drop(&mut self) {
         if let Some(id) = self.chain_id.take() {
-            CHAINS.with(|c| c.borrow_mut().remove(&id));
+            let link = CHAINS.with(|c| c.borrow_mut().remove(&id));
+            if let Some(link) = link.filter(|l| self.failed && !l.plan.observed) {
+                ENDED.with(|e| {
+                    let mut ended = e.borrow_mut();
+                    if ended.len() >= ENDED_KEPT {
+                        ended.pop_front();
+                    }
+                    ended.push_back((id, link));
+                });
+            }
         }
+    }
+}
+
+fn save_progress(id: Option<u64>, progress: ChainProgress) {
+    if let Some(id) = id {
+        CHAINS.with(|c| {
+            if let Some(link) = c.borrow_mut().get_mut(&id) {
+                link.progress = progress;
+            }
+        });
     }
 }
 
@@ -80,13 +101,13 @@ impl HttpContext for OriginPullStream {
         };
         if let Some(plan) = exchange.chain_plan() {
             let id = plan.request;
+            let progress = ChainProgress::new(&plan);
             CHAINS.with(|c| {
                 c.borrow_mut().insert(
                     id,
                     ChainLink {
                         plan: Rc::new(plan),
-                        started: 0,
-                        answered: None,
+                        progress,
                     },
                 )
             });
@@ -133,20 +154,61 @@ impl HttpContext for OriginPullStream {
                 .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
                 .map_or(0, u64::from_le_bytes)
         };
-        // Noted in `CHAINS` by the upstream instance when an origin answered; absent on Envoy's
-        // own replies.
-        let answered = self
-            .chain_id
-            .and_then(|id| CHAINS.with(|c| c.borrow().get(&id).and_then(|l| l.answered)));
+        self.failed = status >= 400 || response_flags != 0;
+        // The attempt whose origin answered (`CHAINS`); none on Envoy's own replies.
+        let link = self.chain_id.and_then(|id| {
+            CHAINS.with(|c| c.borrow().get(&id).map(|l| (l.plan.clone(), l.progress)))
+        });
+        // A logged chain's origin sent an invalid status: the drain filter made it a 502.
+        let broken = status == 502
+            && link.is_some()
+            && hostcalls::get_map_value(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER)
+                .ok()
+                .flatten()
+                .is_some();
+        if broken {
+            let _ =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER, None);
+        }
+        let answered = link
+            .as_ref()
+            .and_then(|(plan, progress)| progress.relayed(plan, status, response_flags, broken));
         let step = {
             let mut blocks = self.state.blocks.borrow_mut();
-            exchange.on_routed_response(
+            let step = exchange.on_routed_response(
                 &mut EnvoyHost,
                 &mut blocks,
                 status,
                 response_flags,
                 answered,
-            )
+            );
+            // What the upstream log never reports of a logged chain, judged here: an answer
+            // below 400, and the attempt the route's own timeout cut (Envoy's 504 reply: that
+            // attempt carries no flag of its own).
+            if let Some((plan, mut progress)) = link.filter(|(plan, _)| !plan.observed) {
+                let judged = match answered {
+                    Some((attempt, origin_status)) if origin_status < 400 => {
+                        Some((attempt, origin_status, 0))
+                    }
+                    None if response_flags & classify::flags::UPSTREAM_REQUEST_TIMEOUT != 0 => {
+                        Some((progress.logged + 1, 0, response_flags))
+                    }
+                    _ => None,
+                };
+                if let Some((attempt, origin_status, flags)) = judged {
+                    AttemptObserver::observe_logged(
+                        &plan,
+                        &mut progress,
+                        &mut EnvoyHost,
+                        &mut blocks,
+                        attempt,
+                        origin_status,
+                        flags,
+                    );
+                    save_progress(self.chain_id, progress);
+                }
+            }
+            step
         };
         if let Some(job) = exchange.take_copy_job() {
             self.state.submit_copy(job);

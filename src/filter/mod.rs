@@ -22,8 +22,10 @@ use crate::config::{self, PluginConfig};
 use crate::engine::attempt::AttemptObserver;
 use crate::engine::blocks::{BlockTable, SlotHasher};
 use crate::engine::chain::{
-    read_plan_id, Plan, EXPECTED_TIMEOUT_HEADER, FAILOVER_STATUS, PLAN_HEADER, UPSTREAM_ROOT_ID,
+    read_plan_id, ChainProgress, Plan, BROKEN_STATUS_HEADER, EXPECTED_TIMEOUT_HEADER,
+    FAILOVER_STATUS, LOGGER_ROOT_ID, PLAN_HEADER, UPSTREAM_ROOT_ID,
 };
+use crate::engine::classify;
 use crate::engine::copyback::{CopyBack, CopyJob};
 use crate::engine::exchange::{ClientRequest, Exchange, ResponseStep};
 use crate::engine::metrics::{Metrics, PendingCounters, Registry};
@@ -57,9 +59,10 @@ thread_local! {
     /// The downstream filter registers each with its compiled plan (the configuration it uses,
     /// the attempts' origins by index); the upstream instance (same `vm_id` and module: the
     /// same VM, same thread) finds it there, counts its attempts and notes which one was
-    /// answered. So no attempt parses a plan or looks a domain up, reads Envoy's attempt count
-    /// or marks the answer in a header. Without an entry (an upstream instance in another VM:
-    /// not what render writes) the attempt is not observed.
+    /// answered; for a logged chain the module as the router's upstream logger does the same
+    /// for each failed attempt. So no attempt parses a plan or looks a domain up, reads
+    /// Envoy's attempt count or marks the answer in a header. Without an entry (an observer
+    /// in another VM: not what render writes) the attempt is not observed.
     static CHAINS: RefCell<HashMap<u64, ChainLink, BuildHasherDefault<SlotHasher>>> =
         RefCell::new(HashMap::default());
     /// The router's per-try (first-byte) timeout of attempt 1 (`EXPECTED_TIMEOUT_HEADER`) as
@@ -67,17 +70,25 @@ thread_local! {
     /// once it is a second old (a route change applies within a second); later attempts,
     /// whose timeout can be shortened by the route's overall timeout, always read it.
     static FIRST_BYTE: Cell<Option<(Option<u64>, u64)>> = const { Cell::new(None) };
+    /// Logged chains whose client got a failure (Envoy's own reply, say after the route's
+    /// timeout) before the router ended the last attempt: its upstream log can come after the
+    /// listener's stream is gone. The latest `ENDED_KEPT` stay findable.
+    static ENDED: RefCell<std::collections::VecDeque<(u64, ChainLink)>> =
+        const { RefCell::new(std::collections::VecDeque::new()) };
+    /// The state of this VM's latest configured downstream root context: the upstream logger
+    /// judges a logged chain's attempts in the same block table the listener's filter notes
+    /// answers in (an answer meanwhile excuses a strike).
+    static DOWNSTREAM: RefCell<std::rc::Weak<RootState>> = const { RefCell::new(std::rc::Weak::new()) };
 }
+
+/// How many ended chains `ENDED` keeps (a few ms of failures at most).
+const ENDED_KEPT: usize = 64;
 
 /// One routed failover in flight (see `CHAINS`).
 #[derive(Debug)]
 struct ChainLink {
     plan: Rc<Plan>,
-    /// Attempts whose upstream instance has started (Envoy's attempt count of the latest).
-    started: usize,
-    /// The attempt whose origin answered, and the origin's status (0: outside 100..=599,
-    /// shown to the router as 502); reset when a later attempt starts.
-    answered: Option<(usize, u32)>,
+    progress: ChainProgress,
 }
 
 /// Microseconds on the wall clock (WASI), for the configure-time log line.

@@ -17,6 +17,8 @@ pub(super) struct RootState {
     pub(super) copy_queue: Cell<Option<u32>>,
     /// This root context is the upstream (per-attempt) instance on a composite cluster.
     pub(super) upstream: Cell<bool>,
+    /// This root context is the router's upstream logger (logged chains' failed attempts).
+    pub(super) logger: Cell<bool>,
 }
 
 impl RootState {
@@ -62,6 +64,7 @@ impl OriginPullRoot {
                 copy_back: RefCell::new(CopyBack::default()),
                 copy_queue: Cell::new(None),
                 upstream: Cell::new(false),
+                logger: Cell::new(false),
             }),
             prober: None,
             holder,
@@ -113,6 +116,13 @@ impl Context for OriginPullRoot {
 }
 
 impl RootContext for OriginPullRoot {
+    /// The router's upstream log: one failed attempt of some request (see `chain`).
+    fn on_log(&mut self) {
+        if self.state.logger.get() {
+            log_attempt(&self.state);
+        }
+    }
+
     fn on_queue_ready(&mut self, queue_id: u32) {
         // The items are only wake-ups; the jobs wait in `copy_back`.
         while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
@@ -132,6 +142,17 @@ impl RootContext for OriginPullRoot {
             .unwrap_or_default();
         let upstream = root_id == UPSTREAM_ROOT_ID;
         self.state.upstream.set(upstream);
+        if root_id == LOGGER_ROOT_ID {
+            // It judges the failed attempts of the plans the downstream instance of its VM made.
+            self.state.logger.set(true);
+            log::info!(
+                target: RAW_LOG_TARGET,
+                "origin-pull {} (worker {}): upstream logger ready",
+                crate::BUILD,
+                self.state.worker
+            );
+            return true;
+        }
         let ablated = ablated();
         if !ablated.is_empty() {
             log::warn!("BENCH-ONLY ablation build, not for use: {ablated} off");
@@ -174,6 +195,7 @@ impl RootContext for OriginPullRoot {
                     self.prober = Some(prober);
                 }
                 let metrics = Rc::new(metrics);
+                DOWNSTREAM.with(|d| *d.borrow_mut() = Rc::downgrade(&self.state));
                 let old_metrics = std::mem::replace(&mut *self.state.metrics.borrow_mut(), metrics);
                 let old_config = self.state.config.borrow_mut().replace(parsed);
                 // Freeing the previous configuration is part of the cost of a reload.
@@ -223,10 +245,76 @@ impl RootContext for OriginPullRoot {
             state: self.state.clone(),
             exchange: None,
             chain_id: None,
+            failed: false,
         }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// A failed attempt the router's upstream log reports: judged against the plan of its request,
+/// when that is a logged chain of this worker.
+fn log_attempt(own: &Rc<RootState>) {
+    let Some(id) = hostcalls::get_map_value(MapType::HttpRequestHeaders, PLAN_HEADER)
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(read_plan_id)
+    else {
+        return;
+    };
+    let Some((plan, mut progress)) = with_link(id, |link| {
+        link.progress.logged += 1;
+        (link.plan.clone(), link.progress)
+    }) else {
+        return;
+    };
+    let number = |path: Vec<&str>| {
+        hostcalls::get_property(path)
+            .ok()
+            .flatten()
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let status = u32::try_from(number(vec!["response", "code"])).unwrap_or(0);
+    let flags = number(vec!["response", "flags"]);
+    log::debug!(
+        "upstream log: plan {id:x} attempt {} status {status} flags {flags:#x}",
+        progress.logged
+    );
+    let state = DOWNSTREAM
+        .with(|d| d.borrow().upgrade())
+        .unwrap_or_else(|| own.clone());
+    let attempt = progress.logged;
+    {
+        let mut blocks = state.blocks.borrow_mut();
+        AttemptObserver::observe_logged(
+            &plan,
+            &mut progress,
+            &mut EnvoyHost,
+            &mut blocks,
+            attempt,
+            status,
+            flags,
+        );
+    }
+    with_link(id, |link| link.progress = progress);
+}
+
+/// `f` on the link of a logged chain `id`, in flight or recently ended (`ENDED`).
+fn with_link<T>(id: u64, f: impl FnOnce(&mut ChainLink) -> T) -> Option<T> {
+    let in_flight = CHAINS.with(|c| c.borrow().contains_key(&id));
+    let apply = |link: &mut ChainLink| (!link.plan.observed).then(|| f(link));
+    if in_flight {
+        CHAINS.with(|c| c.borrow_mut().get_mut(&id).and_then(apply))
+    } else {
+        ENDED.with(|e| {
+            e.borrow_mut()
+                .iter_mut()
+                .find(|(ended, _)| *ended == id)
+                .and_then(|(_, link)| apply(link))
+        })
     }
 }

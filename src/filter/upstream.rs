@@ -70,9 +70,9 @@ impl HttpContext for OriginPullAttempt {
         let Some((plan, attempt)) = CHAINS.with(|c| {
             let mut chains = c.borrow_mut();
             let link = chains.get_mut(&id)?;
-            link.started += 1;
-            link.answered = None;
-            Some((link.plan.clone(), link.started))
+            link.progress.started += 1;
+            link.progress.answered = None;
+            Some((link.plan.clone(), link.progress.started))
         }) else {
             return Action::Continue;
         };
@@ -126,7 +126,7 @@ impl HttpContext for OriginPullAttempt {
         if let Some(id) = self.link {
             CHAINS.with(|c| {
                 if let Some(link) = c.borrow_mut().get_mut(&id) {
-                    link.answered = Some((self.attempt, if invalid { 0 } else { status }));
+                    link.progress.answered = Some((self.attempt, if invalid { 0 } else { status }));
                 }
             });
         }

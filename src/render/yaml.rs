@@ -145,6 +145,28 @@ fn write_value(out: &mut String, value: &Node, at: usize) {
             out.push('\n');
             write_map(out, entries, at + 2, None);
         }
+        // A long list of numbers (status codes): a flow sequence over several lines.
+        Node::List(items) if items.iter().all(|i| matches!(i, Node::Int(_))) => {
+            out.push_str(" [");
+            let mut line = at + 2;
+            for (n, item) in items.iter().enumerate() {
+                let text = flow(item).unwrap_or_default();
+                if n > 0 {
+                    out.push(',');
+                    if line + text.len() + 2 > FLOW_WIDTH {
+                        out.push('\n');
+                        indent(out, at + 2);
+                        line = at + 2;
+                    } else {
+                        out.push(' ');
+                        line += 2;
+                    }
+                }
+                out.push_str(&text);
+                line += text.len();
+            }
+            out.push_str("]\n");
+        }
         Node::List(items) => {
             out.push('\n');
             write_list(out, items, at);

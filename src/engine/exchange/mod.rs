@@ -20,7 +20,8 @@ use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme, DEFAULT_CALL
 use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
 use crate::engine::chain::{
     attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, FAILOVER_STATUS,
-    MAX_RETRIES_HEADER, PLAN_HEADER, RETRY_ON_HEADER,
+    MAX_RETRIES_HEADER, OBSERVED_RETRY, PLAN_HEADER, RETRIABLE_CODES_HEADER, RETRY_ON_HEADER,
+    RETRY_ROUTE_HEADER, USUAL_RETRY,
 };
 use crate::engine::classify::{
     classify_routed, connection_options, failure_kind, is_hop_by_hop, read_callout, Answer,
@@ -247,8 +248,9 @@ impl Exchange {
         if let Some(metrics) = &exchange.metrics {
             metrics.request(host, exchange.domain);
         }
-        // A chain's attempts are counted by the upstream instance, one per attempt.
-        if exchange.chain.is_empty() {
+        // An observed chain's attempts are counted by the upstream instance, one per attempt;
+        // a logged chain's attempt 1 here, the others by whoever sees them first.
+        if exchange.chain.is_empty() || !exchange.domain().is_some_and(Domain::attempts_set_host) {
             if let Some(m) = exchange.origin_metrics(first) {
                 m.request(host);
             }

@@ -5,6 +5,9 @@
 
 use super::*;
 
+/// Headers that choose a retry policy, which the filter sets for a logged chain only.
+const RESERVED_RETRY_HEADERS: [&str; 2] = [RETRY_ROUTE_HEADER, RETRIABLE_CODES_HEADER];
+
 /// What the glue read in the request phase, for [`Exchange::on_request_headers`].
 pub struct ClientRequest<'a> {
     /// Every request header, in one read (also the copy a failover replays: Envoy hides the
@@ -86,19 +89,26 @@ impl Exchange {
         } else {
             Vec::new()
         };
+        // Retry headers only the filter may set (a client's copy would pick a retry policy).
+        let reserved: Vec<&'static str> = RESERVED_RETRY_HEADERS
+            .into_iter()
+            .filter(|reserved| headers.iter().any(|(name, _)| name == reserved))
+            .collect();
         exchange.keep_request_headers(headers);
-        exchange.set_routing_headers(host, &dropped);
+        exchange.set_routing_headers(host, &dropped, &reserved);
         started
     }
 
     /// Overwrites or removes every header that routes the request, whatever the client sent,
     /// and puts the bucket's `Host`, path and signature in place of the client's credentials.
-    fn set_routing_headers(&self, host: &mut impl Host, dropped: &[String]) {
+    fn set_routing_headers(&self, host: &mut impl Host, dropped: &[String], reserved: &[&str]) {
+        let mut set = Vec::new();
         if self.routes_chain() {
             // Envoy's router carries the failover: composite cluster, per-attempt addresses,
             // retry headers, plan (always overwritten: a client never sets any of them).
             for (name, value) in self.chain_headers() {
                 host.set_request_header(&name, value.as_deref());
+                set.push(name);
             }
         } else if let Some((route, host_override)) = self.route() {
             // Always overwrite or remove: a client's copy of a routing header is never obeyed.
@@ -107,6 +117,9 @@ impl Exchange {
             if let Some(authority) = host_override {
                 host.set_request_header(":authority", Some(authority));
             }
+        }
+        for name in reserved.iter().filter(|r| !set.iter().any(|s| s == *r)) {
+            host.set_request_header(name, None);
         }
         if let Some((authority, request)) = self.bucket_request() {
             // The bucket sees our signature only, never the client's credentials.

@@ -31,10 +31,15 @@ impl Exchange {
     ) -> ResponseStep {
         let step = if self.routes_chain() {
             if status == FAILOVER_STATUS {
-                if let Some((_, origin)) = answered.filter(|(_, o)| *o != FAILOVER_STATUS) {
+                if let Some((_, origin)) = answered {
                     // An answer marked for a failover that the router relayed (no retry left):
-                    // the client gets the origin's own status, never the marker.
-                    let shown = if origin == 0 { 502 } else { origin };
+                    // the client gets the origin's own status, never the marker; an origin's
+                    // own 590 (a logged chain relays it unmarked) is a 502.
+                    let shown = if origin == 0 || origin == FAILOVER_STATUS {
+                        502
+                    } else {
+                        origin
+                    };
                     host.set_response_header(":status", Some(&shown.to_string()));
                 }
             }

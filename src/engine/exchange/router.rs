@@ -101,6 +101,7 @@ impl Exchange {
             request: self.request_id?,
             sent_ms: first.sent_ms,
             steps,
+            observed: self.domain()?.attempts_set_host(),
         })
     }
 
@@ -128,8 +129,9 @@ impl Exchange {
     }
 
     /// The request headers a routed failover needs, to set (`Some`) or remove (`None`): the
-    /// composite cluster, each attempt's `IP:PORT`, Envoy's retry headers, the `Host` the
-    /// router takes its TLS server name from, and the plan's id the upstream instance reads.
+    /// composite cluster, each attempt's `IP:PORT`, the retry policy (the route named by
+    /// [`RETRY_ROUTE_HEADER`], or Envoy's per-request retry headers), the `Host` the router
+    /// takes its TLS server name from, and the plan's id the attempts' observer reads.
     pub fn chain_headers(&self) -> Vec<(String, Option<String>)> {
         let Some(domain) = self.domain() else {
             return Vec::new();
@@ -147,16 +149,31 @@ impl Exchange {
             subs.push(attempt_cluster(route, k));
             headers.push((dst_header(k).to_string(), route.original_dst.clone()));
         }
-        headers.push((self.cluster_header().to_string(), Some(chain_name(&subs))));
+        let observed = domain.attempts_set_host();
+        headers.push((
+            self.cluster_header().to_string(),
+            Some(chain_name(&subs, observed)),
+        ));
         let router_authority = self.router_authority();
         if router_authority != self.client_authority {
             headers.push((":authority".into(), Some(router_authority.to_string())));
         }
-        headers.push((RETRY_ON_HEADER.into(), Some(retry_on.clone())));
-        headers.push((
-            MAX_RETRIES_HEADER.into(),
-            Some((self.chain.len() - 1).to_string()),
-        ));
+        if !observed && domain.usual_retry() {
+            // The route carries the whole policy: one header instead of three.
+            headers.push((RETRY_ROUTE_HEADER.into(), Some(USUAL_RETRY.into())));
+        } else {
+            headers.push((RETRY_ON_HEADER.into(), Some(retry_on.clone())));
+            headers.push((
+                MAX_RETRIES_HEADER.into(),
+                Some((self.chain.len() - 1).to_string()),
+            ));
+            if observed {
+                headers.push((RETRY_ROUTE_HEADER.into(), Some(OBSERVED_RETRY.into())));
+            } else if let Some(codes) = domain.retriable_codes() {
+                // The statuses themselves: no upstream instance marks the answers.
+                headers.push((RETRIABLE_CODES_HEADER.into(), Some(codes)));
+            }
+        }
         headers.push((
             PLAN_HEADER.into(),
             Some(plan_id_text(self.request_id.unwrap_or(0))),

@@ -12,6 +12,61 @@ use super::*;
 /// either way for that long (a stalled body). The retry policy itself retries nothing: the
 /// filter sets `x-envoy-retry-on` & co. per request from the domain's failover rules.
 pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
+    route_action_with(config, opts, RetryRoute::Default)
+}
+
+/// Which retry policy a route carries (the filter names it with
+/// [`crate::engine::chain::RETRY_ROUTE_HEADER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetryRoute {
+    /// Only what the filter sets per request.
+    Default,
+    /// A logged chain with the usual failover rules: the whole policy.
+    Usual,
+    /// An observed chain: the upstream instance's mark.
+    Observed,
+}
+
+/// The route action; `usual_retry`: the one a logged chain with the usual failover rules
+/// names ([`crate::engine::chain::RETRY_ROUTE_HEADER`]), whose policy is the whole retry: once,
+/// on a connect failure, a reset or first-byte timeout, and every 4xx/5xx status.
+fn route_action_with(config: &PluginConfig, opts: &Options, retry: RetryRoute) -> Node {
+    let retry_policy = if retry == RetryRoute::Usual {
+        map([
+            (
+                "retry_on",
+                "connect-failure,refused-stream,reset,retriable-status-codes".into(),
+            ),
+            ("num_retries", 1u32.into()),
+            ("per_try_timeout", opts.first_byte_timeout.as_str().into()),
+            (
+                "retriable_status_codes",
+                Node::List(
+                    crate::engine::chain::USUAL_RETRY_STATUSES
+                        .map(Node::from)
+                        .collect(),
+                ),
+            ),
+            ("retry_back_off", retry_back_off()),
+        ])
+    } else if retry == RetryRoute::Observed {
+        map([
+            ("per_try_timeout", opts.first_byte_timeout.as_str().into()),
+            (
+                // Answers the module's upstream instance marked for a failover (the filter
+                // enables `retriable-status-codes` per request).
+                "retriable_status_codes",
+                list([crate::engine::chain::FAILOVER_STATUS.into()]),
+            ),
+            ("retry_back_off", retry_back_off()),
+        ])
+    } else {
+        // The filter sets the retry conditions per request (`x-envoy-retry-on` & co.).
+        map([
+            ("per_try_timeout", opts.first_byte_timeout.as_str().into()),
+            ("retry_back_off", retry_back_off()),
+        ])
+    };
     let route = vec![
         (
             "cluster_header".to_string(),
@@ -22,31 +77,53 @@ pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
             "idle_timeout".to_string(),
             opts.idle_timeout.as_str().into(),
         ),
-        (
-            "retry_policy".to_string(),
-            map([
-                ("per_try_timeout", opts.first_byte_timeout.as_str().into()),
-                (
-                    // Answers the module's upstream instance marked for a failover (the filter
-                    // enables `retriable-status-codes` per request).
-                    "retriable_status_codes",
-                    list([crate::engine::chain::FAILOVER_STATUS.into()]),
-                ),
-                (
-                    // Envoy's default (25 ms, growing) would add tens of ms to every failover.
-                    "retry_back_off",
-                    map([
-                        ("base_interval", "0.001s".into()),
-                        ("max_interval", "0.01s".into()),
-                    ]),
-                ),
-            ]),
-        ),
+        ("retry_policy".to_string(), retry_policy),
     ];
     Node::Map(route)
 }
 
-/// The one route: everything goes where the filter decided.
+/// Envoy's default (25 ms, growing) would add tens of ms to every failover.
+fn retry_back_off() -> Node {
+    map([
+        ("base_interval", "0.001s".into()),
+        ("max_interval", "0.01s".into()),
+    ])
+}
+
+/// The routes: everything goes where the filter decided; a logged chain with the usual
+/// failover rules and an observed chain each take their own (see [`RetryRoute`]).
+pub(super) fn route_entries(config: &PluginConfig, opts: &Options) -> Node {
+    use crate::engine::chain::{OBSERVED_RETRY, RETRY_ROUTE_HEADER, USUAL_RETRY};
+    let named = |name: &str, retry: RetryRoute| {
+        let mut entry = entries(route_entry(config, opts));
+        for (k, v) in entry.iter_mut() {
+            match k.as_str() {
+                "match" => {
+                    *v = map([
+                        ("prefix", "/".into()),
+                        (
+                            "headers",
+                            list([map([
+                                ("name", RETRY_ROUTE_HEADER.into()),
+                                ("string_match", map([("exact", name.into())])),
+                            ])]),
+                        ),
+                    ])
+                }
+                "route" => *v = route_action_with(config, opts, retry),
+                _ => {}
+            }
+        }
+        Node::Map(entry)
+    };
+    list([
+        named(USUAL_RETRY, RetryRoute::Usual),
+        named(OBSERVED_RETRY, RetryRoute::Observed),
+        route_entry(config, opts),
+    ])
+}
+
+/// The route every request takes unless it names another (see [`route_entries`]).
 pub(super) fn route_entry(config: &PluginConfig, opts: &Options) -> Node {
     let body_limit = config
         .domains
@@ -108,10 +185,7 @@ pub fn listener_with_filter(config: &PluginConfig, filter: Node, opts: &Options)
                         list([map([
                             ("name", "origin_pull".into()),
                             ("domains", list(["*".into()])),
-                            (
-                                "routes",
-                                list([route_entry(config, opts)]),
-                            ),
+                            ("routes", route_entries(config, opts)),
                         ])]),
                     ),
                 ]),
@@ -126,7 +200,10 @@ pub fn listener_with_filter(config: &PluginConfig, filter: Node, opts: &Options)
                             "typed_config",
                             typed(
                                 "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                                vec![],
+                                entries(map([(
+                                    "upstream_log",
+                                    list([attempt_logger(opts)]),
+                                )])),
                             ),
                         ),
                     ]),

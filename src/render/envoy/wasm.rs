@@ -9,6 +9,62 @@ pub(super) fn upstream_wasm_filter(opts: &Options) -> Node {
     wasm_filter_entry(UPSTREAM_ROOT_ID, None, opts)
 }
 
+/// The router's upstream log entry that calls the module (root id
+/// [`crate::engine::chain::LOGGER_ROOT_ID`], the same VM as the listener's filter) for each
+/// failed attempt of a logged chain. Envoy's own filter passes only 4xx/5xx answers and
+/// attempts with a response flag (connect failure, timeout, reset): an attempt that succeeds
+/// never enters the VM.
+pub(super) fn attempt_logger(opts: &Options) -> Node {
+    map([
+        ("name", "envoy.access_loggers.wasm".into()),
+        (
+            "filter",
+            map([(
+                "or_filter",
+                map([(
+                    "filters",
+                    list([
+                        map([(
+                            "status_code_filter",
+                            map([(
+                                "comparison",
+                                map([
+                                    ("op", "GE".into()),
+                                    (
+                                        "value",
+                                        map([
+                                            ("default_value", 400u32.into()),
+                                            (
+                                                "runtime_key",
+                                                "origin_pull.attempt_log_status".into(),
+                                            ),
+                                        ]),
+                                    ),
+                                ]),
+                            )]),
+                        )]),
+                        map([("response_flag_filter", map([]))]),
+                    ]),
+                )]),
+            )]),
+        ),
+        (
+            "typed_config",
+            typed(
+                "type.googleapis.com/envoy.extensions.access_loggers.wasm.v3.WasmAccessLog",
+                entries(map([(
+                    "config",
+                    map([
+                        ("name", "origin_pull".into()),
+                        ("root_id", crate::engine::chain::LOGGER_ROOT_ID.into()),
+                        ("vm_config", vm_config(opts)),
+                    ]),
+                )])),
+            ),
+        ),
+    ])
+}
+
 /// An `envoy.filters.http.wasm` entry of the origin-pull module with `root_id`, and the plugin
 /// configuration text when it carries one. A broken VM must never let a request through
 /// unrouted: `fail_open` is false.

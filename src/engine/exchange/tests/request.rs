@@ -42,6 +42,8 @@ fn spoofed(authority: &str, path: &str) -> Vec<(String, String)> {
         ("x-envoy-retry-on", "5xx"),
         ("x-envoy-max-retries", "9"),
         ("x-origin-pull-plan", "ffffffffffffffff"),
+        ("x-origin-pull-retry", "slave"),
+        ("x-envoy-retriable-status-codes", "200"),
         ("accept", "image/*"),
     ]
     .iter()
@@ -78,6 +80,9 @@ fn a_client_routing_header_is_overwritten_with_the_chosen_origin() {
     };
     assert_eq!(count("x-origin-pull-cluster"), 1);
     assert_eq!(count("x-envoy-original-dst-host"), 1);
+    // No retry policy a client picks (the route named by x-origin-pull-retry retries 4xx/5xx).
+    assert_eq!(value(&host, "x-origin-pull-retry"), None);
+    assert_eq!(value(&host, "x-envoy-retriable-status-codes"), None);
     assert_eq!(value(&host, ":authority"), Some("www.test.com"));
     assert_eq!(value(&host, "accept"), Some("image/*"));
     assert!(host.replies.is_empty());

@@ -18,8 +18,12 @@ fn router_plans_master_then_slave_and_names_the_server() {
     let headers = ex.chain_headers();
     assert_eq!(
         header(&headers, "x-origin-pull-cluster"),
-        Some("origin_pull_chain(origin_pull_ip_http)(origin_pull|http|backup.example.com|80)")
+        Some("origin_pull_chain_observed(origin_pull_ip_http)(origin_pull|http|backup.example.com|80)")
     );
+    // The slave's Host differs: the upstream instance marks answers for the route of observed
+    // chains.
+    assert_eq!(header(&headers, "x-origin-pull-retry"), Some("observed"));
+    assert_eq!(header(&headers, "x-envoy-retriable-status-codes"), None);
     assert_eq!(
         header(&headers, "x-envoy-original-dst-host"),
         Some("127.0.0.2:80")
@@ -74,6 +78,55 @@ fn router_plans_master_then_slave_and_names_the_server() {
         host.metric("origin_pull_failovers_total;domain=www.test.com;outcome=served"),
         Some(1)
     );
+}
+
+#[test]
+fn a_logged_chain_names_its_retry_route_or_its_statuses() {
+    // Same Host on both attempts: no upstream instance. The usual rules take the route that
+    // carries the whole policy; others get Envoy's per-request headers with the statuses.
+    let config = router_config(
+        r#"{"metrics":{"per_origin":true},"domains":[{"domain":"www.test.com","master":{"ips":["127.0.0.2:80"]},"slave":{"ips":["127.0.0.3:80"]}},
+            {"domain":"b.test.com","master":{"ips":["127.0.0.2:80"]},"slave":{"ips":["127.0.0.3:80"]},
+             "failover":{"on":["connect_error"],"status_codes":[404,502]}}]}"#,
+    );
+    let mut host = FakeHost::new(1);
+    let mut blocks = BlockTable::default();
+    let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
+    let mut info = get("www.test.com");
+    info.metrics = Some(&metrics);
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &info).unwrap();
+    let headers = ex.chain_headers();
+    assert_eq!(
+        header(&headers, "x-origin-pull-cluster"),
+        Some("origin_pull_chain(origin_pull_ip_http)(origin_pull_ip_http_2)")
+    );
+    assert_eq!(header(&headers, "x-origin-pull-retry"), Some("slave"));
+    for absent in [
+        "x-envoy-retry-on",
+        "x-envoy-max-retries",
+        "x-envoy-retriable-status-codes",
+    ] {
+        assert!(
+            !headers.iter().any(|(k, _)| k == absent),
+            "{absent}: {headers:?}"
+        );
+    }
+    assert!(!ex.chain_plan().unwrap().observed);
+    // Attempt 1 is counted with the pick (no upstream instance counts it).
+    assert_eq!(
+        host.metric("origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.2:80")
+            .unwrap_or(0),
+        1
+    );
+
+    let ex = Exchange::start(&config, &mut blocks, &mut host, &get("b.test.com")).unwrap();
+    let headers = ex.chain_headers();
+    assert_eq!(header(&headers, "x-origin-pull-retry"), None);
+    assert_eq!(
+        header(&headers, "x-envoy-retriable-status-codes"),
+        Some("404,502")
+    );
+    assert_eq!(header(&headers, "x-envoy-max-retries"), Some("1"));
 }
 
 #[test]
