@@ -27,7 +27,7 @@ use std::rc::Rc;
 use origin_pull::config::parse;
 use origin_pull::engine::attempt::AttemptObserver;
 use origin_pull::engine::blocks::BlockTable;
-use origin_pull::engine::chain::{plan_id_text, read_plan_id};
+use origin_pull::engine::chain::{plan_id_text, read_plan_id, ChainProgress, Plan};
 use origin_pull::engine::classify::flags;
 use origin_pull::engine::exchange::{ClientRequest, Exchange, RequestInfo, ResponseStep};
 use origin_pull::engine::metrics::{Metrics, PendingCounters, FLUSH_INTERVAL_MS};
@@ -108,6 +108,10 @@ fn router_request(
         "router-connect" => &[None, Some(200)],
         _ => &[Some(200)],
     };
+    if !plan.observed {
+        logged_attempts(host, blocks, &plan, outcomes, &plan_id);
+        return finish_logged(host, blocks, &mut exchange, &plan);
+    }
     let mut answered = None;
     for (i, outcome) in outcomes.iter().enumerate() {
         let k = i + 1;
@@ -166,6 +170,60 @@ fn router_request(
     host.count_hostcall();
     host.count_copied(3);
     exchange.on_routed_response(host, blocks, 200, 0, answered.map(|k| (k, 200)));
+}
+
+thread_local! {
+    /// The worker's in-flight entry of the request being followed (src/filter/mod.rs `CHAINS`).
+    static PROGRESS: std::cell::Cell<ChainProgress> = std::cell::Cell::new(ChainProgress::default());
+}
+
+/// A logged chain's attempts: no module runs per attempt; the router's upstream log calls the
+/// module for each failed one (the plan's id, `response.code`, `response.flags`).
+fn logged_attempts(
+    host: &mut FakeHost,
+    blocks: &mut BlockTable,
+    plan: &Rc<Plan>,
+    outcomes: &[Option<u32>],
+    plan_id: &str,
+) {
+    let mut progress = ChainProgress::new(plan);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let k = i + 1;
+        if outcome.is_some_and(|status| status < 400) {
+            break; // relayed: the listener's filter judges it
+        }
+        host.count_hostcall();
+        host.count_copied(plan_id.len());
+        host.count_hostcall();
+        host.count_copied(8);
+        host.count_hostcall();
+        host.count_copied(8);
+        progress.logged += 1;
+        let (status, flags) = match outcome {
+            Some(status) => (*status, 0),
+            None => (0, flags::UPSTREAM_CONNECTION_FAILURE),
+        };
+        AttemptObserver::observe_logged(plan, &mut progress, host, blocks, k, status, flags);
+    }
+    PROGRESS.with(|p| p.set(progress));
+}
+
+/// The listener's response phase of a logged chain: `:status`, the relayed attempt from the
+/// in-flight entry, judged there (below 400).
+fn finish_logged(
+    host: &mut FakeHost,
+    blocks: &mut BlockTable,
+    exchange: &mut Exchange,
+    plan: &Rc<Plan>,
+) {
+    host.count_hostcall();
+    host.count_copied(3);
+    let mut progress = PROGRESS.with(|p| p.get());
+    let answered = progress.relayed(plan, 200, 0, false);
+    exchange.on_routed_response(host, blocks, 200, 0, answered);
+    if let Some((k, status)) = answered {
+        AttemptObserver::observe_logged(plan, &mut progress, host, blocks, k, status, 0);
+    }
 }
 
 fn main() {
