@@ -337,11 +337,12 @@ ATTEMPT_2_HEADER = "x-origin-pull-dst-2"
 
 def _mechanism_route(listener, topo):
     vh = _hcm(listener)["route_config"]["virtual_hosts"][0]
-    # The rendered route a logged chain with the usual rules names (x-origin-pull-retry: slave),
-    # taken by every request: its policy retries once on connect failures, resets, timeouts and
-    # every 4xx/5xx.
+    # The rendered route of a logged chain with the usual rules (its composite cluster's name
+    # starts with "origin_pull_chain("), taken by every request: its policy retries once on
+    # connect failures, resets, timeouts and every 4xx/5xx.
     usual = vh["routes"][0]
-    if usual["match"].get("headers", [{}])[0].get("string_match", {}).get("exact") != "slave":
+    if usual["match"].get("headers", [{}])[0].get("string_match", {}).get(
+            "prefix") != "origin_pull_chain(":
         raise ValueError("bench: the rendered routes changed; update configs.py")
     usual["match"] = {"prefix": "/"}
     vh["routes"] = [usual]

@@ -35,21 +35,25 @@ use crate::engine::metrics::Metrics;
 pub const UPSTREAM_ROOT_ID: &str = "origin_pull_upstream";
 /// Root id of the module as the router's upstream access logger (logged chains).
 pub const LOGGER_ROOT_ID: &str = "origin_pull_attempts";
-/// Names the route whose retry policy fits a logged chain with the usual failover rules
-/// ([`Domain::usual_retry`]): set to [`USUAL_RETRY`], the route retries once on a connect
-/// failure, a reset or first-byte timeout and every 4xx/5xx status, with no per-request retry
-/// headers. The filter removes a client's copy.
-pub const RETRY_ROUTE_HEADER: &str = "x-origin-pull-retry";
-pub const USUAL_RETRY: &str = "slave";
-/// Names the route of observed chains: it retries [`FAILOVER_STATUS`], the upstream
-/// instance's mark (the default route retries no status of its own).
-pub const OBSERVED_RETRY: &str = "observed";
+/// Composite cluster names start with one of these, which also picks the route's retry policy
+/// (the route matches the cluster header's prefix, so the filter sets no header for it):
+/// - [`CHAIN_PREFIX`]: a logged chain with the usual failover rules ([`Domain::usual_retry`]);
+///   its route retries once, on a connect failure, a reset or first-byte timeout and every
+///   4xx/5xx status ([`USUAL_RETRY_STATUSES`]), with no per-request retry headers;
+/// - [`CHAIN_PREFIX_RULES`]: a logged chain with other rules: the default route, which retries
+///   what the filter's per-request headers say ([`RETRIABLE_CODES_HEADER`] & co.);
+/// - [`CHAIN_PREFIX_OBSERVED`]: an observed chain: the route retries [`FAILOVER_STATUS`], the
+///   upstream instance's mark.
+pub const CHAIN_PREFIX: &str = "origin_pull_chain";
+pub const CHAIN_PREFIX_RULES: &str = "origin_pull_chain_rules";
+pub const CHAIN_PREFIX_OBSERVED: &str = "origin_pull_chain_observed";
+/// Statuses a logged chain with other failover rules retries (Envoy adds them to the route's).
+pub const RETRIABLE_CODES_HEADER: &str = "x-envoy-retriable-status-codes";
 /// Set by a logged chain's drain filter on an answer whose status was not a valid HTTP status
 /// ("2000"): the router saw a 502 instead (retried like one); the listener's filter reads it on
 /// a relayed 502 only, and removes it.
 pub const BROKEN_STATUS_HEADER: &str = "x-origin-pull-broken-status";
-/// Statuses a logged chain with other failover rules retries (Envoy adds them to the route's).
-pub const RETRIABLE_CODES_HEADER: &str = "x-envoy-retriable-status-codes";
+
 /// The id of a routed failover's [`Plan`] (the request's random id, hex), read by the upstream
 /// instance.
 pub const PLAN_HEADER: &str = "x-origin-pull-plan";
@@ -104,20 +108,42 @@ pub fn attempt_cluster(route: &Route, k: usize) -> String {
     }
 }
 
-/// Name of the composite cluster over `subs` (attempt order): `observed` ones carry the
-/// module's upstream instance.
-pub fn chain_name(subs: &[String], observed: bool) -> String {
-    let mut name = String::from(if observed {
-        "origin_pull_chain_observed"
-    } else {
-        "origin_pull_chain"
-    });
+/// Name of the composite cluster over `subs` (attempt order), starting with `prefix` (see
+/// [`CHAIN_PREFIX`]).
+pub fn chain_name(subs: &[String], prefix: &str) -> String {
+    let mut name = String::from(prefix);
     for sub in subs {
         name.push('(');
         name.push_str(sub);
         name.push(')');
     }
     name
+}
+
+/// Appends `(<attempt_cluster(route, k)>)` to a composite cluster's name, as [`chain_name`]
+/// writes it.
+pub fn push_attempt_cluster(name: &mut String, route: &Route, k: usize) {
+    name.push('(');
+    name.push_str(&route.cluster);
+    if route.original_dst.is_some() && k > 1 {
+        name.push('_');
+        push_decimal(name, k as u64);
+    }
+    name.push(')');
+}
+
+fn push_decimal(out: &mut String, n: u64) {
+    let mut div = 1;
+    while n / div >= 10 {
+        div *= 10;
+    }
+    loop {
+        out.push(char::from(b'0' + ((n / div) % 10) as u8));
+        if div == 1 {
+            break;
+        }
+        div /= 10;
+    }
 }
 
 /// Whether a set is reached over TLS for a client request of `scheme` (cluster origins:
@@ -189,6 +215,17 @@ impl Domain {
         self.slave.is_some() && self.failover.status_triggers(status)
     }
 
+    /// The prefix of this domain's composite clusters (see [`CHAIN_PREFIX`]).
+    pub fn chain_prefix(&self) -> &'static str {
+        if self.attempts_set_host() {
+            CHAIN_PREFIX_OBSERVED
+        } else if self.usual_retry() {
+            CHAIN_PREFIX
+        } else {
+            CHAIN_PREFIX_RULES
+        }
+    }
+
     /// Whether a later attempt of this domain's chains sends another `Host` than the first:
     /// only the module's upstream instance can set it, once per attempt (an *observed*
     /// chain); otherwise the chain is *logged*.
@@ -199,8 +236,8 @@ impl Domain {
     }
 
     /// A slave and the usual failover rules (every 4xx and 5xx, connect errors, timeouts, no
-    /// other statuses): a logged chain takes the route named by [`USUAL_RETRY`], which carries
-    /// the whole retry policy (no per-request retry headers).
+    /// other statuses): a logged chain takes the route that carries the whole retry policy (no
+    /// per-request retry headers; see [`CHAIN_PREFIX`]).
     pub fn usual_retry(&self) -> bool {
         let f = &self.failover;
         self.slave.is_some()
@@ -225,7 +262,8 @@ impl Domain {
     }
 }
 
-/// The statuses the [`USUAL_RETRY`] route retries (render writes them into its policy).
+/// The statuses the route of [`CHAIN_PREFIX`] clusters retries (render writes them into its
+/// policy).
 pub const USUAL_RETRY_STATUSES: std::ops::Range<u32> = 400..600;
 
 /// A composite cluster render writes.
@@ -253,8 +291,9 @@ impl PluginConfig {
     /// Every composite cluster the filter may route a chain to, each once, sorted.
     pub fn chain_specs(&self) -> Vec<ChainSpec> {
         let mut out: Vec<ChainSpec> = Vec::new();
-        let mut add = |subs: Vec<String>, tls: bool, observed: bool| {
-            let name = chain_name(&subs, observed);
+        let mut add = |subs: Vec<String>, tls: bool, prefix: &str| {
+            let name = chain_name(&subs, prefix);
+            let observed = prefix == CHAIN_PREFIX_OBSERVED;
             if !out.iter().any(|c| c.name == name) {
                 out.push(ChainSpec {
                     name,
@@ -270,7 +309,7 @@ impl PluginConfig {
                     continue;
                 }
                 let master = &domain.master;
-                let observed = domain.attempts_set_host();
+                let prefix = domain.chain_prefix();
                 match &domain.slave {
                     Some(slave) => {
                         let any_tls = tls(master, scheme) || tls(slave, scheme);
@@ -280,12 +319,12 @@ impl PluginConfig {
                                 add(
                                     vec![attempt_cluster(m, 1), attempt_cluster(s, 2)],
                                     any_tls,
-                                    observed,
+                                    prefix,
                                 );
                                 add(
                                     vec![attempt_cluster(s, 1), attempt_cluster(m, 2)],
                                     any_tls,
-                                    observed,
+                                    prefix,
                                 );
                             }
                         }
@@ -297,7 +336,7 @@ impl PluginConfig {
                         let route = first.route(scheme);
                         for len in 2..=domain.max_chain() {
                             let subs = (1..=len).map(|k| attempt_cluster(route, k)).collect();
-                            add(subs, tls(master, scheme), observed);
+                            add(subs, tls(master, scheme), prefix);
                         }
                     }
                 }
@@ -430,9 +469,22 @@ impl Plan {
     }
 }
 
-/// The [`PLAN_HEADER`] value of the request `request`.
+/// The [`PLAN_HEADER`] value of the request `request` (lowercase hex, no `format!`: it runs
+/// on every request).
 pub fn plan_id_text(request: u64) -> String {
-    format!("{request:x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [b'0'; 16];
+    for (i, slot) in digits.iter_mut().enumerate() {
+        let nibble = (request >> ((15 - i) * 4)) & 0xf;
+        *slot = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+    // Leading zeros dropped (at least one digit kept).
+    let start = ((request.leading_zeros() / 4) as usize).min(15);
+    digits
+        .get(start..)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .unwrap_or("0")
+        .to_owned()
 }
 
 /// The request id a [`PLAN_HEADER`] value carries.
@@ -444,6 +496,34 @@ pub fn read_plan_id(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::config::parse;
+
+    #[test]
+    fn plan_id_text_is_lowercase_hex() {
+        for n in [0u64, 1, 0xf, 0x10, 0xbeef, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(plan_id_text(n), format!("{n:x}"));
+        }
+    }
+
+    #[test]
+    fn a_chain_name_built_in_place_is_the_rendered_one() {
+        let config = parse(
+            br#"{"domains":[{"domain":"a.com","master":{"ips":["127.0.0.2:80"]},"slave":{"domain":"b.example.com"}}]}"#,
+        )
+        .unwrap();
+        let domain = &config.domains[0];
+        let ip = domain.master.targets[0].route(Scheme::Http);
+        let dns = domain.slave.as_ref().unwrap().targets[0].route(Scheme::Http);
+        for k in [1, 2, 9, 10, 11] {
+            for route in [ip, dns] {
+                let mut built = String::from(CHAIN_PREFIX);
+                push_attempt_cluster(&mut built, route, k);
+                assert_eq!(
+                    built,
+                    chain_name(&[attempt_cluster(route, k)], CHAIN_PREFIX)
+                );
+            }
+        }
+    }
 
     #[test]
     fn plan_id_round_trip() {
@@ -468,13 +548,14 @@ mod tests {
         assert_eq!(
             names,
             vec![
-                "origin_pull_chain(origin_pull_ip_http)(origin_pull_ip_http_2)",
                 "origin_pull_chain(origin_pull_ip_http)(origin_pull|https|b.example.com|443)",
                 "origin_pull_chain(origin_pull|https|b.example.com|443)(origin_pull_ip_http_2)",
+                // c.com: no slave, so not the usual rules (connect errors and timeouts only).
+                "origin_pull_chain_rules(origin_pull_ip_http)(origin_pull_ip_http_2)",
             ]
         );
         let tls: Vec<bool> = config.chain_specs().into_iter().map(|c| c.tls).collect();
-        assert_eq!(tls, vec![false, true, true]);
+        assert_eq!(tls, vec![true, true, false]);
         let attempts: Vec<(String, &str)> = config
             .attempt_cluster_specs()
             .into_iter()

@@ -10,6 +10,7 @@ mod reply;
 mod request;
 mod response;
 mod router;
+pub use router::ChainHeader;
 
 pub use request::ClientRequest;
 
@@ -19,9 +20,9 @@ use std::time::Duration;
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme, DEFAULT_CALLOUT_TIMEOUT_MS};
 use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
 use crate::engine::chain::{
-    attempt_cluster, chain_name, dst_header, plan_id_text, Plan, PlannedStep, FAILOVER_STATUS,
-    MAX_RETRIES_HEADER, OBSERVED_RETRY, PLAN_HEADER, RETRIABLE_CODES_HEADER, RETRY_ON_HEADER,
-    RETRY_ROUTE_HEADER, USUAL_RETRY,
+    dst_header, plan_id_text, push_attempt_cluster, Plan, PlannedStep, CHAIN_PREFIX,
+    CHAIN_PREFIX_RULES, FAILOVER_STATUS, MAX_RETRIES_HEADER, PLAN_HEADER, RETRIABLE_CODES_HEADER,
+    RETRY_ON_HEADER,
 };
 use crate::engine::classify::{
     classify_routed, connection_options, failure_kind, is_hop_by_hop, read_callout, Answer,

@@ -5,8 +5,8 @@
 
 use super::*;
 
-/// Headers that choose a retry policy, which the filter sets for a logged chain only.
-const RESERVED_RETRY_HEADERS: [&str; 2] = [RETRY_ROUTE_HEADER, RETRIABLE_CODES_HEADER];
+/// Headers that choose a retry policy, which the filter sets for some logged chains only.
+const RESERVED_RETRY_HEADERS: [&str; 1] = [RETRIABLE_CODES_HEADER];
 
 /// What the glue read in the request phase, for [`Exchange::on_request_headers`].
 pub struct ClientRequest<'a> {
@@ -107,7 +107,7 @@ impl Exchange {
             // Envoy's router carries the failover: composite cluster, per-attempt addresses,
             // retry headers, plan (always overwritten: a client never sets any of them).
             for (name, value) in self.chain_headers() {
-                host.set_request_header(&name, value.as_deref());
+                host.set_request_header(name, value.as_deref());
                 set.push(name);
             }
         } else if let Some((route, host_override)) = self.route() {

@@ -1,7 +1,12 @@
 //! The failover Envoy's router carries (`envoy.failover: router`): the plan of attempts, the
 //! request headers that carry it, and the answer the router relays.
 
+use std::borrow::Cow;
+
 use super::*;
+
+/// A request header a routed failover sets (`Some`) or removes (`None`).
+pub type ChainHeader<'a> = (&'a str, Option<Cow<'a, str>>);
 
 impl Exchange {
     /// Plans the failover Envoy's router will carry out, when this domain uses it: the slave
@@ -129,54 +134,55 @@ impl Exchange {
     }
 
     /// The request headers a routed failover needs, to set (`Some`) or remove (`None`): the
-    /// composite cluster, each attempt's `IP:PORT`, the retry policy (the route named by
-    /// [`RETRY_ROUTE_HEADER`], or Envoy's per-request retry headers), the `Host` the router
+    /// composite cluster (whose name also selects the route's retry policy), each attempt's
+    /// `IP:PORT`, Envoy's per-request retry headers unless that route has the whole policy, the
+    /// `Host` the router
     /// takes its TLS server name from, and the plan's id the attempts' observer reads.
-    pub fn chain_headers(&self) -> Vec<(String, Option<String>)> {
+    pub fn chain_headers(&self) -> Vec<ChainHeader<'_>> {
         let Some(domain) = self.domain() else {
             return Vec::new();
         };
         let Some(retry_on) = &domain.retry_on else {
             return Vec::new();
         };
-        let mut subs = Vec::with_capacity(self.chain.len());
-        let mut headers: Vec<(String, Option<String>)> = Vec::with_capacity(self.chain.len() + 6);
+        let prefix = domain.chain_prefix();
+        // Built without `format!` or a list of sub-cluster names: this runs on every request.
+        let mut cluster = String::with_capacity(96);
+        cluster.push_str(prefix);
+        let mut headers: Vec<ChainHeader<'_>> = Vec::with_capacity(self.chain.len() + 6);
         for (i, attempt) in self.chain.iter().enumerate() {
             let k = i + 1;
             let Some(route) = self.route_of(*attempt) else {
                 return Vec::new();
             };
-            subs.push(attempt_cluster(route, k));
-            headers.push((dst_header(k).to_string(), route.original_dst.clone()));
+            push_attempt_cluster(&mut cluster, route, k);
+            headers.push((
+                dst_header(k),
+                route.original_dst.as_deref().map(Cow::Borrowed),
+            ));
         }
-        let observed = domain.attempts_set_host();
-        headers.push((
-            self.cluster_header().to_string(),
-            Some(chain_name(&subs, observed)),
-        ));
+        headers.push((self.cluster_header(), Some(Cow::Owned(cluster))));
         let router_authority = self.router_authority();
         if router_authority != self.client_authority {
-            headers.push((":authority".into(), Some(router_authority.to_string())));
+            headers.push((":authority", Some(Cow::Borrowed(router_authority))));
         }
-        if !observed && domain.usual_retry() {
-            // The route carries the whole policy: one header instead of three.
-            headers.push((RETRY_ROUTE_HEADER.into(), Some(USUAL_RETRY.into())));
-        } else {
-            headers.push((RETRY_ON_HEADER.into(), Some(retry_on.clone())));
+        // The usual rules: the route the cluster's name selects carries the whole policy.
+        if prefix != CHAIN_PREFIX {
+            headers.push((RETRY_ON_HEADER, Some(Cow::Borrowed(retry_on.as_str()))));
             headers.push((
-                MAX_RETRIES_HEADER.into(),
-                Some((self.chain.len() - 1).to_string()),
+                MAX_RETRIES_HEADER,
+                Some(Cow::Owned((self.chain.len() - 1).to_string())),
             ));
-            if observed {
-                headers.push((RETRY_ROUTE_HEADER.into(), Some(OBSERVED_RETRY.into())));
-            } else if let Some(codes) = domain.retriable_codes() {
+            if prefix == CHAIN_PREFIX_RULES {
                 // The statuses themselves: no upstream instance marks the answers.
-                headers.push((RETRIABLE_CODES_HEADER.into(), Some(codes)));
+                if let Some(codes) = domain.retriable_codes() {
+                    headers.push((RETRIABLE_CODES_HEADER, Some(Cow::Owned(codes))));
+                }
             }
         }
         headers.push((
-            PLAN_HEADER.into(),
-            Some(plan_id_text(self.request_id.unwrap_or(0))),
+            PLAN_HEADER,
+            Some(Cow::Owned(plan_id_text(self.request_id.unwrap_or(0)))),
         ));
         headers
     }
@@ -214,7 +220,7 @@ impl Exchange {
         if answer == Answer::NoCluster {
             let cluster = self.chain_headers().into_iter().find_map(|(k, v)| {
                 (k == self.config.envoy.cluster_header)
-                    .then_some(v)
+                    .then(|| v.map(Cow::into_owned))
                     .flatten()
             });
             log::error!("Envoy has no cluster named '{}'; render the Envoy configuration with `origin-pull render`", cluster.unwrap_or_default());

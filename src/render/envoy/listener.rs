@@ -15,8 +15,8 @@ pub fn route_action(config: &PluginConfig, opts: &Options) -> Node {
     route_action_with(config, opts, RetryRoute::Default)
 }
 
-/// Which retry policy a route carries (the filter names it with
-/// [`crate::engine::chain::RETRY_ROUTE_HEADER`]).
+/// Which retry policy a route carries (selected by the prefix of the composite cluster's name,
+/// see [`crate::engine::chain::CHAIN_PREFIX`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RetryRoute {
     /// Only what the filter sets per request.
@@ -27,9 +27,7 @@ enum RetryRoute {
     Observed,
 }
 
-/// The route action; `usual_retry`: the one a logged chain with the usual failover rules
-/// names ([`crate::engine::chain::RETRY_ROUTE_HEADER`]), whose policy is the whole retry: once,
-/// on a connect failure, a reset or first-byte timeout, and every 4xx/5xx status.
+/// The route action with the retry policy `retry` (see [`RetryRoute`]).
 fn route_action_with(config: &PluginConfig, opts: &Options, retry: RetryRoute) -> Node {
     let retry_policy = if retry == RetryRoute::Usual {
         map([
@@ -93,8 +91,8 @@ fn retry_back_off() -> Node {
 /// The routes: everything goes where the filter decided; a logged chain with the usual
 /// failover rules and an observed chain each take their own (see [`RetryRoute`]).
 pub(super) fn route_entries(config: &PluginConfig, opts: &Options) -> Node {
-    use crate::engine::chain::{OBSERVED_RETRY, RETRY_ROUTE_HEADER, USUAL_RETRY};
-    let named = |name: &str, retry: RetryRoute| {
+    use crate::engine::chain::{CHAIN_PREFIX, CHAIN_PREFIX_OBSERVED};
+    let named = |prefix: &str, retry: RetryRoute| {
         let mut entry = entries(route_entry(config, opts));
         for (k, v) in entry.iter_mut() {
             match k.as_str() {
@@ -104,8 +102,11 @@ pub(super) fn route_entries(config: &PluginConfig, opts: &Options) -> Node {
                         (
                             "headers",
                             list([map([
-                                ("name", RETRY_ROUTE_HEADER.into()),
-                                ("string_match", map([("exact", name.into())])),
+                                ("name", config.envoy.cluster_header.as_str().into()),
+                                (
+                                    "string_match",
+                                    map([("prefix", format!("{prefix}(").as_str().into())]),
+                                ),
                             ])]),
                         ),
                     ])
@@ -117,8 +118,8 @@ pub(super) fn route_entries(config: &PluginConfig, opts: &Options) -> Node {
         Node::Map(entry)
     };
     list([
-        named(USUAL_RETRY, RetryRoute::Usual),
-        named(OBSERVED_RETRY, RetryRoute::Observed),
+        named(CHAIN_PREFIX, RetryRoute::Usual),
+        named(CHAIN_PREFIX_OBSERVED, RetryRoute::Observed),
         route_entry(config, opts),
     ])
 }

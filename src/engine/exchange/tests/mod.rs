@@ -28,10 +28,10 @@ fn router_config(text: &str) -> Rc<PluginConfig> {
     Rc::new(parse(text.as_bytes()).unwrap())
 }
 
-fn header<'a>(headers: &'a [(String, Option<String>)], name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a [ChainHeader<'_>], name: &str) -> Option<&'a str> {
     headers
         .iter()
-        .find(|(k, _)| k == name)
+        .find(|(k, _)| *k == name)
         .and_then(|(_, v)| v.as_deref())
 }
 
