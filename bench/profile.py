@@ -120,8 +120,10 @@ def main():
     lines += [
         "",
         "The rows above model the callout glue (`envoy.failover: callout`). Below, the default",
-        "router failover of a domain with a slave (3 weighted masters): the listener's filter AND",
-        "the module's upstream instance, once per attempt, with every hostcall either makes",
+        "router failover of a domain with a slave (3 weighted masters), with every hostcall the",
+        "module makes: now a logged chain, i.e. the listener's filter and, for each failed",
+        "attempt only, the module as the router's upstream logger; before (5511864 and older)",
+        "the listener's filter and the module's upstream instance once per attempt",
         "(`hot_path router-<case> 3 <n>`). Before = the same harness of an older commit, built",
         "against its own `src/` (`git archive <commit> | tar -x -C DIR`, `cargo build --release",
         "--example hot_path` in DIR; before issue 15's layout the harness is the self-contained",

@@ -70,8 +70,8 @@ SYSTEM_LABEL = {
     "native": "Envoy native (retry + outlier)",
     "composite": "Envoy composite-cluster retry, no wasm (mechanism floor)",
     "compnodrain": "composite retry, no wasm, without the drain filter (mechanism before)",
-    "compwasm": "composite retry + trivial wasm, listener and upstream (observed chains' floor)",
-    "complean": "composite retry + trivial wasm on the listener (wasm floor of origin-pull's mechanism)",
+    "compwasm": "composite retry + trivial wasm, listener and upstream (wasm floor of an observed chain)",
+    "complean": "composite retry + trivial wasm on the listener (wasm floor of the default mechanism)",
     "originpull": "Envoy + origin-pull",
     "opnodrain": "Envoy + origin-pull without the drain filter (before)",
     "opcallout": "Envoy + origin-pull, callout failover",
@@ -670,11 +670,13 @@ def targets_section(results, o):
             ([f"callout failover: {bc / bp:.2f}×"] if bc else [])
         row("(issue 11) 10 % failovers (b), 32 connections ≥ 0.5× plain route",
             f"{bo / bp:.2f}×" + (f" ({'; '.join(notes)})" if notes else ""), bo / bp >= 0.5)
-    fw = get("f", "compwasm", "p50_us")
+    # The default chain is logged (no upstream instance): its mechanism's wasm floor is the
+    # trivial module on the listener only.
+    fw = get("f", "complean", "p50_us")
     if fo and fw:
         row("(issue 11, for comparison) failover p50 ≤ 1.3× the wasm floor of its mechanism "
-            "(composite retry + trivial wasm)", f"p50 {fmt_us(fo)} vs {fmt_us(fw)} = {fo / fw:.2f}×",
-            fo / fw <= 1.3)
+            "(composite retry + trivial wasm on the listener)",
+            f"p50 {fmt_us(fo)} vs {fmt_us(fw)} = {fo / fw:.2f}×", fo / fw <= 1.3)
     ce = results.get("c-1k", {}).get("originpull")
     if ce:
         errs = ce["non2xx"] + ce["socket_errors"]

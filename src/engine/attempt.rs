@@ -540,6 +540,26 @@ mod tests {
             None
         );
         assert_eq!(progress.relayed(&plan, 502, 0, true), Some((2, 0)));
+        // The listener judges a relayed answer below 400 and a route timeout's attempt; a
+        // 4xx/5xx is the upstream log's.
+        assert_eq!(
+            progress.unlogged(&plan, Some((2, 200)), 0),
+            Some((2, 200, 0))
+        );
+        assert_eq!(progress.unlogged(&plan, Some((2, 404)), 0), None);
+        assert_eq!(
+            progress.unlogged(&plan, None, UPSTREAM_REQUEST_TIMEOUT),
+            Some((2, 0, UPSTREAM_REQUEST_TIMEOUT))
+        );
+        assert_eq!(
+            progress.unlogged(&plan, None, UPSTREAM_CONNECTION_FAILURE),
+            None
+        );
+        assert_eq!(
+            progress.unlogged(&plan_of(&config, &metrics, 1), Some((1, 200)), 0),
+            None,
+            "an observed chain's upstream instance judges every attempt"
+        );
         for _ in 0..2 {
             // The listener judges the 200; a second report of the same attempt changes nothing.
             AttemptObserver::observe_logged(

@@ -435,6 +435,30 @@ impl ChainProgress {
     /// The attempt whose origin gave the response the router relays (`status`, Envoy's
     /// `response_flags`) and its status; `None` for Envoy's own reply (no origin answered).
     /// A logged chain's failed attempts were reported before the relayed one began.
+    /// What the listener's filter judges of a logged chain, as (attempt, status, flags) for
+    /// `AttemptObserver::observe_logged`: what the upstream log never reports — the relayed
+    /// answer below 400 (`answered`, from [`ChainProgress::relayed`]), and the attempt the
+    /// route's own timeout cut (Envoy's 504 with UT: that attempt carries no flag of its own).
+    pub fn unlogged(
+        &self,
+        plan: &Plan,
+        answered: Option<(usize, u32)>,
+        response_flags: u64,
+    ) -> Option<(usize, u32, u64)> {
+        if plan.observed {
+            return None;
+        }
+        match answered {
+            Some((attempt, status)) if status < 400 => Some((attempt, status, 0)),
+            None if response_flags & crate::engine::classify::flags::UPSTREAM_REQUEST_TIMEOUT
+                != 0 =>
+            {
+                Some((self.logged + 1, 0, response_flags))
+            }
+            _ => None,
+        }
+    }
+
     /// `broken`: the drain filter replaced the origin's invalid status ([`BROKEN_STATUS_HEADER`]),
     /// reported as 0.
     pub fn relayed(

@@ -182,20 +182,11 @@ impl HttpContext for OriginPullStream {
                 response_flags,
                 answered,
             );
-            // What the upstream log never reports of a logged chain, judged here: an answer
-            // below 400, and the attempt the route's own timeout cut (Envoy's 504 reply: that
-            // attempt carries no flag of its own).
-            if let Some((plan, mut progress)) = link.filter(|(plan, _)| !plan.observed) {
-                let judged = match answered {
-                    Some((attempt, origin_status)) if origin_status < 400 => {
-                        Some((attempt, origin_status, 0))
-                    }
-                    None if response_flags & classify::flags::UPSTREAM_REQUEST_TIMEOUT != 0 => {
-                        Some((progress.logged + 1, 0, response_flags))
-                    }
-                    _ => None,
-                };
-                if let Some((attempt, origin_status, flags)) = judged {
+            // What the upstream log never reports of a logged chain.
+            if let Some((plan, mut progress)) = link {
+                if let Some((attempt, origin_status, flags)) =
+                    progress.unlogged(&plan, answered, response_flags)
+                {
                     AttemptObserver::observe_logged(
                         &plan,
                         &mut progress,

@@ -25,7 +25,6 @@ use crate::engine::chain::{
     read_plan_id, ChainProgress, Plan, BROKEN_STATUS_HEADER, EXPECTED_TIMEOUT_HEADER,
     FAILOVER_STATUS, LOGGER_ROOT_ID, PLAN_HEADER, UPSTREAM_ROOT_ID,
 };
-use crate::engine::classify;
 use crate::engine::copyback::{CopyBack, CopyJob};
 use crate::engine::exchange::{ClientRequest, Exchange, ResponseStep};
 use crate::engine::metrics::{Metrics, PendingCounters, Registry};
