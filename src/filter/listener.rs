@@ -28,16 +28,6 @@ impl Drop for OriginPullStream {
     }
 }
 
-fn save_progress(id: Option<u64>, progress: ChainProgress) {
-    if let Some(id) = id {
-        CHAINS.with(|c| {
-            if let Some(link) = c.borrow_mut().get_mut(&id) {
-                link.progress = progress;
-            }
-        });
-    }
-}
-
 impl Context for OriginPullStream {
     fn on_http_call_response(
         &mut self,
@@ -183,20 +173,9 @@ impl HttpContext for OriginPullStream {
                 answered,
             );
             // What the upstream log never reports of a logged chain.
-            if let Some((plan, mut progress)) = link {
-                if let Some((attempt, origin_status, flags)) =
-                    progress.unlogged(&plan, answered, response_flags)
-                {
-                    AttemptObserver::observe_logged(
-                        &plan,
-                        &mut progress,
-                        &mut EnvoyHost,
-                        &mut blocks,
-                        attempt,
-                        origin_status,
-                        flags,
-                    );
-                    save_progress(self.chain_id, progress);
+            if let (Some(id), Some((plan, mut progress))) = (self.chain_id, link) {
+                if let Some(report) = progress.unlogged(&plan, answered, response_flags) {
+                    judge_logged(id, &plan, &mut progress, &mut blocks, report);
                 }
             }
             step

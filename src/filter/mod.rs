@@ -90,6 +90,44 @@ struct ChainLink {
     progress: ChainProgress,
 }
 
+/// `f` on the link of a logged chain `id`, in flight or recently ended (`ENDED`).
+fn with_link<T>(id: u64, f: impl FnOnce(&mut ChainLink) -> T) -> Option<T> {
+    let in_flight = CHAINS.with(|c| c.borrow().contains_key(&id));
+    let apply = |link: &mut ChainLink| (!link.plan.observed).then(|| f(link));
+    if in_flight {
+        CHAINS.with(|c| c.borrow_mut().get_mut(&id).and_then(apply))
+    } else {
+        ENDED.with(|e| {
+            e.borrow_mut()
+                .iter_mut()
+                .find(|(ended, _)| *ended == id)
+                .and_then(|(_, link)| apply(link))
+        })
+    }
+}
+
+/// Judges `(attempt, status, flags)` of the logged chain `id` (the upstream log's report or
+/// the listener's) and keeps the chain's progress.
+fn judge_logged(
+    id: u64,
+    plan: &Rc<Plan>,
+    progress: &mut ChainProgress,
+    blocks: &mut BlockTable,
+    (attempt, status, flags): (usize, u32, u64),
+) {
+    AttemptObserver::observe_logged(
+        plan,
+        progress,
+        &mut EnvoyHost,
+        blocks,
+        attempt,
+        status,
+        flags,
+    );
+    let progress = *progress;
+    with_link(id, |link| link.progress = progress);
+}
+
 /// Microseconds on the wall clock (WASI), for the configure-time log line.
 fn micros_now() -> u128 {
     std::time::SystemTime::now()

@@ -288,33 +288,12 @@ fn log_attempt(own: &Rc<RootState>) {
         .with(|d| d.borrow().upgrade())
         .unwrap_or_else(|| own.clone());
     let attempt = progress.logged;
-    {
-        let mut blocks = state.blocks.borrow_mut();
-        AttemptObserver::observe_logged(
-            &plan,
-            &mut progress,
-            &mut EnvoyHost,
-            &mut blocks,
-            attempt,
-            status,
-            flags,
-        );
-    }
-    with_link(id, |link| link.progress = progress);
-}
-
-/// `f` on the link of a logged chain `id`, in flight or recently ended (`ENDED`).
-fn with_link<T>(id: u64, f: impl FnOnce(&mut ChainLink) -> T) -> Option<T> {
-    let in_flight = CHAINS.with(|c| c.borrow().contains_key(&id));
-    let apply = |link: &mut ChainLink| (!link.plan.observed).then(|| f(link));
-    if in_flight {
-        CHAINS.with(|c| c.borrow_mut().get_mut(&id).and_then(apply))
-    } else {
-        ENDED.with(|e| {
-            e.borrow_mut()
-                .iter_mut()
-                .find(|(ended, _)| *ended == id)
-                .and_then(|(_, link)| apply(link))
-        })
-    }
+    let mut blocks = state.blocks.borrow_mut();
+    judge_logged(
+        id,
+        &plan,
+        &mut progress,
+        &mut blocks,
+        (attempt, status, flags),
+    );
 }
