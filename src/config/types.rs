@@ -194,6 +194,9 @@ pub struct Domain {
     pub mirror: Option<Box<Mirror>>,
     /// `x-envoy-retry-on` for a routed failover (`None`: no condition fails over). See `chain`.
     pub retry_on: Option<String>,
+    /// `x-envoy-retriable-status-codes` for a logged chain with other than the usual rules
+    /// (`None`: no status). See `chain`.
+    pub retriable_codes: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -293,9 +293,11 @@ fn compile_domain(
         detection,
         mirror,
         retry_on: None,
+        retriable_codes: None,
     };
-    // The per-request value of Envoy's retry header, computed once.
+    // The per-request values of Envoy's retry headers, computed once.
     domain.retry_on = domain.retry_on();
+    domain.retriable_codes = domain.retriable_codes();
     Ok(domain)
 }
 

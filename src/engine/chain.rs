@@ -249,7 +249,7 @@ impl Domain {
     }
 
     /// The statuses a logged chain retries, as [`RETRIABLE_CODES_HEADER`] lists them (`None`:
-    /// none).
+    /// none); computed once, into `Domain::retriable_codes`.
     pub fn retriable_codes(&self) -> Option<String> {
         let mut codes = String::new();
         for code in (300..600u32).filter(|c| self.retries_status(*c)) {

@@ -175,8 +175,8 @@ impl Exchange {
             ));
             if prefix == CHAIN_PREFIX_RULES {
                 // The statuses themselves: no upstream instance marks the answers.
-                if let Some(codes) = domain.retriable_codes() {
-                    headers.push((RETRIABLE_CODES_HEADER, Some(Cow::Owned(codes))));
+                if let Some(codes) = &domain.retriable_codes {
+                    headers.push((RETRIABLE_CODES_HEADER, Some(Cow::Borrowed(codes.as_str()))));
                 }
             }
         }
