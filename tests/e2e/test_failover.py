@@ -273,10 +273,24 @@ def test_failover_drops_hop_by_hop_and_keeps_end_to_end_headers(env):
     assert r.headers["content-type"] == "text/plain"
     # A logged chain (no upstream instance) sends every attempt the same routing headers:
     # x-envoy-original-dst-host names attempt 1's address (the slave's is in
-    # x-origin-pull-dst-2). An observed chain rewrites it per attempt (test_host_and_tls).
+    # x-origin-pull-dst-2). An observed chain rewrites it per attempt (the test below).
     assert r.headers["x-seen-dst"] == master.addr
     assert "transfer-encoding" not in r.headers
     assert r.headers["content-length"] == str(len(r.body))
+
+
+def test_an_observed_chain_gives_the_slave_its_own_address_and_host(env):
+    """A slave with its own `host` makes the chain observed: the module's upstream instance runs
+    per attempt, sets the slave's Host and its own address; the failover still happens."""
+    master = env.start_origin("master", ip="127.0.0.2", status=404)
+    slave = env.start_origin("slave", ip="127.0.0.3")
+    env.start(domain({"ips": [master.addr]}, {"ips": [slave.addr], "host": "backup.test.com"}))
+    r = env.request("www.test.com", "/x")
+    assert (r.status, r.headers["x-served-by"], r.headers["x-origin-pull-attempts"]) == \
+        (200, "slave", "2"), r
+    assert r.headers["x-seen-dst"] == slave.addr
+    assert [q["host"] for q in slave.requests()] == ["backup.test.com"], slave.requests()
+    assert [q["host"] for q in master.requests()] == ["www.test.com"], master.requests()
 
 
 # src/render/envoy.rs DRAIN_MAX_BYTES: a failed answer's body up to this size is read before the
