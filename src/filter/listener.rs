@@ -7,23 +7,12 @@ pub(super) struct OriginPullStream {
     pub(super) exchange: Option<Exchange>,
     /// The request id of this stream's routed failover, registered in `CHAINS`.
     pub(super) chain_id: Option<u64>,
-    /// The client got a failure: the last attempt's upstream log may still come (`ENDED`).
-    pub(super) failed: bool,
 }
 
 impl Drop for OriginPullStream {
     fn drop(&mut self) {
         if let Some(id) = self.chain_id.take() {
-            let link = CHAINS.with(|c| c.borrow_mut().remove(&id));
-            if let Some(link) = link.filter(|l| self.failed && !l.plan.observed) {
-                ENDED.with(|e| {
-                    let mut ended = e.borrow_mut();
-                    if ended.len() >= ENDED_KEPT {
-                        ended.pop_front();
-                    }
-                    ended.push_back((id, link));
-                });
-            }
+            CHAINS.with(|c| c.borrow_mut().remove(&id));
         }
     }
 }
@@ -144,7 +133,6 @@ impl HttpContext for OriginPullStream {
                 .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
                 .map_or(0, u64::from_le_bytes)
         };
-        self.failed = status >= 400 || response_flags != 0;
         // The attempt whose origin answered (`CHAINS`); none on Envoy's own replies.
         let link = self.chain_id.and_then(|id| {
             CHAINS.with(|c| c.borrow().get(&id).map(|l| (l.plan.clone(), l.progress)))

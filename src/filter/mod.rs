@@ -69,19 +69,11 @@ thread_local! {
     /// once it is a second old (a route change applies within a second); later attempts,
     /// whose timeout can be shortened by the route's overall timeout, always read it.
     static FIRST_BYTE: Cell<Option<(Option<u64>, u64)>> = const { Cell::new(None) };
-    /// Logged chains whose client got a failure (Envoy's own reply, say after the route's
-    /// timeout) before the router ended the last attempt: its upstream log can come after the
-    /// listener's stream is gone. The latest `ENDED_KEPT` stay findable.
-    static ENDED: RefCell<std::collections::VecDeque<(u64, ChainLink)>> =
-        const { RefCell::new(std::collections::VecDeque::new()) };
     /// The state of this VM's latest configured downstream root context: the upstream logger
     /// judges a logged chain's attempts in the same block table the listener's filter notes
     /// answers in (an answer meanwhile excuses a strike).
     static DOWNSTREAM: RefCell<std::rc::Weak<RootState>> = const { RefCell::new(std::rc::Weak::new()) };
 }
-
-/// How many ended chains `ENDED` keeps (a few ms of failures at most).
-const ENDED_KEPT: usize = 64;
 
 /// One routed failover in flight (see `CHAINS`).
 #[derive(Debug)]
@@ -90,20 +82,16 @@ struct ChainLink {
     progress: ChainProgress,
 }
 
-/// `f` on the link of a logged chain `id`, in flight or recently ended (`ENDED`).
+/// `f` on the in-flight link of a logged chain `id`. The upstream log of a chain's last
+/// attempt comes before the listener's stream is deleted (checked in this Envoy); an attempt
+/// the route's own timeout cuts is not logged at all (the listener's filter judges it).
 fn with_link<T>(id: u64, f: impl FnOnce(&mut ChainLink) -> T) -> Option<T> {
-    let in_flight = CHAINS.with(|c| c.borrow().contains_key(&id));
-    let apply = |link: &mut ChainLink| (!link.plan.observed).then(|| f(link));
-    if in_flight {
-        CHAINS.with(|c| c.borrow_mut().get_mut(&id).and_then(apply))
-    } else {
-        ENDED.with(|e| {
-            e.borrow_mut()
-                .iter_mut()
-                .find(|(ended, _)| *ended == id)
-                .and_then(|(_, link)| apply(link))
-        })
-    }
+    CHAINS.with(|c| {
+        c.borrow_mut()
+            .get_mut(&id)
+            .filter(|link| !link.plan.observed)
+            .map(f)
+    })
 }
 
 /// Judges `(attempt, status, flags)` of the logged chain `id` (the upstream log's report or

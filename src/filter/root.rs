@@ -245,7 +245,6 @@ impl RootContext for OriginPullRoot {
             state: self.state.clone(),
             exchange: None,
             chain_id: None,
-            failed: false,
         }))
     }
 
