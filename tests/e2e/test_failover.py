@@ -9,6 +9,7 @@ import time
 import pytest
 
 from harness import wait_for
+from test_health import metric, prometheus
 
 
 def logged(env, text, timeout=5):
@@ -355,3 +356,7 @@ def test_router_failover_on_a_status_whose_body_stalls_fails_over_at_the_first_b
     r = env.request("www.test.com", "/after")
     assert (r.status, r.headers["x-served-by"]) == (200, "slave"), r
     assert master.count("/after") == 1, "one stalled answer does not block the master"
+    env.counters_flushed()
+    values = prometheus(env)
+    assert metric(values, "origin_pull_origin_failures_total", domain="www.test.com",
+                  origin=master.addr, kind="timeout") == 1
