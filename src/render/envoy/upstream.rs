@@ -44,18 +44,7 @@ pub fn cluster(spec: &ClusterSpec, opts: &Options) -> Option<Node> {
             );
         }
     }
-    let limit = Node::from(CIRCUIT_BREAKER_LIMIT);
-    push(
-        "circuit_breakers",
-        map([(
-            "thresholds",
-            list([map([
-                ("max_connections", limit.clone()),
-                ("max_pending_requests", limit.clone()),
-                ("max_requests", limit),
-            ])]),
-        )]),
-    );
+    push("circuit_breakers", circuit_breakers(false));
     if spec.tls {
         // SNI and the certificate's name are the Host sent to the origin (the origin's `host`,
         // else the client's host).
@@ -105,6 +94,22 @@ pub fn cluster(spec: &ClusterSpec, opts: &Options) -> Option<Node> {
         );
     }
     Some(Node::Map(c))
+}
+
+/// Limits raised to [`CIRCUIT_BREAKER_LIMIT`]; `retries` too for a composite cluster (Envoy's
+/// default allows 3 concurrent retries per cluster: every failover beyond them would get the
+/// first origin's failure).
+fn circuit_breakers(retries: bool) -> Node {
+    let limit = Node::from(CIRCUIT_BREAKER_LIMIT);
+    let mut thresholds = vec![
+        ("max_connections".to_string(), limit.clone()),
+        ("max_pending_requests".to_string(), limit.clone()),
+        ("max_requests".to_string(), limit.clone()),
+    ];
+    if retries {
+        thresholds.push(("max_retries".to_string(), limit));
+    }
+    map([("thresholds", list([Node::Map(thresholds)]))])
 }
 
 /// Every cluster render writes (operator-provided ones are left out): the origins' clusters,
@@ -284,7 +289,6 @@ fn status_predicate(value_match: Node) -> Node {
 /// drains a failed answer's short body ([`drain_filter`]) and, when an attempt is TLS, auto
 /// SNI / SAN validation (the router reads them from the cluster the route names).
 pub(super) fn chain_cluster(spec: &ChainSpec, opts: &Options) -> Node {
-    let limit = Node::from(CIRCUIT_BREAKER_LIMIT);
     let mut options = Vec::new();
     if spec.tls {
         options.push((
@@ -339,20 +343,7 @@ pub(super) fn chain_cluster(spec: &ChainSpec, opts: &Options) -> Node {
                 ),
             ]),
         ),
-        (
-            "circuit_breakers",
-            map([(
-                "thresholds",
-                list([map([
-                    ("max_connections", limit.clone()),
-                    ("max_pending_requests", limit.clone()),
-                    ("max_requests", limit.clone()),
-                    // Envoy's default allows 3 concurrent retries per cluster: every failover
-                    // beyond them would get the first origin's failure.
-                    ("max_retries", limit),
-                ])]),
-            )]),
-        ),
+        ("circuit_breakers", circuit_breakers(true)),
         (
             "typed_extension_protocol_options",
             map([(
