@@ -7,9 +7,9 @@ Origins use 127.0.0.2-127.0.0.39.
 import time
 
 import pytest
+from test_health import metric, prometheus
 
 from harness import wait_for
-from test_health import metric, prometheus
 
 
 def logged(env, text, timeout=5):
