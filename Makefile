@@ -9,6 +9,7 @@
 #   make bench   origin-pull vs Envoy plain/native and nginx, side by side (not part of make test)
 #   make scale   1, 1,000 and 10,000 domains: time to ready, RSS, stats, configure time, rps
 #   make profile the filter's per-request instructions and hostcalls (callgrind, native harness)
+#   make bench-split where Envoy's CPU per request goes: Envoy, the wasm code, kernel (perf)
 #   make chaos   long chaos scenarios under load; writes RELIABILITY.md (6-8 minutes)
 #   make fuzz    long property-based fuzz run (FUZZ_CASES cases per property)
 #
@@ -39,7 +40,7 @@ DIST          ?= dist
 
 export ENVOY
 
-.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-ablation bench-floor bench-smoke profile chaos fuzz envoy-config release docs docs-check docs-links ruff imports check scale
+.PHONY: deps venv wasm cli build unit validate e2e test lint run health-figures clean distclean bench bench-ablation bench-floor bench-smoke bench-split profile chaos fuzz envoy-config release docs docs-check docs-links ruff imports check scale
 
 # Every Debian package make test / make run / make release need (only the missing ones; sudo
 # when not root; no system service is started), the wasm target and clippy/rustfmt: what .ci/run
@@ -142,6 +143,12 @@ bench-ablation: venv build bench-floor
 		echo "ablation module: $(ABLATION_DIR)/origin_pull-$$a.wasm ($$f)"; \
 	done
 	BENCH_SCENARIOS=ablation BENCH_SIZES=1k $(VENV_PY) bench/run.py
+
+# Where the CPU per request goes by code object (Envoy, the wasm JIT code, kernel, libc): perf
+# samples Envoy under scenario (a)'s load, floor vs composite floor vs origin-pull (installs
+# linux-perf when missing). Writes bench/results/perf-split.md.
+bench-split: venv build bench-floor
+	$(VENV_PY) bench/perf_split.py
 
 # Instructions, hostcalls and copies per request of the filter's logic (native harness under
 # callgrind; installs valgrind when missing). Writes bench/results/hot-path.md.

@@ -31,12 +31,13 @@ use origin_pull::engine::chain::{plan_id_text, read_plan_id, ChainProgress, Plan
 use origin_pull::engine::classify::flags;
 use origin_pull::engine::exchange::{ClientRequest, Exchange, RequestInfo, ResponseStep};
 use origin_pull::engine::metrics::{Metrics, PendingCounters, FLUSH_INTERVAL_MS};
+use origin_pull::headers::HeaderMap;
 use origin_pull::host::{Host, LogLevel};
 use origin_pull::s3::bucket::BucketStats;
 use origin_pull::testing::FakeHost;
 
 /// The client's request as the glue hands it to the engine.
-fn client(headers: Vec<(String, String)>, metrics: &Rc<Metrics>) -> ClientRequest<'_> {
+fn client(headers: HeaderMap, metrics: &Rc<Metrics>) -> ClientRequest<'_> {
     ClientRequest {
         headers,
         has_body: false,
@@ -44,6 +45,12 @@ fn client(headers: Vec<(String, String)>, metrics: &Rc<Metrics>) -> ClientReques
         stats: BucketStats::default(),
         metrics: Some(metrics),
     }
+}
+
+/// The request headers as the glue gets them: Envoy copies the encoded map into one buffer
+/// the VM allocates.
+fn copy_into_vm(headers: &HeaderMap) -> HeaderMap {
+    HeaderMap::from_wire(headers.as_wire().to_vec())
 }
 
 /// Counts heap allocations, to show what the logic allocates per request.
@@ -76,19 +83,19 @@ fn router_request(
     blocks: &mut BlockTable,
     config: &Rc<origin_pull::config::PluginConfig>,
     metrics: &Rc<Metrics>,
-    headers: &[(String, String)],
+    headers: &HeaderMap,
     scenario: &str,
     first_byte_read: &mut Option<u64>,
 ) {
     // Listener filter, request phase: one get_map; the engine sets the routing headers (a
     // hostcall each, counted by the host).
     host.count_hostcall();
-    host.count_copied(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
+    host.count_copied(headers.as_wire().len());
     let Some(mut exchange) = Exchange::on_request_headers(
         Some(config),
         blocks,
         host,
-        client(headers.to_vec(), metrics),
+        client(copy_into_vm(headers), metrics),
     ) else {
         return;
     };
@@ -300,17 +307,14 @@ fn main() {
     // Stats as the glue makes them in on_configure (each series defined on first use).
     let metrics = Rc::new(Metrics::new(config.clone(), Rc::default()));
     // What wrk sends, plus what Envoy's connection manager adds before the filter runs.
-    let client_headers: Vec<(String, String)> = [
+    let client_headers = HeaderMap::from_pairs(&[
         (":authority", "www.test.com"),
         (":path", "/1k"),
         (":method", "GET"),
         (":scheme", "http"),
         ("x-forwarded-proto", "http"),
         ("x-request-id", "9f1c5a52-8a53-4d1e-9a3e-2f4b0c0d1e2f"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     // The outage: each other domain's origin refuses a connection once and is blocked.
     for i in (0..blocked).filter(|_| block_them) {
         let authority = format!("d{i}.example");
@@ -366,9 +370,8 @@ fn main() {
         // The glue's request phase: one get_map (here); the engine's two set_header are counted
         // by the host.
         host.count_hostcall();
-        let headers = client_headers.clone();
-        host.count_copied(headers.iter().map(|(k, v)| k.len() + v.len()).sum());
-        let client = client(headers, &metrics);
+        host.count_copied(client_headers.as_wire().len());
+        let client = client(copy_into_vm(&client_headers), &metrics);
         let Some(mut exchange) =
             Exchange::on_request_headers(Some(&config), &mut blocks, &mut host, client)
         else {

@@ -12,7 +12,8 @@ Scenarios (each with the object sizes in BENCH_SIZES, 1 KiB and 1 MiB by default
     c   one of the three masters is dead (nothing listens) from the start
     f   failover latency: every path is 404 on the masters, ONE connection (no queueing);
         `direct` and Envoy plain/floor ask the slave directly (the reference of the target)
-    d1, d10, d100, d1000   1..1000 master IPs (origin-pull only, 1 KiB)
+    d1, d10, d100, d1000   1..1000 master IPs (origin-pull, and Envoy's plain route over as many
+                           endpoints, 1 KiB)
 
 Envoy runs with --concurrency 1 pinned to BENCH_PROXY_CPU (nginx proxy: one worker, same CPU);
 wrk (-t1) and the origin nginx are pinned to BENCH_CLIENT_CPU. Every system of a scenario runs
@@ -332,7 +333,8 @@ def systems_of(scenario):
         variants = tuple(f"ab-{a}" for a in cf.ABLATIONS if cf.ablation_wasm(f"ab-{a}").exists())
         return ("plain", "floor", "originpull", "opcallout") + variants
     if scenario.startswith("d"):
-        return ("originpull",)
+        # Envoy's own cost of that many upstream hosts: a plain route round-robin over them.
+        return ("plain", "originpull")
     if scenario == "f":
         return tuple(s for s in cf.SYSTEMS if s != "odst")
     if scenario == "b":
@@ -681,8 +683,8 @@ def targets_section(results, o):
     if ce:
         errs = ce["non2xx"] + ce["socket_errors"]
         row("dead IP (c): zero client errors", f"{errs} non-2xx + socket errors", errs == 0)
-    def cpu_ratio(num, den):
-        a, b = get(num, "originpull", "cpu_us"), get(den, "originpull", "cpu_us")
+    def cpu_ratio(num, den, system="originpull"):
+        a, b = get(num, system, "cpu_us"), get(den, system, "cpu_us")
         return f" (by CPU/req: {b / a:.2f}×)" if a and b else ""
 
     co, ao = get("c", "originpull", "rps"), get("a", "originpull", "rps")
@@ -693,6 +695,10 @@ def targets_section(results, o):
     if d1 and d1000:
         row("1000 master IPs within 5 % of 1 IP", f"{d1000 / d1:.2f}×{cpu_ratio('d1000', 'd1')}",
             d1000 / d1 >= 0.95)
+    p1, p1000 = get("d1", "plain", "rps"), get("d1000", "plain", "rps")
+    if p1 and p1000:
+        row("(for comparison) Envoy plain route round-robin over 1000 vs 1 endpoints, no wasm",
+            f"{p1000 / p1:.2f}×{cpu_ratio('d1000', 'd1', 'plain')}", p1000 / p1 >= 0.95)
     wasm = (REPO / "target" / "wasm32-wasip1" / "release" / "origin_pull.wasm")
     if wasm.exists():
         size = wasm.stat().st_size

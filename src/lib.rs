@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod headers;
 pub mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod render;

@@ -497,16 +497,16 @@ impl Plan {
 /// on every request).
 pub fn plan_id_text(request: u64) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [b'0'; 16];
-    for (i, slot) in digits.iter_mut().enumerate() {
-        let nibble = (request >> ((15 - i) * 4)) & 0xf;
+    // Leading zeros dropped (at least one digit kept). Bytes, not `String::push` per char
+    // (which encodes UTF-8 each time): this runs on every routed failover.
+    let digits = (16 - request.leading_zeros() as usize / 4).max(1);
+    let mut text = [b'0'; 16];
+    for (i, slot) in text.iter_mut().take(digits).enumerate() {
+        let nibble = (request >> ((digits - 1 - i) * 4)) & 0xf;
         *slot = HEX.get(nibble as usize).copied().unwrap_or(b'0');
     }
-    // Leading zeros dropped (at least one digit kept).
-    let start = ((request.leading_zeros() / 4) as usize).min(15);
-    digits
-        .get(start..)
-        .and_then(|d| std::str::from_utf8(d).ok())
+    text.get(..digits)
+        .and_then(|t| std::str::from_utf8(t).ok())
         .unwrap_or("0")
         .to_owned()
 }

@@ -46,22 +46,23 @@ impl Context for OriginPullStream {
 impl HttpContext for OriginPullStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = self.state.config.borrow().clone();
-        // One hostcall for everything: the host, scheme and method, and the copy a failover
-        // replays (Envoy hides the request headers once the response is under way).
+        // One hostcall for everything: the host, scheme and method, and the copy a callout
+        // failover replays (Envoy hides the request headers once the response is under way).
         let headers = if config.is_none() {
-            Vec::new() // not configured: answered locally, nothing read
+            HeaderMap::default() // not configured: answered locally, nothing read
         } else if cfg!(feature = "ablate-header-map") {
-            [":authority", ":scheme", ":method", ":path"]
+            let pairs: Vec<(&str, String)> = [":authority", ":scheme", ":method", ":path"]
                 .iter()
                 .filter_map(|name| {
                     hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
                         .ok()
                         .flatten()
-                        .map(|v| (name.to_string(), v))
+                        .map(|v| (*name, v))
                 })
-                .collect()
+                .collect();
+            HeaderMap::from_pairs(&pairs)
         } else {
-            hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+            read_header_map(MapType::HttpRequestHeaders)
         };
         let metrics = self.state.metrics.borrow();
         let client = ClientRequest {

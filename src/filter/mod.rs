@@ -29,6 +29,7 @@ use crate::engine::copyback::{CopyBack, CopyJob};
 use crate::engine::exchange::{ClientRequest, Exchange, ResponseStep};
 use crate::engine::metrics::{Metrics, PendingCounters, Registry};
 use crate::engine::prober::Prober;
+use crate::headers::HeaderMap;
 use crate::host::{Host, MetricKind, SharedSetError, RAW_LOG_TARGET};
 use crate::s3::bucket::{BucketEvent, BucketStats};
 
@@ -158,6 +159,11 @@ fn seed() -> u64 {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -170,25 +176,21 @@ extern "C" {
     ) -> Status;
 }
 
-/// proxy-wasm's header map encoding: count, (name length, value length)*, (name\0 value\0)*.
-fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + map
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 10)
-        .sum::<usize>();
-    let mut bytes = Vec::with_capacity(size);
-    bytes.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (name, value) in map {
-        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+/// A header map in one hostcall, kept as Envoy encoded it ([`HeaderMap`]): no allocation per
+/// header, and a value that is not UTF-8 cannot abort the VM (the SDK's `get_map` unwraps
+/// each value's UTF-8 and panics on any status but `Ok`). Any failure reads as an empty map.
+fn read_header_map(map_type: MapType) -> HeaderMap {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: Envoy writes a buffer it got from the SDK's `proxy_on_memory_allocate` (a boxed
+    // slice of exactly `size` bytes) and its length; this call takes ownership of it once.
+    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
+    if status != Status::Ok || data.is_null() {
+        return HeaderMap::default();
     }
-    for (name, value) in map {
-        bytes.extend_from_slice(name.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(value.as_bytes());
-        bytes.push(0);
-    }
-    bytes
+    // SAFETY: see above: allocated by this module's allocator with capacity `size`.
+    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+    HeaderMap::from_wire(bytes)
 }
 
 /// The `log` facade's logger: each record goes to Envoy's log hostcall, with the prefix
@@ -297,7 +299,8 @@ impl Host for EnvoyHost {
     }
 
     fn callout_response_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default()
+        // An origin's header bytes that are not UTF-8 become U+FFFD, never a panic.
+        read_header_map(MapType::HttpCallResponseHeaders).to_pairs()
     }
 
     fn callout_response_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -314,7 +317,7 @@ impl Host for EnvoyHost {
         body: &[u8],
     ) {
         // The SDK's send_http_response passes no details (and panics on a failed status).
-        let headers = serialize_map(headers);
+        let headers = HeaderMap::from_pairs(headers);
         // SAFETY: every pointer/length pair describes a live buffer for the whole call.
         let status_code = unsafe {
             proxy_send_local_response(
@@ -323,8 +326,8 @@ impl Host for EnvoyHost {
                 details.len(),
                 body.as_ptr(),
                 body.len(),
-                headers.as_ptr(),
-                headers.len(),
+                headers.as_wire().as_ptr(),
+                headers.as_wire().len(),
                 -1,
             )
         };

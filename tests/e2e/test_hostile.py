@@ -107,6 +107,22 @@ def test_malformed_requests_are_refused_or_answered(world, request_bytes, status
     assert raw(env, request_bytes) == status
 
 
+@pytest.mark.parametrize("failover", [False, True])
+def test_header_bytes_that_are_not_utf8_are_served(world, failover):
+    """HTTP lets a header value carry obs-text (bytes 0x80-0xff) and Envoy passes it on: the
+    filter reads such a map without failing (the SDK's own decoder panics on it, which would
+    kill the VM for every later request) and the origin gets the bytes unchanged."""
+    env, secret, master, slave = world
+    path = "/missing-obs" if failover else "/ok"
+    before = (master.count(), slave.count())
+    request = (f"GET {path} HTTP/1.1\r\nHost: {D}\r\n".encode()
+               + b"x-obs: caf\xe9 \xff\r\nx-ok: 1\r\nConnection: close\r\n\r\n")
+    assert raw(env, request) == 200
+    # Master 404 on every other path: the slave answered the failover.
+    assert (master.count(), slave.count()) == (before[0] + 1, before[1] + int(failover))
+    assert (env.request(D, "/ok").status, vm_failures(env)) == (200, [])
+
+
 def test_absolute_uri_cannot_reach_the_secret(world):
     env, secret, _, _ = world
     raw(env, f"GET http://{secret.addr}/abs HTTP/1.1\r\nHost: {secret.addr}\r\n\r\n".encode())

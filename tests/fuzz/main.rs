@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use origin_pull::config::{parse, FailoverMechanism};
 use origin_pull::engine::exchange::ORIGINAL_DST_HEADER;
+use origin_pull::headers::HeaderMap;
 use origin_pull::testing::FakeHost;
 
 use block_race::{block_step, no_block_is_lost};
@@ -44,6 +45,26 @@ proptest! {
     #[test]
     fn parser_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         check_parse(&bytes)?;
+    }
+
+    #[test]
+    fn header_maps_from_any_bytes_are_read_in_bounds(
+        bytes in prop::collection::vec(any::<u8>(), 0..256),
+        pairs in prop::collection::vec(
+            (prop::collection::vec(any::<u8>(), 0..12), prop::collection::vec(any::<u8>(), 0..12)),
+            0..8,
+        ),
+    ) {
+        // Whatever Envoy (or a corrupted buffer) hands over: no panic, no read out of bounds.
+        let map = HeaderMap::from_wire(bytes);
+        prop_assert!(map.iter_bytes().count() == map.len());
+        let _ = (map.get(":authority"), map.to_pairs());
+        // Any bytes, UTF-8 or not, come back as they went in.
+        let encoded = HeaderMap::from_pairs(&pairs);
+        let decoded = HeaderMap::from_wire(encoded.as_wire().to_vec());
+        let read: Vec<(Vec<u8>, Vec<u8>)> =
+            decoded.iter_bytes().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        prop_assert_eq!(read, pairs);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use origin_pull::engine::blocks::BlockTable;
 use origin_pull::engine::classify::flags;
 use origin_pull::engine::exchange::{header, ClientRequest, Exchange, ORIGINAL_DST_HEADER};
 use origin_pull::engine::metrics::Metrics;
+use origin_pull::headers::HeaderMap;
 use origin_pull::testing::FakeHost;
 
 // ------------------------------------------------------------------ requests
@@ -197,7 +198,7 @@ pub(crate) fn drive(
         // The glue's request phase: the engine reads the client's headers and sets the routed
         // request's (`host.request_headers` plays Envoy's header map).
         let client = ClientRequest {
-            headers: host.request_headers.clone(),
+            headers: HeaderMap::from_pairs(&host.request_headers),
             has_body: req.body.is_some(),
             worker: "w",
             stats: origin_pull::s3::bucket::BucketStats::default(),

@@ -79,7 +79,9 @@ impl World {
         let req = request(method, path, self.stats);
         let mut ex = Exchange::start(&self.cfg, &mut self.blocks, &mut self.host, &req)?;
         // As the glue does: the request headers read in the request phase.
-        ex.keep_request_headers(self.host.request_headers.clone());
+        ex.keep_request_headers(&crate::headers::HeaderMap::from_pairs(
+            &self.host.request_headers,
+        ));
         Some(ex)
     }
     fn no_secret_anywhere(&self) {
@@ -142,7 +144,9 @@ fn a_bucket_slave_gets_a_signed_callout_without_the_clients_credentials() {
     client(&mut host, "/x.jpg?v=2");
     let req = request("GET", "/x.jpg?v=2", BucketStats::default());
     let mut ex = Exchange::start(&cfg, &mut blocks, &mut host, &req).unwrap();
-    ex.keep_request_headers(host.request_headers.clone());
+    ex.keep_request_headers(&crate::headers::HeaderMap::from_pairs(
+        &host.request_headers,
+    ));
     assert!(ex.bucket_request().is_none());
     ex.on_response_headers(&mut host, &mut blocks, 404, 0);
     let c = &host.callouts[0];

@@ -7,10 +7,11 @@ impl Exchange {
     /// Keeps the client's request headers for a failover replay. Envoy hides them once the
     /// response is under way, so the glue reads them all in the request phase (one hostcall,
     /// which also yields the host, scheme and method) and hands them over here; they are
-    /// kept only when this request could ever be failed over.
-    pub fn keep_request_headers(&mut self, headers: Vec<(String, String)>) {
-        if self.failover_possible() && self.method_allowed() {
-            self.request_headers = Some(headers);
+    /// copied only when a callout could ever replay them (a failover Envoy's router carries
+    /// replays the request itself).
+    pub fn keep_request_headers(&mut self, headers: &HeaderMap) {
+        if !self.routes_chain() && self.failover_possible() && self.method_allowed() {
+            self.request_headers = Some(headers.to_pairs());
         }
     }
 

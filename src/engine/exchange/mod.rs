@@ -31,6 +31,7 @@ use crate::engine::copyback::{CopyJob, MirrorMode, OnSourceFailure, SourceFetch}
 use crate::engine::metrics::{BlockSource, Metrics, OriginMetrics};
 use crate::engine::select;
 use crate::engine::verdict::{Failure, Verdict};
+use crate::headers::HeaderMap;
 use crate::host::{Host, RAW_LOG_TARGET};
 // Host values and paths go into logs and replies: the one sanitiser keeps them to one short line.
 use crate::s3::bucket::{
@@ -141,7 +142,8 @@ pub struct Exchange {
     config: Rc<PluginConfig>,
     domain: usize,
     scheme: Scheme,
-    method: String,
+    /// A common method is a static name (no allocation per request).
+    method: std::borrow::Cow<'static, str>,
     client_authority: String,
     worker: Option<String>,
     body: Body,
@@ -199,7 +201,7 @@ impl Exchange {
             config: config.clone(),
             domain: domain_index,
             scheme: Scheme::from_request(request.scheme),
-            method: request.method.to_string(),
+            method: method_name(request.method),
             client_authority: request.authority.to_string(),
             worker: config.debug_headers.then(|| request.worker.to_string()),
             body: if request.has_body {
@@ -315,6 +317,15 @@ impl Exchange {
 /// domain, target, role and scheme.
 pub fn slot_of(domain: usize, target: usize, slave: bool, https: bool) -> u64 {
     ((domain as u64) << 32) | ((target as u64) << 2) | (u64::from(slave) << 1) | u64::from(https)
+}
+
+/// `method` as a static name when it is a common one.
+fn method_name(method: &str) -> std::borrow::Cow<'static, str> {
+    const COMMON: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
+    match COMMON.iter().find(|m| **m == method) {
+        Some(name) => std::borrow::Cow::Borrowed(name),
+        None => std::borrow::Cow::Owned(method.to_string()),
+    }
 }
 
 /// A domain's origin set for `role` (`None`: no slave).

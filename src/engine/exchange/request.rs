@@ -10,9 +10,9 @@ const RESERVED_RETRY_HEADERS: [&str; 1] = [RETRIABLE_CODES_HEADER];
 
 /// What the glue read in the request phase, for [`Exchange::on_request_headers`].
 pub struct ClientRequest<'a> {
-    /// Every request header, in one read (also the copy a failover replays: Envoy hides the
-    /// request headers once the response is under way).
-    pub headers: Vec<(String, String)>,
+    /// Every request header, in one read as Envoy encoded it (also the copy a callout failover
+    /// replays: Envoy hides the request headers once the response is under way).
+    pub headers: HeaderMap,
     /// The request has a body (the headers did not end the stream).
     pub has_body: bool,
     /// Shown in the debug header, to tell workers apart.
@@ -46,15 +46,18 @@ impl Exchange {
         let headers = client.headers;
         // One pass over the map for the four pseudo-headers (Envoy's names are lowercase).
         let [mut authority, mut scheme, mut method, mut path] = [None::<&str>; 4];
-        for (name, value) in &headers {
-            let slot = match name.as_str() {
-                ":authority" => &mut authority,
-                ":scheme" => &mut scheme,
-                ":method" => &mut method,
-                ":path" => &mut path,
+        // Only these values are checked for UTF-8 (one that is not reads as absent).
+        for (name, value) in headers.iter_bytes() {
+            let slot = match name {
+                b":authority" => &mut authority,
+                b":scheme" => &mut scheme,
+                b":method" => &mut method,
+                b":path" => &mut path,
                 _ => continue,
             };
-            slot.get_or_insert(value.as_str());
+            if slot.is_none() {
+                *slot = std::str::from_utf8(value).ok();
+            }
         }
         let request = RequestInfo {
             authority: authority.unwrap_or(""),
@@ -82,9 +85,10 @@ impl Exchange {
         // copy moves into the exchange (no second read of the map).
         let dropped: Vec<String> = if exchange.bucket_request().is_some() {
             headers
-                .iter()
-                .filter(|(name, _)| is_client_header_dropped(name))
-                .map(|(name, _)| name.clone())
+                .iter_bytes()
+                .filter_map(|(name, _)| std::str::from_utf8(name).ok())
+                .filter(|name| is_client_header_dropped(name))
+                .map(str::to_owned)
                 .collect()
         } else {
             Vec::new()
@@ -92,9 +96,13 @@ impl Exchange {
         // Retry headers only the filter may set (a client's copy would pick a retry policy).
         let reserved: Vec<&'static str> = RESERVED_RETRY_HEADERS
             .into_iter()
-            .filter(|reserved| headers.iter().any(|(name, _)| name == reserved))
+            .filter(|reserved| {
+                headers
+                    .iter_bytes()
+                    .any(|(name, _)| name == reserved.as_bytes())
+            })
             .collect();
-        exchange.keep_request_headers(headers);
+        exchange.keep_request_headers(&headers);
         exchange.set_routing_headers(host, &dropped, &reserved);
         started
     }

@@ -280,7 +280,9 @@ fn drive_worker(mut host: FakeHost, metrics: &Rc<Metrics>, requests: u32) -> Fak
             metrics: Some(metrics),
         };
         let mut ex = Exchange::start(&config, &mut blocks, &mut host, &request).unwrap();
-        ex.keep_request_headers(vec![(":method".into(), "GET".into())]);
+        ex.keep_request_headers(&crate::headers::HeaderMap::from_pairs(&[(
+            ":method", "GET",
+        )]));
         let (status, flag) = match i {
             i if i % 11 == 0 => (503, flags::UPSTREAM_CONNECTION_FAILURE),
             i if i % 7 == 0 => (404, 0),

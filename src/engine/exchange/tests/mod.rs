@@ -78,7 +78,7 @@ fn start(
     req: &RequestInfo,
 ) -> Exchange {
     let mut ex = Exchange::start(cfg, blocks, host, req).expect("a configured host");
-    ex.keep_request_headers(host.request_headers.clone());
+    ex.keep_request_headers(&HeaderMap::from_pairs(&host.request_headers));
     ex
 }
 

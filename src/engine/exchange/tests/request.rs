@@ -7,10 +7,7 @@ use crate::engine::exchange::header as find_header;
 
 fn client(headers: &[(&str, &str)]) -> ClientRequest<'static> {
     ClientRequest {
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        headers: HeaderMap::from_pairs(headers),
         has_body: false,
         worker: "w1",
         stats: crate::s3::bucket::BucketStats::default(),
@@ -25,7 +22,7 @@ fn request_phase(
     blocks: &mut BlockTable,
 ) -> Option<Exchange> {
     let mut request = client(&[]);
-    request.headers = host.request_headers.clone();
+    request.headers = HeaderMap::from_pairs(&host.request_headers);
     Exchange::on_request_headers(config, blocks, host, request)
 }
 
