@@ -7,8 +7,9 @@ front of the same nginx origins (see bench/run.py for the scenarios):
     native    Envoy doing the origin-pull job with its own features: weighted endpoints in
               priority 0, the slave in priority 1, outlier detection, retries on connect failure
               and retriable status codes to the other priority (previous_priorities)
-    odst      (diagnostic, scenario a) plain route to the shipped ORIGINAL_DST cluster, the client
-              sending x-envoy-original-dst-host itself: origin-pull's routing without the wasm
+    odst      (diagnostic, scenarios a and d) plain route to the shipped ORIGINAL_DST cluster, the
+              client sending x-envoy-original-dst-host itself (d: round-robin over every master):
+              origin-pull's routing without the wasm
     originpull  the SHIPPED envoy/envoy.yaml + envoy/lds.yaml listener (tests/e2e/envoy_config.py)
               with a bench plugin configuration and the clusters render writes for it: failover
               by Envoy's router (composite cluster, `envoy.failover: router`, the default)

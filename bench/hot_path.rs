@@ -37,7 +37,7 @@ use origin_pull::s3::bucket::BucketStats;
 use origin_pull::testing::FakeHost;
 
 /// The client's request as the glue hands it to the engine.
-fn client(headers: HeaderMap, metrics: &Rc<Metrics>) -> ClientRequest<'_> {
+fn client<'a>(headers: &'a HeaderMap, metrics: &'a Rc<Metrics>) -> ClientRequest<'a> {
     ClientRequest {
         headers,
         has_body: false,
@@ -91,12 +91,10 @@ fn router_request(
     // hostcall each, counted by the host).
     host.count_hostcall();
     host.count_copied(headers.as_wire().len());
-    let Some(mut exchange) = Exchange::on_request_headers(
-        Some(config),
-        blocks,
-        host,
-        client(copy_into_vm(headers), metrics),
-    ) else {
+    let copy = copy_into_vm(headers);
+    let Some(mut exchange) =
+        Exchange::on_request_headers(Some(config), blocks, host, client(&copy, metrics))
+    else {
         return;
     };
     assert!(
@@ -371,7 +369,8 @@ fn main() {
         // by the host.
         host.count_hostcall();
         host.count_copied(client_headers.as_wire().len());
-        let client = client(copy_into_vm(&client_headers), &metrics);
+        let copy = copy_into_vm(&client_headers);
+        let client = client(&copy, &metrics);
         let Some(mut exchange) =
             Exchange::on_request_headers(Some(&config), &mut blocks, &mut host, client)
         else {

@@ -12,8 +12,8 @@ Scenarios (each with the object sizes in BENCH_SIZES, 1 KiB and 1 MiB by default
     c   one of the three masters is dead (nothing listens) from the start
     f   failover latency: every path is 404 on the masters, ONE connection (no queueing);
         `direct` and Envoy plain/floor ask the slave directly (the reference of the target)
-    d1, d10, d100, d1000   1..1000 master IPs (origin-pull, and Envoy's plain route over as many
-                           endpoints, 1 KiB)
+    d1, d10, d100, d1000   1..1000 master IPs (origin-pull; Envoy's plain route over as many
+                           endpoints and its ORIGINAL_DST route over them, no wasm; 1 KiB)
 
 Envoy runs with --concurrency 1 pinned to BENCH_PROXY_CPU (nginx proxy: one worker, same CPU);
 wrk (-t1) and the origin nginx are pinned to BENCH_CLIENT_CPU. Every system of a scenario runs
@@ -305,6 +305,18 @@ request = function()
 end
 """
 
+# Scenario (d)'s ORIGINAL_DST route without wasm: the client names each request's master
+# (round-robin over all of them), as origin-pull's header does.
+ROTATE_DST_SCRIPT = """\
+local dsts = {%(dsts)s}
+local i = 0
+request = function()
+  i = i %% #dsts + 1
+  wrk.headers["%(header)s"] = dsts[i]
+  return wrk.format(nil, "/%(obj)s")
+end
+"""
+
 
 # --------------------------------------------------------------------------- scenarios
 
@@ -333,8 +345,9 @@ def systems_of(scenario):
         variants = tuple(f"ab-{a}" for a in cf.ABLATIONS if cf.ablation_wasm(f"ab-{a}").exists())
         return ("plain", "floor", "originpull", "opcallout") + variants
     if scenario.startswith("d"):
-        # Envoy's own cost of that many upstream hosts: a plain route round-robin over them.
-        return ("plain", "originpull")
+        # Envoy's own cost of that many upstream hosts: a plain route round-robin over them,
+        # and an ORIGINAL_DST route the client names each request's master for.
+        return ("plain", "odst", "originpull")
     if scenario == "f":
         return tuple(s for s in cf.SYSTEMS if s != "odst")
     if scenario == "b":
@@ -411,18 +424,24 @@ def run_group(o, run_dir, docroot, scenario, size, floor_wasm):
             connections = 1
         urls = {s: f"http://{targets[s][0]}:{targets[s][1]}{path}" for s in systems}
         extra = {s: () for s in systems}
-        if "odst" in systems:
+        scripts = {s: script for s in systems}
+        if "odst" in systems and scenario.startswith("d"):
+            scripts["odst"] = gdir / "rotate-dst.lua"
+            dsts = ", ".join(f'"{ip}:{port}"' for ip, port, _ in topo.masters)
+            scripts["odst"].write_text(ROTATE_DST_SCRIPT % {"dsts": dsts, "header": DST_HEADER,
+                                                            "obj": obj})
+        elif "odst" in systems:
             extra["odst"] = (f"{DST_HEADER}: {master_ips(3)[1]}:{origin_port}",)
         # Warm-up: connection pools, the wasm VMs, the dead IP's first failure (blocked after it).
         for s in systems:
-            run_wrk(o, urls[s], 1, connections, script, extra[s])
+            run_wrk(o, urls[s], 1, connections, scripts[s], extra[s])
         runs = {s: [] for s in systems}
         for rep in range(o["reps"]):
             order = list(systems[rep % len(systems):]) + list(systems[:rep % len(systems)])
             for s in order:
                 proxy = procs.get(s)
                 before = cpu_seconds(proxy.pid) if proxy else None
-                r, raw = run_wrk(o, urls[s], o["duration"], connections, script, extra[s])
+                r, raw = run_wrk(o, urls[s], o["duration"], connections, scripts[s], extra[s])
                 after = cpu_seconds(proxy.pid) if proxy else None
                 if before is not None and after is not None and r["requests"]:
                     r["cpu_us"] = (after - before) * 1e6 / r["requests"]
@@ -695,10 +714,12 @@ def targets_section(results, o):
     if d1 and d1000:
         row("1000 master IPs within 5 % of 1 IP", f"{d1000 / d1:.2f}×{cpu_ratio('d1000', 'd1')}",
             d1000 / d1 >= 0.95)
-    p1, p1000 = get("d1", "plain", "rps"), get("d1000", "plain", "rps")
-    if p1 and p1000:
-        row("(for comparison) Envoy plain route round-robin over 1000 vs 1 endpoints, no wasm",
-            f"{p1000 / p1:.2f}×{cpu_ratio('d1000', 'd1', 'plain')}", p1000 / p1 >= 0.95)
+    for system, what in (("plain", "Envoy plain route round-robin over 1000 vs 1 endpoints"),
+                         ("odst", "Envoy ORIGINAL_DST route, 1000 vs 1 masters named by the client")):
+        e1, e1000 = get("d1", system, "rps"), get("d1000", system, "rps")
+        if e1 and e1000:
+            row(f"(for comparison, no wasm) {what}",
+                f"{e1000 / e1:.2f}×{cpu_ratio('d1000', 'd1', system)}", e1000 / e1 >= 0.95)
     wasm = (REPO / "target" / "wasm32-wasip1" / "release" / "origin_pull.wasm")
     if wasm.exists():
         size = wasm.stat().st_size

@@ -66,7 +66,7 @@ impl HttpContext for OriginPullStream {
         };
         let metrics = self.state.metrics.borrow();
         let client = ClientRequest {
-            headers,
+            headers: &headers,
             has_body: !end_of_stream,
             worker: &self.state.worker,
             stats: self.state.stats.get(),

@@ -197,8 +197,9 @@ pub(crate) fn drive(
         let (replies0, callouts0) = (host.replies.len(), host.callouts.len());
         // The glue's request phase: the engine reads the client's headers and sets the routed
         // request's (`host.request_headers` plays Envoy's header map).
+        let headers = HeaderMap::from_pairs(&host.request_headers);
         let client = ClientRequest {
-            headers: HeaderMap::from_pairs(&host.request_headers),
+            headers: &headers,
             has_body: req.body.is_some(),
             worker: "w",
             stats: origin_pull::s3::bucket::BucketStats::default(),

@@ -12,7 +12,7 @@ const RESERVED_RETRY_HEADERS: [&str; 1] = [RETRIABLE_CODES_HEADER];
 pub struct ClientRequest<'a> {
     /// Every request header, in one read as Envoy encoded it (also the copy a callout failover
     /// replays: Envoy hides the request headers once the response is under way).
-    pub headers: HeaderMap,
+    pub headers: &'a HeaderMap,
     /// The request has a body (the headers did not end the stream).
     pub has_body: bool,
     /// Shown in the debug header, to tell workers apart.
@@ -102,7 +102,7 @@ impl Exchange {
                     .any(|(name, _)| name == reserved.as_bytes())
             })
             .collect();
-        exchange.keep_request_headers(&headers);
+        exchange.keep_request_headers(headers);
         exchange.set_routing_headers(host, &dropped, &reserved);
         started
     }

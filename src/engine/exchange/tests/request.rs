@@ -5,24 +5,20 @@
 use super::*;
 use crate::engine::exchange::header as find_header;
 
-fn client(headers: &[(&str, &str)]) -> ClientRequest<'static> {
-    ClientRequest {
-        headers: HeaderMap::from_pairs(headers),
-        has_body: false,
-        worker: "w1",
-        stats: crate::s3::bucket::BucketStats::default(),
-        metrics: None,
-    }
-}
-
 /// Runs the request phase on `host.request_headers` (the client's request) as the glue does.
 fn request_phase(
     config: Option<&Rc<PluginConfig>>,
     host: &mut FakeHost,
     blocks: &mut BlockTable,
 ) -> Option<Exchange> {
-    let mut request = client(&[]);
-    request.headers = HeaderMap::from_pairs(&host.request_headers);
+    let headers = HeaderMap::from_pairs(&host.request_headers);
+    let request = ClientRequest {
+        headers: &headers,
+        has_body: false,
+        worker: "w1",
+        stats: crate::s3::bucket::BucketStats::default(),
+        metrics: None,
+    };
     Exchange::on_request_headers(config, blocks, host, request)
 }
 
