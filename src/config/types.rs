@@ -2,10 +2,12 @@
 //! parsing or formatting. Nothing here holds the document it came from.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use super::probe::Probe;
 use super::{DEFAULT_BLOCK_SECONDS, DEFAULT_FAILURE_THRESHOLD, DEFAULT_FAILURE_WINDOW_SECONDS};
 use crate::s3::bucket::Bucket;
+use crate::types::FastHasher;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -240,9 +242,9 @@ pub struct MetricsSettings {
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     pub domains: Vec<Domain>,
-    pub(super) exact: HashMap<String, usize>,
+    pub(super) exact: HashMap<String, usize, BuildHasherDefault<FastHasher>>,
     /// Keyed by the suffix including its leading dot (`.example.com`).
-    pub(super) wildcards: HashMap<String, usize>,
+    pub(super) wildcards: HashMap<String, usize, BuildHasherDefault<FastHasher>>,
     pub(super) default: Option<usize>,
     pub unknown_host_status: u32,
     pub debug_headers: bool,

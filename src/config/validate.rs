@@ -60,8 +60,8 @@ fn compile(raw: RawPluginConfig<'_>, env: EnvLookup) -> Result<PluginConfig, Con
     }
     let mut config = PluginConfig {
         domains: Vec::with_capacity(raw.domains.len()),
-        exact: HashMap::new(),
-        wildcards: HashMap::new(),
+        exact: HashMap::default(),
+        wildcards: HashMap::default(),
         default: None,
         unknown_host_status,
         debug_headers: raw.debug_headers,

@@ -19,7 +19,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
+
+use crate::types::FastHasher;
 
 use crate::engine::verdict::{self, Failure, Rule, Strike, Verdict};
 use crate::host::{Host, SharedSetError};
@@ -46,32 +48,13 @@ pub fn strikes_key(domain: &str, label: &str) -> String {
     format!("{STRIKES_KEY_PREFIX}{domain}|{label}")
 }
 
-/// Slots are small integers made by the request flow, not client input: a multiply is hash
-/// enough (SipHash would be a tenth of a request's instructions).
-#[derive(Debug, Default)]
-pub struct SlotHasher(u64);
-
-impl Hasher for SlotHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct BlockTable {
     /// Reused buffer for key names (the request path formats keys without allocating).
     key: RefCell<String>,
     /// When the latest request each origin answered on this worker was sent, by
     /// (configuration, origin slot); see [`BlockTable::note_answer`].
-    answered: HashMap<u64, u64, BuildHasherDefault<SlotHasher>>,
+    answered: HashMap<u64, u64, BuildHasherDefault<FastHasher>>,
     answered_config: usize,
 }
 

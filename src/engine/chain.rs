@@ -496,16 +496,22 @@ impl Plan {
 /// The [`PLAN_HEADER`] value of the request `request` (lowercase hex, no `format!`: it runs
 /// on every request).
 pub fn plan_id_text(request: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Leading zeros dropped (at least one digit kept). Bytes, not `String::push` per char
-    // (which encodes UTF-8 each time): this runs on every routed failover.
-    let digits = (16 - request.leading_zeros() as usize / 4).max(1);
+    // Digits into a stack buffer, then one copy (not a `String::push` per digit, which
+    // encodes UTF-8 each time): this runs on every routed failover.
     let mut text = [b'0'; 16];
-    for (i, slot) in text.iter_mut().take(digits).enumerate() {
-        let nibble = (request >> ((digits - 1 - i) * 4)) & 0xf;
-        *slot = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    let mut rest = request;
+    for slot in text.iter_mut().rev() {
+        let nibble = (rest & 0xf) as u8;
+        *slot = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
+        rest >>= 4;
     }
-    text.get(..digits)
+    // Leading zeros dropped (at least one digit kept).
+    let start = ((request.leading_zeros() / 4) as usize).min(15);
+    text.get(start..)
         .and_then(|t| std::str::from_utf8(t).ok())
         .unwrap_or("0")
         .to_owned()

@@ -41,9 +41,10 @@ use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use crate::config::{PluginConfig, Scheme};
-use crate::engine::blocks::{BlockTable, SlotHasher};
+use crate::engine::blocks::BlockTable;
 use crate::engine::classify::Answer;
 use crate::host::{Host, MetricKind};
+use crate::types::FastHasher;
 use crate::types::Role;
 
 /// The tags the shipped bootstrap extracts, in the order they appear in a name.
@@ -81,7 +82,7 @@ pub const FLUSH_INTERVAL_MS: u64 = 1_000;
 /// did, and totals are exact once flushed.
 #[derive(Debug, Default)]
 pub struct PendingCounters {
-    deltas: HashMap<u32, i64, BuildHasherDefault<SlotHasher>>,
+    deltas: HashMap<u32, i64, BuildHasherDefault<FastHasher>>,
 }
 
 impl PendingCounters {

@@ -20,7 +20,7 @@ use proxy_wasm::types::{
 
 use crate::config::{self, PluginConfig};
 use crate::engine::attempt::AttemptObserver;
-use crate::engine::blocks::{BlockTable, SlotHasher};
+use crate::engine::blocks::BlockTable;
 use crate::engine::chain::{
     read_plan_id, ChainProgress, Plan, BROKEN_STATUS_HEADER, EXPECTED_TIMEOUT_HEADER,
     FAILOVER_STATUS, LOGGER_ROOT_ID, PLAN_HEADER, UPSTREAM_ROOT_ID,
@@ -32,6 +32,7 @@ use crate::engine::prober::Prober;
 use crate::headers::HeaderMap;
 use crate::host::{Host, MetricKind, SharedSetError, RAW_LOG_TARGET};
 use crate::s3::bucket::{BucketEvent, BucketStats};
+use crate::types::FastHasher;
 
 mod listener;
 mod root;
@@ -63,7 +64,7 @@ thread_local! {
     /// for each failed attempt. So no attempt parses a plan or looks a domain up, reads
     /// Envoy's attempt count or marks the answer in a header. Without an entry (an observer
     /// in another VM: not what render writes) the attempt is not observed.
-    static CHAINS: RefCell<HashMap<u64, ChainLink, BuildHasherDefault<SlotHasher>>> =
+    static CHAINS: RefCell<HashMap<u64, ChainLink, BuildHasherDefault<FastHasher>>> =
         RefCell::new(HashMap::default());
     /// The router's per-try (first-byte) timeout of attempt 1 (`EXPECTED_TIMEOUT_HEADER`) as
     /// last read, and when (ms): one route config carries it, so attempt 1 reads it again only

@@ -110,8 +110,9 @@ def test_malformed_requests_are_refused_or_answered(world, request_bytes, status
 @pytest.mark.parametrize("failover", [False, True])
 def test_header_bytes_that_are_not_utf8_are_served(world, failover):
     """HTTP lets a header value carry obs-text (bytes 0x80-0xff) and Envoy passes it on: the
-    filter reads such a map without failing (the SDK's own decoder panics on it, which would
-    kill the VM for every later request) and the origin gets the bytes unchanged."""
+    filter reads such a map without failing (the SDK's own decoder panics on it: Envoy then
+    answers 503 wasm_fail_stream to that request and every later one) and routes the request,
+    failed over or not."""
     env, secret, master, slave = world
     path = "/missing-obs" if failover else "/ok"
     before = (master.count(), slave.count())
