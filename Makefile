@@ -65,15 +65,21 @@ $(VENV_STAMP): requirements-test.txt
 # than -O3); without it the module works, only larger.
 WASM_OPT       ?= wasm-opt
 WASM_OPT_FLAGS ?= -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
-# Runs only when cargo rewrote the module (a stamp newer than it marks it done), so an
-# up-to-date build prints nothing, with or without wasm-opt.
+# Runs only when cargo rewrote the module (newer than the stamp `.optimized`), so an up-to-date
+# build prints nothing, with or without wasm-opt. Cargo puts its output back on EVERY build,
+# fresh or not, as a hard link to its own copy with that copy's old mtime: a module with more
+# than one link and no newer mtime is that unchanged build, and gets the optimized copy kept
+# beside it (`.optimized`) back; never wasm-opt'd in place of it (cp would write through the
+# link into cargo's copy).
 define wasm_opt
-	@if [ -e $(1).optimized ] && [ ! $(1) -nt $(1).optimized ]; then :; \
+	@if [ -s $(1).optimized ] && [ ! $(1) -nt $(1).optimized ]; then \
+		if [ "$$(stat -c %h $(1))" != 1 ]; then \
+			cp --remove-destination $(1).optimized $(1) && touch $(1).optimized; fi; \
 	elif command -v $(WASM_OPT) >/dev/null 2>&1; then \
-		$(WASM_OPT) $(WASM_OPT_FLAGS) $(1) -o $(1).opt && mv $(1).opt $(1) && touch $(1).optimized \
+		$(WASM_OPT) $(WASM_OPT_FLAGS) $(1) -o $(1).opt && cp $(1).opt $(1).optimized \
+		&& mv $(1).opt $(1) && touch $(1).optimized \
 		&& echo "wasm-opt: $(1) $$(stat -c %s $(1)) bytes"; \
-	else touch $(1).optimized; \
-		echo "note: $(WASM_OPT) not found (Debian package binaryen; make deps installs it): $(1) works but is not size-optimized"; fi
+	else echo "note: $(WASM_OPT) not found (Debian package binaryen; make deps installs it): $(1) works but is not size-optimized"; fi
 endef
 
 wasm:

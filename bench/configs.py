@@ -8,7 +8,7 @@ front of the same nginx origins (see bench/run.py for the scenarios):
               priority 0, the slave in priority 1, outlier detection, retries on connect failure
               and retriable status codes to the other priority (previous_priorities)
     odst      (diagnostic, scenarios a and d) plain route to the shipped ORIGINAL_DST cluster, the
-              client sending x-envoy-original-dst-host itself (d: round-robin over every master):
+              client sending x-envoy-original-dst-host itself (d: a master drawn at random per request):
               origin-pull's routing without the wasm
     originpull  the SHIPPED envoy/envoy.yaml + envoy/lds.yaml listener (tests/e2e/envoy_config.py)
               with a bench plugin configuration and the clusters render writes for it: failover
