@@ -60,7 +60,7 @@ $(VENV_STAMP): requirements-test.txt
 	$(ENVOY) --version
 	touch $@
 
-# binaryen's wasm-opt (Debian package `binaryen`, installed by .ci/run) shrinks the module by
+# binaryen's wasm-opt (Debian package `binaryen`, installed by .ci/run) shrinks the module
 # after rustc's opt-level 3 + LTO (-Oz keeps rustc's inlining: as fast in Envoy, 2 % smaller
 # than -O3); without it the module works, only larger.
 WASM_OPT       ?= wasm-opt

@@ -307,7 +307,7 @@ end
 
 # Scenario (d)'s ORIGINAL_DST route without wasm: the client names each request's master,
 # drawn at random with equal weights as origin-pull's pick does (the plain route's LB rotates).
-ROTATE_DST_SCRIPT = """\
+RANDOM_DST_SCRIPT = """\
 local dsts = {%(dsts)s}
 math.randomseed(14)
 request = function()
@@ -425,9 +425,9 @@ def run_group(o, run_dir, docroot, scenario, size, floor_wasm):
         extra = {s: () for s in systems}
         scripts = {s: script for s in systems}
         if "odst" in systems and scenario.startswith("d"):
-            scripts["odst"] = gdir / "rotate-dst.lua"
+            scripts["odst"] = gdir / "random-dst.lua"
             dsts = ", ".join(f'"{ip}:{port}"' for ip, port, _ in topo.masters)
-            scripts["odst"].write_text(ROTATE_DST_SCRIPT % {"dsts": dsts, "header": DST_HEADER,
+            scripts["odst"].write_text(RANDOM_DST_SCRIPT % {"dsts": dsts, "header": DST_HEADER,
                                                             "obj": obj})
         elif "odst" in systems:
             extra["odst"] = (f"{DST_HEADER}: {master_ips(3)[1]}:{origin_port}",)
