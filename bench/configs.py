@@ -7,6 +7,8 @@ front of the same nginx origins (see bench/run.py for the scenarios):
     native    Envoy doing the origin-pull job with its own features: weighted endpoints in
               priority 0, the slave in priority 1, outlier detection, retries on connect failure
               and retriable status codes to the other priority (previous_priorities)
+    floorhc   (diagnostic, scenario a) the trivial module making origin-pull's 9 happy-path
+              hostcalls with no logic between them (bench/floor, configuration "hostcalls")
     odst      (diagnostic, scenarios a and d) plain route to the shipped ORIGINAL_DST cluster, the
               client sending x-envoy-original-dst-host itself (d: a master drawn at random per request):
               origin-pull's routing without the wasm
@@ -66,9 +68,9 @@ def ablation_wasm(system):
         return Path(os.environ.get("BENCH_BASELINE_WASM", "/nonexistent")).resolve()
     return ABLATION_DIR / f"origin_pull-{system[3:]}.wasm"
 HOST = "www.test.com"
-ENVOY_SYSTEMS = ("plain", "plain404", "plain404new", "floor", "odst", "native", "composite",
+ENVOY_SYSTEMS = ("plain", "plain404", "plain404new", "floor", "floorhc", "odst", "native", "composite",
                  "compnodrain", "compwasm", "complean", "originpull", "opnodrain", "opcallout")
-SYSTEMS = ("direct", "plain", "plain404", "plain404new", "floor", "odst", "native", "composite",
+SYSTEMS = ("direct", "plain", "plain404", "plain404new", "floor", "floorhc", "odst", "native", "composite",
            "compnodrain", "compwasm", "complean", "originpull", "opnodrain", "opcallout", "nginx")
 # Systems that isolate the failover mechanism (scenarios b and f) and the two-request reference (f).
 MECHANISM_SYSTEMS = ("composite", "compnodrain", "compwasm", "complean", "opnodrain")
@@ -256,7 +258,7 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
                                          drain=system != "compnodrain"))
         _mechanism_route(lst, topo)
         hcm["http_filters"] = ([floor] if floor else []) + router
-    elif system in ("plain", "floor", "plain404", "plain404new"):
+    elif system in ("plain", "floor", "floorhc", "plain404", "plain404new"):
         masters = _masters_cluster(topo)
         if system == "plain404new":
             masters["typed_extension_protocol_options"] = _http1_options(
@@ -266,6 +268,8 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
         hcm["http_filters"] = router
         if system == "floor":
             hcm["http_filters"] = [_floor_filter(shipped_wasm, floor_wasm)] + router
+        if system == "floorhc":
+            hcm["http_filters"] = [_floor_filter(shipped_wasm, floor_wasm, "hostcalls")] + router
     elif system == "odst":
         _route_to(lst, ec.IP_CLUSTER_HTTP)
         hcm["http_filters"] = router
@@ -277,13 +281,17 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
     return ec.static_bootstrap(boot, [lst])
 
 
-def _floor_filter(shipped_wasm, floor_wasm=None):
-    """The shipped wasm filter entry with the trivial module (bench/floor) instead."""
+def _floor_filter(shipped_wasm, floor_wasm=None, mode=None):
+    """The shipped wasm filter entry with the trivial module (bench/floor) instead; `mode`
+    "hostcalls": it makes origin-pull's happy-path hostcalls with no logic (bench/floor)."""
     wasm = copy.deepcopy(shipped_wasm)
     cfg = wasm["typed_config"]["config"]
     cfg["name"] = cfg["root_id"] = cfg["vm_config"]["vm_id"] = "bench_floor"
     cfg["vm_config"]["code"]["local"]["filename"] = str(Path(floor_wasm or FLOOR_WASM).resolve())
     cfg.pop("configuration", None)
+    if mode:
+        cfg["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                "value": mode}
     return wasm
 
 

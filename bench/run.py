@@ -67,6 +67,7 @@ SYSTEM_LABEL = {
     "plain404": "Envoy plain route, master's 404 (no failover)",
     "plain404new": "Envoy plain route, master's 404, new upstream connection per request",
     "floor": "Envoy + trivial wasm (floor)",
+    "floorhc": "Envoy + trivial wasm making the 9 happy-path hostcalls of origin-pull, no logic",
     "odst": "Envoy ORIGINAL_DST route (no wasm)",
     "native": "Envoy native (retry + outlier)",
     "composite": "Envoy composite-cluster retry, no wasm (mechanism floor)",
@@ -348,12 +349,13 @@ def systems_of(scenario):
         # and an ORIGINAL_DST route the client names each request's master for (at random).
         return ("plain", "odst", "originpull")
     if scenario == "f":
-        return tuple(s for s in cf.SYSTEMS if s != "odst")
+        return tuple(s for s in cf.SYSTEMS if s not in ("odst", "floorhc"))
     if scenario == "b":
-        return tuple(s for s in cf.SYSTEMS if s != "odst" and s not in cf.TWO_REQUEST_SYSTEMS)
+        return tuple(s for s in cf.SYSTEMS
+                     if s not in ("odst", "floorhc") and s not in cf.TWO_REQUEST_SYSTEMS)
     skip = cf.MECHANISM_SYSTEMS + cf.TWO_REQUEST_SYSTEMS  # they measure failover only (b, f)
     if scenario == "c":
-        return tuple(s for s in cf.SYSTEMS if s != "odst" and s not in skip)
+        return tuple(s for s in cf.SYSTEMS if s not in ("odst", "floorhc") and s not in skip)
     # (a) keeps opnodrain (what the drain filter costs a request that does not fail over) and
     # complean (the mechanism's own wasm floor).
     return tuple(s for s in cf.SYSTEMS
