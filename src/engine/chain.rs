@@ -435,6 +435,24 @@ impl ChainProgress {
     /// The attempt whose origin gave the response the router relays (`status`, Envoy's
     /// `response_flags`) and its status; `None` for Envoy's own reply (no origin answered).
     /// A logged chain's failed attempts were reported before the relayed one began.
+    /// `broken`: the drain filter replaced the origin's invalid status ([`BROKEN_STATUS_HEADER`]),
+    /// reported as 0.
+    pub fn relayed(
+        &self,
+        plan: &Plan,
+        status: u32,
+        response_flags: u64,
+        broken: bool,
+    ) -> Option<(usize, u32)> {
+        if plan.observed {
+            return self.answered;
+        }
+        let origin_flags =
+            response_flags & !crate::engine::classify::flags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        (origin_flags == 0 && status != 0)
+            .then_some((self.logged + 1, if broken { 0 } else { status }))
+    }
+
     /// What the listener's filter judges of a logged chain, as (attempt, status, flags) for
     /// `AttemptObserver::observe_logged`: what the upstream log never reports — the relayed
     /// answer below 400 (`answered`, from [`ChainProgress::relayed`]), and the attempt the
@@ -457,24 +475,6 @@ impl ChainProgress {
             }
             _ => None,
         }
-    }
-
-    /// `broken`: the drain filter replaced the origin's invalid status ([`BROKEN_STATUS_HEADER`]),
-    /// reported as 0.
-    pub fn relayed(
-        &self,
-        plan: &Plan,
-        status: u32,
-        response_flags: u64,
-        broken: bool,
-    ) -> Option<(usize, u32)> {
-        if plan.observed {
-            return self.answered;
-        }
-        let origin_flags =
-            response_flags & !crate::engine::classify::flags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
-        (origin_flags == 0 && status != 0)
-            .then_some((self.logged + 1, if broken { 0 } else { status }))
     }
 }
 
