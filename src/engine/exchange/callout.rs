@@ -8,10 +8,10 @@ impl Exchange {
     /// response is under way, so the glue reads them all in the request phase (one hostcall,
     /// which also yields the host, scheme and method) and hands them over here; they are
     /// copied only when a callout could ever replay them (a failover Envoy's router carries
-    /// replays the request itself).
+    /// replays the request itself): one buffer, decoded only when a callout is made.
     pub fn keep_request_headers(&mut self, headers: &HeaderMap) {
         if !self.routes_chain() && self.failover_possible() && self.method_allowed() {
-            self.request_headers = Some(headers.to_pairs());
+            self.request_headers = Some(headers.clone());
         }
     }
 
@@ -390,13 +390,18 @@ impl Exchange {
             Some((authority, _)) => authority,
             None => set.host.as_deref().unwrap_or(&self.client_authority),
         };
-        let request_headers = self.request_headers.as_deref().unwrap_or_default();
+        // Decoded here, not per request: only a failover replays them.
+        let request_headers = self
+            .request_headers
+            .as_ref()
+            .map(HeaderMap::to_pairs)
+            .unwrap_or_default();
         let cluster_header = self.config.envoy.cluster_header.as_str();
         let scheme = route.scheme.unwrap_or(self.scheme).as_str();
         let replay_body = matches!(self.body, Body::Complete(_));
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(request_headers.len() + 5);
         let replace_path = bucket_request.is_some() || path.is_some();
-        let options = connection_options(request_headers);
+        let options = connection_options(&request_headers);
         for (name, value) in request_headers.iter() {
             let name = name.as_str();
             let hop = is_hop_by_hop(name) || options.iter().any(|o| o == name);

@@ -149,7 +149,7 @@ pub struct Exchange {
     body: Body,
     tried: Vec<Attempt>,
     attempts_in_role: u32,
-    request_headers: Option<Vec<(String, String)>>,
+    request_headers: Option<HeaderMap>,
     refusal_logged: bool,
     path: String,
     stats: BucketStats,
