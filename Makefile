@@ -79,7 +79,8 @@ define wasm_opt
 		$(WASM_OPT) $(WASM_OPT_FLAGS) $(1) -o $(1).opt && cp $(1).opt $(1).optimized \
 		&& mv $(1).opt $(1) && touch $(1).optimized \
 		&& echo "wasm-opt: $(1) $$(stat -c %s $(1)) bytes"; \
-	else echo "note: $(WASM_OPT) not found (Debian package binaryen; make deps installs it): $(1) works but is not size-optimized"; fi
+	else cp $(1) $(1).optimized; \
+		echo "note: $(WASM_OPT) not found (Debian package binaryen; make deps installs it): $(1) works but is not size-optimized"; fi
 endef
 
 wasm:
