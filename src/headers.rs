@@ -103,6 +103,17 @@ impl HeaderMap {
     }
 }
 
+/// A header value that is a decimal number (`:status`, a timeout in ms): ASCII digits only, no
+/// sign or spaces, at most 19 of them (so it cannot overflow); anything else is `None`.
+pub fn decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
 fn lossy(bytes: &[u8]) -> String {
     match String::from_utf8_lossy(bytes) {
         Cow::Borrowed(text) => text.to_owned(),
@@ -164,6 +175,26 @@ mod tests {
             map.iter_bytes().nth(1),
             Some((&b"x-obs"[..], &b"caf\xe9 \xff"[..]))
         );
+    }
+
+    #[test]
+    fn decimal_values_are_digits_only() {
+        for (value, expected) in [
+            (&b"200"[..], Some(200)),
+            (b"2000", Some(2000)),
+            (b"0", Some(0)),
+            (b"9999999999999999999", Some(9_999_999_999_999_999_999)),
+            (b"99999999999999999999", None), // 20 digits: could overflow
+            (b"", None),
+            (b"+1", None),
+            (b" 1", None),
+            (b"1 ", None),
+            (b"-1", None),
+            (b"12a", None),
+            (b"\xff", None),
+        ] {
+            assert_eq!(decimal(value), expected, "{value:?}");
+        }
     }
 
     #[test]

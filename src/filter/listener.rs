@@ -117,10 +117,8 @@ impl HttpContext for OriginPullStream {
         let status = if cfg!(feature = "ablate-status") {
             200
         } else {
-            hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u32>().ok())
+            read_header_number(MapType::HttpResponseHeaders, ":status")
+                .and_then(|s| u32::try_from(s).ok())
                 .unwrap_or(0)
         };
         // Envoy's failure replies (connect error, timeout, no cluster...) are all 4xx/5xx:
@@ -141,10 +139,7 @@ impl HttpContext for OriginPullStream {
         // A logged chain's origin sent an invalid status: the drain filter made it a 502.
         let broken = status == 502
             && link.is_some()
-            && hostcalls::get_map_value(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER)
-                .ok()
-                .flatten()
-                .is_some();
+            && read_header_value(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER).is_some();
         if broken {
             let _ =
                 hostcalls::set_map_value(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER, None);

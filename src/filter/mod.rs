@@ -165,6 +165,13 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -192,6 +199,30 @@ fn read_header_map(map_type: MapType) -> HeaderMap {
     // SAFETY: see above: allocated by this module's allocator with capacity `size`.
     let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
     HeaderMap::from_wire(bytes)
+}
+
+/// One header's value as Envoy holds it; `None` when absent or on any failure. Unlike the SDK's
+/// `get_map_value` (which unwraps the value's UTF-8 and panics on any status but `Ok` and
+/// `NotFound`), nothing an origin or a client sends can abort the VM here.
+fn read_header_value(map_type: MapType, name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `read_header_map`: Envoy hands over a buffer of `size` bytes it got from
+    // this module's allocator, or leaves `data` null.
+    let status = unsafe {
+        proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    if status != Status::Ok || data.is_null() {
+        return None;
+    }
+    // SAFETY: see above.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// A header whose value is a decimal number (`:status`, Envoy's expected timeout); `None` when
+/// absent or not a number.
+fn read_header_number(map_type: MapType, name: &str) -> Option<u64> {
+    crate::headers::decimal(&read_header_value(map_type, name)?)
 }
 
 /// The `log` facade's logger: each record goes to Envoy's log hostcall, with the prefix

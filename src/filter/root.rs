@@ -256,10 +256,9 @@ impl RootContext for OriginPullRoot {
 /// A failed attempt the router's upstream log reports: judged against the plan of its request,
 /// when that is a logged chain of this worker.
 fn log_attempt(own: &Rc<RootState>) {
-    let Some(id) = hostcalls::get_map_value(MapType::HttpRequestHeaders, PLAN_HEADER)
-        .ok()
-        .flatten()
+    let Some(id) = read_header_value(MapType::HttpRequestHeaders, PLAN_HEADER)
         .as_deref()
+        .and_then(|text| std::str::from_utf8(text).ok())
         .and_then(read_plan_id)
     else {
         return;

@@ -44,9 +44,7 @@ impl OriginPullAttempt {
                 }
             }
         }
-        let value = self
-            .get_http_request_header(EXPECTED_TIMEOUT_HEADER)
-            .and_then(|v| v.parse::<u64>().ok());
+        let value = read_header_number(MapType::HttpRequestHeaders, EXPECTED_TIMEOUT_HEADER);
         if attempt == 1 {
             FIRST_BYTE.set(Some((value, now_ms)));
         }
@@ -60,9 +58,9 @@ impl HttpContext for OriginPullAttempt {
             return Action::Continue;
         }
         // The plan's id: the only header an attempt reads; the rest is in this VM.
-        let Some(id) = self
-            .get_http_request_header(PLAN_HEADER)
+        let Some(id) = read_header_value(MapType::HttpRequestHeaders, PLAN_HEADER)
             .as_deref()
+            .and_then(|text| std::str::from_utf8(text).ok())
             .and_then(read_plan_id)
         else {
             return Action::Continue;
@@ -115,9 +113,8 @@ impl HttpContext for OriginPullAttempt {
             return Action::Continue;
         }
         // The only hostcall of an answer that is relayed (every 2xx/3xx): its status.
-        let status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse::<u32>().ok())
+        let status = read_header_number(MapType::HttpResponseHeaders, ":status")
+            .and_then(|s| u32::try_from(s).ok())
             .unwrap_or(0);
         // Envoy's codec lets e.g. "HTTP/1.1 2000" through: judged as a broken origin.
         let invalid = !(100..=599).contains(&status);

@@ -23,7 +23,9 @@ Special paths (for tests):
 With --hostile only:
   /__hop/...           also send hop-by-hop headers (Connection: x-hop, Keep-Alive, Upgrade, ...)
                        and x-seen-headers: the names of the request headers received (lower-case)
-  /__malformed/<kind>  a broken response (kinds: nocolon, spacecolon, twocl, status, nul), then close
+  /__malformed/<kind>  a broken response (kinds: nocolon, spacecolon, twocl, status, nul), or a
+                       502 carrying the drain filter's own x-origin-pull-broken-status (kinds:
+                       brokenmark, brokenobs: the value as bytes that are not UTF-8), then close
 One line per request is appended to --log and flushed: "<name> <method> <path> <host>", and to
 --timed-log (chaos tests): "<unix time, s> <method> <path>".
 --blackhole: accept TCP connections and never answer (each request head read off them is a
@@ -75,6 +77,10 @@ MALFORMED = {
     "twocl": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nok",
     "status": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
     "nul": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a\x00b\r\n\r\nok",
+    "brokenmark": b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 2\r\n"
+                  b"x-origin-pull-broken-status: 2000\r\n\r\nok",
+    "brokenobs": b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 2\r\n"
+                 b"x-origin-pull-broken-status: caf\xe9 \xff\r\n\r\nok",
 }
 
 

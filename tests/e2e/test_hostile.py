@@ -124,6 +124,22 @@ def test_header_bytes_that_are_not_utf8_are_served(world, failover):
     assert (env.request(D, "/ok").status, vm_failures(env)) == (200, [])
 
 
+@pytest.mark.parametrize("kind", ["brokenmark", "brokenobs"])
+def test_an_origin_cannot_send_the_drain_filters_broken_status_mark(world, kind):
+    """The drain filter marks an origin's invalid status ("2000" -> 502) with a header the
+    listener's filter reads. A 502 whose origin sent that header itself (here the slave, after
+    the master's 404) is relayed as the origin's 502: the mark is removed before the filter
+    reads it, so neither its value (bytes that are not UTF-8 included) nor its presence reaches
+    the filter, and the client never sees it."""
+    env, secret, master, slave = world
+    before = slave.count()
+    r = env.request(D, f"/__malformed/{kind}", headers=spoof(secret))
+    assert (r.status, r.body, slave.count()) == (502, b"ok", before + 1), r
+    assert "x-origin-pull-broken-status" not in r.headers
+    assert r.headers["x-origin-pull-origin"] == f"slave={slave.addr}"
+    assert vm_failures(env) == []
+
+
 def test_absolute_uri_cannot_reach_the_secret(world):
     env, secret, _, _ = world
     raw(env, f"GET http://{secret.addr}/abs HTTP/1.1\r\nHost: {secret.addr}\r\n\r\n".encode())

@@ -169,7 +169,8 @@ pub const DRAIN_MAX_BYTES: u32 = 65_536;
 /// it runs on: an observed chain's marked by the upstream instance
 /// ([`crate::engine::chain::FAILOVER_STATUS`]); a logged chain's any status but 1xx-3xx, which
 /// the route may retry; a broken status ("2000") becomes a 502 there, so the router fails it
-/// over like any 5xx.
+/// over like any 5xx. An origin's own copy of the header that says so is removed first: only
+/// the drain filter's reaches the listener's filter.
 pub(super) fn drain_filter(observed: bool) -> Node {
     let (test, run_on) = if observed {
         let mark = crate::engine::chain::FAILOVER_STATUS.to_string();
@@ -184,6 +185,7 @@ pub(super) fn drain_filter(observed: bool) -> Node {
         (
             format!(
                 "local status = tonumber(headers:get(\":status\") or \"\") or 0\n\
+             \x20 headers:remove(\"{broken}\")\n\
              \x20 if status < 100 or status > 599 then\n\
              \x20   headers:add(\"{broken}\", headers:get(\":status\") or \"\")\n\
              \x20   headers:replace(\":status\", \"502\")\n\
