@@ -493,28 +493,41 @@ impl Plan {
     }
 }
 
-/// The [`PLAN_HEADER`] value of the request `request` (lowercase hex, no `format!`: it runs
-/// on every request).
-pub fn plan_id_text(request: u64) -> String {
-    // Digits into a stack buffer, then one copy (not a `String::push` per digit, which
-    // encodes UTF-8 each time): this runs on every routed failover.
-    let mut text = [b'0'; 16];
-    let mut rest = request;
-    for slot in text.iter_mut().rev() {
-        let nibble = (rest & 0xf) as u8;
-        *slot = if nibble < 10 {
-            b'0' + nibble
-        } else {
-            b'a' + nibble - 10
-        };
-        rest >>= 4;
+/// The [`PLAN_HEADER`] value of a request id (lowercase hex, no leading zeros), held on the
+/// stack: a routed request sets it on every request, borrowed, with no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanIdText {
+    digits: [u8; 16],
+    start: usize,
+}
+
+impl PlanIdText {
+    pub fn new(request: u64) -> PlanIdText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [b'0'; 16];
+        let mut rest = request;
+        for slot in digits.iter_mut().rev() {
+            *slot = HEX.get((rest & 0xf) as usize).copied().unwrap_or(b'0');
+            rest >>= 4;
+        }
+        PlanIdText {
+            digits,
+            // Leading zeros dropped (at least one digit kept).
+            start: ((request.leading_zeros() / 4) as usize).min(15),
+        }
     }
-    // Leading zeros dropped (at least one digit kept).
-    let start = ((request.leading_zeros() / 4) as usize).min(15);
-    text.get(start..)
-        .and_then(|t| std::str::from_utf8(t).ok())
-        .unwrap_or("0")
-        .to_owned()
+
+    pub fn as_str(&self) -> &str {
+        self.digits
+            .get(self.start..)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .unwrap_or("0")
+    }
+}
+
+/// [`PlanIdText`] as an owned string (tests and the profiling harness).
+pub fn plan_id_text(request: u64) -> String {
+    PlanIdText::new(request).as_str().to_owned()
 }
 
 /// The request id a [`PLAN_HEADER`] value carries.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::config::{Domain, OriginSet, PluginConfig, Route, Scheme, DEFAULT_CALLOUT_TIMEOUT_MS};
 use crate::engine::blocks::{passive_block_line, BlockOutcome, BlockTable};
 use crate::engine::chain::{
-    dst_header, plan_id_text, push_attempt_cluster, Plan, PlannedStep, CHAIN_PREFIX,
+    dst_header, push_attempt_cluster, Plan, PlanIdText, PlannedStep, CHAIN_PREFIX,
     CHAIN_PREFIX_RULES, FAILOVER_STATUS, MAX_RETRIES_HEADER, PLAN_HEADER, RETRIABLE_CODES_HEADER,
     RETRY_ON_HEADER,
 };
@@ -161,6 +161,8 @@ pub struct Exchange {
     metrics: Option<Rc<Metrics>>,
     /// Random id, drawn at the first failure: strikes count distinct requests.
     request_id: Option<u64>,
+    /// `request_id` as the routed failover's plan header carries it (set with the plan).
+    plan_id: Option<PlanIdText>,
     /// This request already timed out, was reset or got a counted 5xx on some origin.
     failed_softly: bool,
     /// Planned attempts of a failover carried by Envoy's router (`chain`); empty when the
@@ -220,6 +222,7 @@ impl Exchange {
             copy_job: None,
             metrics: request.metrics.cloned(),
             request_id: None,
+            plan_id: None,
             failed_softly: false,
             chain: Vec::new(),
             last_answer: None,

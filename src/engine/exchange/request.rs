@@ -110,13 +110,16 @@ impl Exchange {
     /// Overwrites or removes every header that routes the request, whatever the client sent,
     /// and puts the bucket's `Host`, path and signature in place of the client's credentials.
     fn set_routing_headers(&self, host: &mut impl Host, dropped: &[String], reserved: &[&str]) {
-        let mut set = Vec::new();
+        let chain = if self.routes_chain() {
+            self.chain_headers()
+        } else {
+            Vec::new()
+        };
         if self.routes_chain() {
             // Envoy's router carries the failover: composite cluster, per-attempt addresses,
             // retry headers, plan (always overwritten: a client never sets any of them).
-            for (name, value) in self.chain_headers() {
+            for (name, value) in &chain {
                 host.set_request_header(name, value.as_deref());
-                set.push(name);
             }
         } else if let Some((route, host_override)) = self.route() {
             // Always overwrite or remove: a client's copy of a routing header is never obeyed.
@@ -126,7 +129,10 @@ impl Exchange {
                 host.set_request_header(":authority", Some(authority));
             }
         }
-        for name in reserved.iter().filter(|r| !set.iter().any(|s| s == *r)) {
+        for name in reserved
+            .iter()
+            .filter(|r| !chain.iter().any(|(set, _)| set == *r))
+        {
             host.set_request_header(name, None);
         }
         if let Some((authority, request)) = self.bucket_request() {

@@ -68,7 +68,9 @@ impl Exchange {
         if self.tried.len() > 1 {
             self.chain = self.tried.clone();
             // The upstream instance counts strikes per request: it gets the id in the plan.
-            self.request_id = Some(host.random_u64());
+            let id = host.random_u64();
+            self.request_id = Some(id);
+            self.plan_id = Some(PlanIdText::new(id));
         }
         self.tried.truncate(1);
     }
@@ -182,7 +184,9 @@ impl Exchange {
         }
         headers.push((
             PLAN_HEADER,
-            Some(Cow::Owned(plan_id_text(self.request_id.unwrap_or(0)))),
+            Some(Cow::Borrowed(
+                self.plan_id.as_ref().map_or("0", PlanIdText::as_str),
+            )),
         ));
         headers
     }
@@ -216,7 +220,9 @@ impl Exchange {
         let n = attempt
             .unwrap_or(if retried { self.chain.len() } else { 1 })
             .clamp(1, self.chain.len().max(1));
-        self.tried = self.chain.iter().take(n).copied().collect();
+        // Refilled in place (its capacity holds a usual chain: no allocation).
+        self.tried.clear();
+        self.tried.extend(self.chain.iter().take(n).copied());
         if answer == Answer::NoCluster {
             let cluster = self.chain_headers().into_iter().find_map(|(k, v)| {
                 (k == self.config.envoy.cluster_header)
