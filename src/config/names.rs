@@ -29,9 +29,9 @@ pub(super) fn dns_routes(
         let scheme = effective_scheme(protocol, client);
         let port = port.unwrap_or(scheme.default_port());
         Route {
-            cluster: dns_cluster_name(scheme, host, port),
+            cluster: dns_cluster_name(scheme, host, port).into(),
             original_dst: None,
-            label: label(port),
+            label: label(port).into(),
             scheme: Some(scheme),
         }
     })

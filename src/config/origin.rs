@@ -2,6 +2,7 @@
 //! `bucket`). Every target gets one precomputed [`Route`] per client scheme.
 
 use std::collections::HashSet;
+use std::rc::Rc;
 
 use super::bucket::compile_bucket;
 use super::error::Ctx;
@@ -194,7 +195,7 @@ fn compile_ips(
     let route = |entry: &crate::config::address::IpEntry, client: Scheme| {
         let scheme = effective_scheme(protocol, client);
         let port = entry.port.unwrap_or(scheme.default_port());
-        let address = crate::config::address::socket_text(entry.ip, port);
+        let address: Rc<str> = crate::config::address::socket_text(entry.ip, port).into();
         Route {
             cluster: match scheme {
                 Scheme::Http => envoy.ip_cluster_http.clone(),
@@ -284,10 +285,11 @@ fn compile_clusters(clusters: &[RawCluster], ctx: &Ctx) -> Result<Vec<Target>, C
                 format!("is out of range 0..={MAX_WEIGHT}"),
             ));
         }
+        let name: Rc<str> = cluster.name.as_str().into();
         let route = Route {
-            cluster: cluster.name.clone(),
+            cluster: name.clone(),
             original_dst: None,
-            label: cluster.name.clone(),
+            label: name,
             scheme: None,
         };
         targets.push(Target {

@@ -201,7 +201,7 @@ mod tests {
         let cfg = parse(domain(r#"{"probe":{}}"#, "").as_bytes()).unwrap();
         let probe = cfg.domains[0].master.probe.clone().unwrap();
         assert_eq!(
-            probe,
+            *probe,
             Probe {
                 path: "/".into(),
                 interval_ms: 5_000,

@@ -236,7 +236,7 @@ fn domain_probe(d: &Domain) -> Option<&Probe> {
         .into_iter()
         .flatten()
         .find(|set| !set.own_probe)
-        .and_then(|set| set.probe.as_ref())
+        .and_then(|set| set.probe.as_deref())
 }
 
 impl<'a> From<&'a OriginSet> for OriginView<'a> {
@@ -250,7 +250,7 @@ impl<'a> From<&'a OriginSet> for OriginView<'a> {
             host: set.host.as_deref(),
             probe: set
                 .probe
-                .as_ref()
+                .as_deref()
                 .filter(|_| set.own_probe)
                 .map(ProbeView::from),
         };
@@ -364,7 +364,7 @@ fn targets_as_text(targets: &[Target]) -> Vec<String> {
             let label = &t.route(Scheme::Http).label;
             let text = match addrs(t) {
                 [Some(http), Some(https)] if http.port() != https.port() => http.ip().to_string(),
-                _ => label.clone(),
+                _ => label.to_string(),
             };
             match (weighted, text.contains(':')) {
                 (false, _) => text,

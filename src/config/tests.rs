@@ -39,7 +39,7 @@ fn defaults_are_the_vendors() {
     assert_eq!(d.detection.failure_threshold, 3);
     assert_eq!(d.detection.failure_window_ms, 10_000);
     let route = d.master.targets[0].route(Scheme::Http);
-    assert_eq!(route.cluster, "origin_pull_ip_http");
+    assert_eq!(&*route.cluster, "origin_pull_ip_http");
     assert_eq!(route.original_dst.as_deref(), Some("1.1.1.1:80"));
     assert_eq!(cfg.unknown_host_status, 404);
     assert!(!cfg.uses_buckets);
@@ -87,16 +87,16 @@ fn follow_and_ports() {
         t.route(Scheme::Https).original_dst.as_deref(),
         Some("1.1.1.1:443")
     );
-    assert_eq!(t.route(Scheme::Https).cluster, "origin_pull_ip_https");
+    assert_eq!(&*t.route(Scheme::Https).cluster, "origin_pull_ip_https");
     let t = &d.master.targets[1];
     assert_eq!(
         t.route(Scheme::Http).original_dst.as_deref(),
         Some("2.2.2.2:8443")
     );
     let s = &d.slave.as_ref().unwrap().targets[0];
-    assert_eq!(s.route(Scheme::Http).cluster, "origin_pull|http|b.com|80");
+    assert_eq!(&*s.route(Scheme::Http).cluster, "origin_pull|http|b.com|80");
     assert_eq!(
-        s.route(Scheme::Https).cluster,
+        &*s.route(Scheme::Https).cluster,
         "origin_pull|https|b.com|443"
     );
     assert_eq!(s.route(Scheme::Https).original_dst, None);
@@ -157,9 +157,9 @@ fn switch_swaps_roles() {
     )
     .unwrap();
     let d = cfg.domain_for_host("a.com").unwrap();
-    assert_eq!(d.master.targets[0].routes[0].label, "2.2.2.2:80");
+    assert_eq!(&*d.master.targets[0].routes[0].label, "2.2.2.2:80");
     assert_eq!(
-        d.slave.as_ref().unwrap().targets[0].routes[0].label,
+        &*d.slave.as_ref().unwrap().targets[0].routes[0].label,
         "1.1.1.1:80"
     );
     // normalized output shows the configuration as written, not swapped
@@ -272,11 +272,11 @@ fn bucket_origins_compile_to_dns_routes() {
     assert!(b.signer.is_none());
     let t = &d.master.targets[0];
     assert_eq!(
-        t.route(Scheme::Http).cluster,
+        &*t.route(Scheme::Http).cluster,
         "origin_pull|http|media-bkt.s3.example.com|80"
     );
     assert_eq!(
-        t.route(Scheme::Https).cluster,
+        &*t.route(Scheme::Https).cluster,
         "origin_pull|https|media-bkt.s3.example.com|443"
     );
     let path = bucket_config(
@@ -294,7 +294,7 @@ fn bucket_origins_compile_to_dns_routes() {
         vec!["origin_pull|http|minio.internal|9000"]
     );
     assert_eq!(
-        d.master.targets[0].routes[0].label,
+        &*d.master.targets[0].routes[0].label,
         "minio.internal:9000/b01"
     );
 }

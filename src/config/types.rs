@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::rc::Rc;
 
 use super::probe::Probe;
 use super::{DEFAULT_BLOCK_SECONDS, DEFAULT_FAILURE_THRESHOLD, DEFAULT_FAILURE_WINDOW_SECONDS};
@@ -50,12 +51,14 @@ impl OriginKind {
 /// Everything Envoy needs to send one request to one origin, precomputed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// The cluster-selection header to send.
-    pub cluster: String,
+    /// The cluster-selection header to send. Shared (`Rc`): every IP origin of a configuration
+    /// names one of two clusters, and an IP's address is its label too, for both client
+    /// schemes, so a domain of 4 IPs holds 4 address strings instead of 24 strings.
+    pub cluster: Rc<str>,
     /// `IP:PORT` for `x-envoy-original-dst-host`; `None` removes the header.
-    pub original_dst: Option<String>,
+    pub original_dst: Option<Rc<str>>,
     /// Key in the shared block table and the name shown in logs, debug headers, filter state.
-    pub label: String,
+    pub label: Rc<str>,
     /// Scheme towards the origin; `None` for cluster origins, whose transport socket decides.
     pub scheme: Option<Scheme>,
 }
@@ -79,8 +82,9 @@ pub struct OriginSet {
     pub protocol: Protocol,
     pub host: Option<String>,
     pub targets: Vec<Target>,
-    /// Active health probe of every target (`None`: passive detection only).
-    pub probe: Option<Probe>,
+    /// Active health probe of every target (`None`: passive detection only). Boxed: most
+    /// domains have none, and every domain holds two sets (96 bytes each unboxed).
+    pub probe: Option<Box<Probe>>,
     /// Running sums of the weights, for weighted picks by binary search.
     pub cumulative_weights: Vec<u64>,
     /// Set for `bucket` origins (one target). Boxed: rare, and large to move around.
@@ -195,7 +199,7 @@ pub struct Domain {
     /// Mirror back-to-origin of the (bucket) master. Boxed: rare, and large to move around.
     pub mirror: Option<Box<Mirror>>,
     /// `x-envoy-retry-on` for a routed failover (`None`: no condition fails over). See `chain`.
-    pub retry_on: Option<String>,
+    pub retry_on: Option<&'static str>,
     /// `x-envoy-retriable-status-codes` for a logged chain with other than the usual rules
     /// (`None`: no status). See `chain`.
     pub retriable_codes: Option<String>,
@@ -204,8 +208,8 @@ pub struct Domain {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvoyNames {
     pub cluster_header: String,
-    pub ip_cluster_http: String,
-    pub ip_cluster_https: String,
+    pub ip_cluster_http: Rc<str>,
+    pub ip_cluster_https: Rc<str>,
     /// How a request reaches the slave (or another master): see [`FailoverMechanism`].
     pub failover: FailoverMechanism,
 }
@@ -296,7 +300,7 @@ impl PluginConfig {
                     .chain(d.mirror.as_ref().map(|m| &m.source))
             })
             .flat_map(|o| o.targets.iter())
-            .flat_map(|t| t.routes.iter().map(|r| r.cluster.clone()))
+            .flat_map(|t| t.routes.iter().map(|r| r.cluster.to_string()))
             .collect();
         names.sort();
         names.dedup();

@@ -143,8 +143,8 @@ fn compile_envoy(raw: Option<RawEnvoy>, top: &Ctx) -> Result<EnvoyNames, ConfigE
         .map_err(|r| top.err("envoy.ip_cluster_https", Some(ip_cluster_https.clone()), r))?;
     Ok(EnvoyNames {
         cluster_header,
-        ip_cluster_http,
-        ip_cluster_https,
+        ip_cluster_http: ip_cluster_http.into(),
+        ip_cluster_https: ip_cluster_https.into(),
         failover,
     })
 }
@@ -231,7 +231,7 @@ fn compile_domain(
             return Ok(set);
         }
         set.own_probe = own.is_some();
-        set.probe = own.or_else(|| domain_probe.clone());
+        set.probe = own.or_else(|| domain_probe.clone()).map(Box::new);
         Ok::<OriginSet, ConfigError>(set)
     };
     let master = with_probe(raw.master, "master")?;

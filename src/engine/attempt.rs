@@ -138,7 +138,7 @@ impl AttemptObserver {
             authority: step.and_then(|(s, _, _)| s.authority.as_deref()),
             own_address: step
                 .filter(|(_, set, _)| self.attempt > 1 && set.kind == OriginKind::Ips)
-                .map(|(_, _, route)| route.label.as_str()),
+                .map(|(_, _, route)| &*route.label),
             last: !self.retry_possible,
         }
     }
@@ -146,7 +146,7 @@ impl AttemptObserver {
     fn label(&self) -> &str {
         self.plan
             .step(self.attempt)
-            .map_or("", |(_, _, route)| route.label.as_str())
+            .map_or("", |(_, _, route)| &*route.label)
     }
 
     fn origin(&self) -> Option<OriginMetrics<'_>> {

@@ -104,7 +104,7 @@ pub fn attempt_cluster(route: &Route, k: usize) -> String {
     if route.original_dst.is_some() && k > 1 {
         format!("{}_{k}", route.cluster)
     } else {
-        route.cluster.clone()
+        route.cluster.to_string()
     }
 }
 
@@ -192,22 +192,24 @@ impl Domain {
     /// `x-envoy-retry-on` for this domain's failover conditions (`None`: never retried).
     /// With a slave every condition fails over; without one only connection failures and
     /// timeouts are retried on another master (a 4xx/5xx from a master is relayed).
-    pub fn retry_on(&self) -> Option<String> {
+    pub fn retry_on(&self) -> Option<&'static str> {
         let policy = &self.failover;
-        let mut parts: Vec<&str> = Vec::new();
-        if policy.on_connect_error {
-            parts.push("connect-failure,refused-stream");
+        // A per-try (first-byte) timeout and a reset before the response are one condition for
+        // Envoy's router (`reset`): the origin did not answer. A connection failure implies it.
+        let connect = policy.on_connect_error;
+        let reset = policy.on_timeout || policy.on_connect_error;
+        // Statuses: only with a slave (the answers to retry are marked or listed per route).
+        let statuses =
+            self.slave.is_some() && (300..600u32).any(|c| self.failover.status_triggers(c));
+        // One of six constant texts: a domain keeps no string of its own.
+        match (connect, reset, statuses) {
+            (true, _, true) => Some("connect-failure,refused-stream,reset,retriable-status-codes"),
+            (true, _, false) => Some("connect-failure,refused-stream,reset"),
+            (false, true, true) => Some("reset,retriable-status-codes"),
+            (false, true, false) => Some("reset"),
+            (false, false, true) => Some("retriable-status-codes"),
+            (false, false, false) => None,
         }
-        if policy.on_timeout || policy.on_connect_error {
-            // A per-try (first-byte) timeout and a reset before the response are one condition
-            // for Envoy's router: the origin did not answer.
-            parts.push("reset");
-        }
-        if self.slave.is_some() && (300..600u32).any(|c| self.failover.status_triggers(c)) {
-            // Statuses: the upstream instance marks the answers to retry (FAILOVER_STATUS).
-            parts.push("retriable-status-codes");
-        }
-        (!parts.is_empty()).then(|| parts.join(","))
     }
 
     /// Whether the upstream instance marks an answer with `status` for a retry.
@@ -636,21 +638,21 @@ mod tests {
         .unwrap();
         let d = &config.domains;
         assert_eq!(
-            d[0].retry_on().as_deref(),
+            d[0].retry_on(),
             Some("connect-failure,refused-stream,reset,retriable-status-codes")
         );
         assert!(d[0].retries_status(404) && d[0].retries_status(503) && !d[0].retries_status(200));
         assert!(d[1].retries_status(404) && d[1].retries_status(502) && !d[1].retries_status(403));
         assert!(!d[1].retries_status(500));
         assert_eq!(
-            d[2].retry_on().as_deref(),
+            d[2].retry_on(),
             Some("connect-failure,refused-stream,reset")
         );
         assert!(
             !d[2].retries_status(404),
             "no slave: a master's status is relayed"
         );
-        assert_eq!(d[3].retry_on().as_deref(), Some("retriable-status-codes"));
+        assert_eq!(d[3].retry_on(), Some("retriable-status-codes"));
         assert!(d[3].retries_status(400) && !d[3].retries_status(500));
         // The status list is kept only where a request sends it (the rules' route): the usual
         // rules' route carries 400-599 itself, and a domain without a slave retries no status.

@@ -413,7 +413,7 @@ impl Metrics {
             Role::Master => &d.master,
             Role::Slave => d.slave.as_ref()?,
         };
-        let label = set.targets.get(target)?.route(scheme).label.as_str();
+        let label = set.targets.get(target)?.route(scheme).label.as_ref();
         let key = (
             u32::try_from(domain).ok()?,
             role.index() as u8,
@@ -441,7 +441,7 @@ impl Metrics {
             .master
             .targets
             .iter()
-            .flat_map(|t| t.routes.iter().map(|r| r.label.as_str()))
+            .flat_map(|t| t.routes.iter().map(|r| &*r.label))
             .collect();
         labels.sort_unstable();
         labels.dedup();

@@ -70,7 +70,7 @@ impl Target {
             .or_else(|| set.host.clone())
             .unwrap_or_else(|| {
                 if domain.name.starts_with('*') {
-                    route.label.clone()
+                    route.label.to_string()
                 } else {
                     domain.name.clone()
                 }
@@ -87,7 +87,7 @@ impl Target {
             ),
         ];
         if let Some(dst) = &route.original_dst {
-            headers.push((ORIGINAL_DST_HEADER.to_string(), dst.clone()));
+            headers.push((ORIGINAL_DST_HEADER.to_string(), dst.to_string()));
         }
         Target {
             domain: d,
@@ -95,8 +95,8 @@ impl Target {
             role,
             index,
             scheme,
-            label: route.label.clone(),
-            cluster: route.cluster.clone(),
+            label: route.label.to_string(),
+            cluster: route.cluster.to_string(),
             headers,
             probe: probe.clone(),
             block_ms: domain.detection.block_ms,

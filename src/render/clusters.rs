@@ -40,12 +40,12 @@ impl PluginConfig {
     pub fn cluster_specs(&self) -> Vec<ClusterSpec> {
         let mut specs = vec![
             ClusterSpec {
-                name: self.envoy.ip_cluster_http.clone(),
+                name: self.envoy.ip_cluster_http.to_string(),
                 kind: ClusterKind::OriginalDst,
                 tls: false,
             },
             ClusterSpec {
-                name: self.envoy.ip_cluster_https.clone(),
+                name: self.envoy.ip_cluster_https.to_string(),
                 kind: ClusterKind::OriginalDst,
                 tls: true,
             },
@@ -59,7 +59,7 @@ impl PluginConfig {
                     OriginKind::Domain | OriginKind::Bucket => {
                         match parse_dns_cluster_name(&route.cluster) {
                             Some((scheme, host, port)) => ClusterSpec {
-                                name: route.cluster.clone(),
+                                name: route.cluster.to_string(),
                                 kind: ClusterKind::Dns {
                                     host: host.to_string(),
                                     port,
@@ -70,7 +70,7 @@ impl PluginConfig {
                         }
                     }
                     OriginKind::Clusters => ClusterSpec {
-                        name: route.cluster.clone(),
+                        name: route.cluster.to_string(),
                         kind: ClusterKind::Provided,
                         tls: false,
                     },

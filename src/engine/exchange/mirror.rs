@@ -85,7 +85,7 @@ impl Exchange {
                     (":scheme".into(), scheme.into()),
                 ];
                 if let Some(dst) = &route.original_dst {
-                    headers.push((ORIGINAL_DST_HEADER.into(), dst.clone()));
+                    headers.push((ORIGINAL_DST_HEADER.into(), dst.to_string()));
                 }
                 self.copy_job = Some(Box::new(CopyJob {
                     config: config.clone(),
@@ -95,9 +95,9 @@ impl Exchange {
                     content_type: None,
                     body: Vec::new(),
                     fetch: Some(SourceFetch {
-                        cluster: route.cluster.clone(),
+                        cluster: route.cluster.to_string(),
                         headers,
-                        label: route.label.clone(),
+                        label: route.label.to_string(),
                     }),
                 }));
             }
@@ -115,7 +115,7 @@ impl Exchange {
                 self.state = State::FetchingSource {
                     token,
                     miss: status,
-                    source: route.label.clone(),
+                    source: route.label.to_string(),
                 };
                 true
             }

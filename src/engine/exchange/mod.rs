@@ -311,8 +311,7 @@ impl Exchange {
     /// Label and role of the origin asked last (tests and logs).
     pub fn current_origin(&self) -> Option<(Role, &str)> {
         let current = self.current();
-        self.route_of(current)
-            .map(|r| (current.role, r.label.as_str()))
+        self.route_of(current).map(|r| (current.role, &*r.label))
     }
 }
 

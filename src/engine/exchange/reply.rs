@@ -212,10 +212,7 @@ impl Exchange {
             return ("mirror", source);
         }
         let current = self.current();
-        let label = self
-            .route_of(current)
-            .map(|r| r.label.as_str())
-            .unwrap_or("");
+        let label = self.route_of(current).map(|r| &*r.label).unwrap_or("");
         (current.role.as_str(), label)
     }
 }

@@ -170,7 +170,7 @@ impl Exchange {
         }
         // The usual rules: the route the cluster's name selects carries the whole policy.
         if prefix != CHAIN_PREFIX {
-            headers.push((RETRY_ON_HEADER, Some(Cow::Borrowed(retry_on.as_str()))));
+            headers.push((RETRY_ON_HEADER, Some(Cow::Borrowed(*retry_on))));
             headers.push((
                 MAX_RETRIES_HEADER,
                 Some(Cow::Owned((self.chain.len() - 1).to_string())),

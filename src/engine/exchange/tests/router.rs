@@ -53,7 +53,7 @@ fn router_plans_master_then_slave_and_names_the_server() {
         steps,
         [(false, 0, None), (true, 0, Some("backup.example.com"))]
     );
-    assert_eq!(plan.step(2).unwrap().2.label, "backup.example.com:80");
+    assert_eq!(&*plan.step(2).unwrap().2.label, "backup.example.com:80");
     // The request itself is counted per attempt by the upstream instance, not here.
     assert_eq!(
         host.metric("origin_pull_origin_requests_total;domain=www.test.com;origin=127.0.0.2:80")
