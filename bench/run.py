@@ -667,7 +667,14 @@ def targets_section(results, o):
     if op and fl and pl:
         row("happy path ≥ 0.95× wasm floor", f"{op / fl:.2f}×{cpu_note(cfl)}", op / fl >= 0.95)
         row("happy path ≥ 0.85× plain route", f"{op / pl:.2f}×{cpu_note(cpl)}", op / pl >= 0.85)
+    if cop and cfl:
+        row("(issue 14) happy path CPU per request within 5 % of the wasm floor's",
+            f"{cop:.0f} µs vs {cfl:.0f} µs = {cop / cfl - 1:+.0%}", cop <= cfl * 1.05)
     p99o, p99p = get("a", "originpull", "p99_us"), get("a", "plain", "p99_us")
+    p99f = get("a", "floor", "p99_us")
+    if p99o and p99f:
+        row("(issue 14) p99 added over the wasm floor ≤ 100 µs", f"{p99o - p99f:+.0f} µs",
+            p99o - p99f <= 100)
     if p99o and p99p:
         row("p99 added over plain route ≤ 100 µs", f"{p99o - p99p:+.0f} µs", p99o - p99p <= 100)
     fo, fs, fd = get("f", "originpull", "p50_us"), get("f", "plain", "p50_us"), get("f", "direct", "p50_us")
