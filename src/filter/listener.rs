@@ -141,8 +141,7 @@ impl HttpContext for OriginPullStream {
             && link.is_some()
             && read_header_value(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER).is_some();
         if broken {
-            let _ =
-                hostcalls::set_map_value(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER, None);
+            let _ = write_header(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER, None);
         }
         let answered = link
             .as_ref()

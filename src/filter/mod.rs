@@ -172,6 +172,24 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> Status;
+    fn proxy_replace_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_remove_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+    ) -> Status;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -217,6 +235,35 @@ fn read_header_value(map_type: MapType, name: &str) -> Option<Vec<u8>> {
     }
     // SAFETY: see above.
     Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// Sets (`Some`) or removes (`None`) a header. The SDK's `set_map_value` panics on any status
+/// but `Ok` (Envoy answers `BadArgument` when the map is not available, e.g. request headers
+/// once the response is under way); this returns the status instead.
+fn write_header(map_type: MapType, name: &str, value: Option<&str>) -> Status {
+    // SAFETY: every pointer/length pair describes a live buffer for the whole call.
+    unsafe {
+        match value {
+            Some(value) => proxy_replace_header_map_value(
+                map_type,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            ),
+            None => proxy_remove_header_map_value(map_type, name.as_ptr(), name.len()),
+        }
+    }
+}
+
+/// [`write_header`] for the glue's own request headers; a failure is logged at debug level.
+fn write_request_header(name: &str, value: Option<&str>) {
+    EnvoyHost.set_request_header(name, value);
+}
+
+/// [`write_header`] for the glue's own response headers; a failure is logged at debug level.
+fn write_response_header(name: &str, value: Option<&str>) {
+    EnvoyHost.set_response_header(name, value);
 }
 
 /// A header whose value is a decimal number (`:status`, Envoy's expected timeout); `None` when
@@ -369,20 +416,32 @@ impl Host for EnvoyHost {
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        // The SDK's `set_http_request_header` panics on a failed status; this never does.
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+        let status = write_header(MapType::HttpRequestHeaders, name, value);
+        if status != Status::Ok {
+            log::debug!("request header {name} not written: {status:?}");
+        }
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+        let status = write_header(MapType::HttpResponseHeaders, name, value);
+        if status != Status::Ok {
+            log::debug!("response header {name} not written: {status:?}");
+        }
     }
 
     fn set_filter_state(&mut self, key: &str, value: &str) {
         if cfg!(feature = "ablate-filter-state") {
             return;
         }
-        // Failure only loses access-log attribution; the request itself is unaffected.
-        let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
+        // A one-part property path is the key itself (the SDK's `set_property` would build it
+        // in two allocations, and panics on any status but `Ok`). Failure only loses the
+        // access log's attribution; the request itself is unaffected.
+        // SAFETY: every pointer/length pair describes a live buffer for the whole call.
+        let status =
+            unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+        if status != Status::Ok {
+            log::debug!("filter state {key} not written: {status:?}");
+        }
     }
 
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
