@@ -150,7 +150,7 @@ fn a_bucket_slave_gets_a_signed_callout_without_the_clients_credentials() {
     assert!(ex.bucket_request().is_none());
     ex.on_response_headers(&mut host, &mut blocks, 404, 0);
     let c = &host.callouts[0];
-    assert_eq!(&*c.cluster, "origin_pull|http|bkt.s3.test|80");
+    assert_eq!(c.cluster, "origin_pull|http|bkt.s3.test|80");
     assert_eq!(c.header(":authority"), Some("bkt.s3.test"));
     assert_eq!(c.header(":path"), Some("/x.jpg"));
     assert!(c
@@ -175,7 +175,7 @@ fn a_bucket_miss_is_fetched_from_the_source_served_and_copied_back() {
     let step = ex.on_response_headers(&mut w.host, &mut w.blocks, 404, 0);
     assert_eq!(step, ResponseStep::Pause);
     let c = w.host.callouts[0].clone();
-    assert_eq!(&*c.cluster, "origin_pull|http|src.test|8080");
+    assert_eq!(c.cluster, "origin_pull|http|src.test|8080");
     assert_eq!(
         c.header(":path"),
         Some("/img/a.jpg"),
@@ -369,7 +369,7 @@ fn redirect_mode_answers_302_to_the_source() {
     assert!(copy.submit(&mut w.host, &w.stats, job));
     copy.run(&mut w.host, &w.stats);
     let get = w.host.callouts[0].clone();
-    assert_eq!(&*get.cluster, "origin_pull|https|src.test|8080");
+    assert_eq!(get.cluster, "origin_pull|https|src.test|8080");
     assert_eq!(get.header(":method"), Some("GET"));
     assert_eq!(get.header(":path"), Some("/img/a.jpg"));
     assert_eq!(

@@ -35,7 +35,7 @@ fn seeds_example_master_404_slave_200() {
         ResponseStep::Pause
     );
     let call = host.callouts[0].clone();
-    assert_eq!(&*call.cluster, "origin_pull_ip_http");
+    assert_eq!(call.cluster, "origin_pull_ip_http");
     assert_eq!(call.header(":path"), Some("/1.jpg"));
     assert_eq!(call.header(":authority"), Some("www.test.com"));
     assert_eq!(call.header(ORIGINAL_DST_HEADER), Some("2.2.2.2:80"));
@@ -135,7 +135,7 @@ fn connect_error_blocks_and_retries_another_master_then_the_slave() {
     let mut seen = vec![first.clone()];
     for i in 0..2 {
         let call = host.callouts[i].clone();
-        assert_eq!(&*call.cluster, "origin_pull_ip_http");
+        assert_eq!(call.cluster, "origin_pull_ip_http");
         let dst = call.header(ORIGINAL_DST_HEADER).unwrap().to_string();
         assert!(!seen.contains(&dst), "{dst} retried twice");
         seen.push(dst);
@@ -144,7 +144,7 @@ fn connect_error_blocks_and_retries_another_master_then_the_slave() {
         ex.on_callout_response(&mut host, &mut blocks, call.token, 1, body.len());
     }
     let call = host.callouts[2].clone();
-    assert_eq!(&*call.cluster, "origin_pull|http|backup.example.com|80");
+    assert_eq!(call.cluster, "origin_pull|http|backup.example.com|80");
     assert_eq!(call.header(ORIGINAL_DST_HEADER), None);
     host.respond(200, &[("x-envoy-upstream-service-time", "1")], b"ok");
     ex.on_callout_response(&mut host, &mut blocks, call.token, 2, 2);
@@ -469,7 +469,7 @@ fn host_override_and_follow_protocol() {
     client_headers(&mut host, "GET", "/x");
     ex.on_response_headers(&mut host, &mut blocks, 404, 0);
     let call = &host.callouts[0];
-    assert_eq!(&*call.cluster, "origin_pull_ip_https");
+    assert_eq!(call.cluster, "origin_pull_ip_https");
     // the slave has no override: it gets the client's host
     assert_eq!(call.header(":authority"), Some("www.test.com"));
     assert_eq!(call.header(":scheme"), Some("https"));
