@@ -51,13 +51,11 @@ impl HttpContext for OriginPullStream {
         let headers = if config.is_none() {
             HeaderMap::default() // not configured: answered locally, nothing read
         } else if cfg!(feature = "ablate-header-map") {
-            let pairs: Vec<(&str, String)> = [":authority", ":scheme", ":method", ":path"]
+            let pairs: Vec<(&[u8], Vec<u8>)> = [":authority", ":scheme", ":method", ":path"]
                 .iter()
                 .filter_map(|name| {
-                    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-                        .ok()
-                        .flatten()
-                        .map(|v| (*name, v))
+                    read_header_value(MapType::HttpRequestHeaders, name)
+                        .map(|v| (name.as_bytes(), v))
                 })
                 .collect();
             HeaderMap::from_pairs(&pairs)
@@ -100,10 +98,7 @@ impl HttpContext for OriginPullStream {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(exchange) = self.exchange.as_mut() {
             if exchange.wants_request_body() {
-                let chunk = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
+                let chunk = read_buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
                 exchange.on_request_body(&chunk, end_of_stream);
             }
         }
@@ -126,11 +121,7 @@ impl HttpContext for OriginPullStream {
         let response_flags = if (200..400).contains(&status) {
             0
         } else {
-            hostcalls::get_property(vec!["response", "flags"])
-                .ok()
-                .flatten()
-                .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-                .map_or(0, u64::from_le_bytes)
+            read_property_number(&["response", "flags"])
         };
         // The attempt whose origin answered (`CHAINS`); none on Envoy's own replies.
         let link = self.chain_id.and_then(|id| {

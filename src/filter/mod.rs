@@ -190,6 +190,19 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> Status;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_get_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> Status;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -202,39 +215,62 @@ extern "C" {
     ) -> Status;
 }
 
-/// A header map in one hostcall, kept as Envoy encoded it ([`HeaderMap`]): no allocation per
-/// header, and a value that is not UTF-8 cannot abort the VM (the SDK's `get_map` unwraps
-/// each value's UTF-8 and panics on any status but `Ok`). Any failure reads as an empty map.
-fn read_header_map(map_type: MapType) -> HeaderMap {
+/// The bytes a hostcall hands back: `call` gets the two out-parameters; Envoy fills them with
+/// a buffer it got from this module's allocator (`proxy_on_memory_allocate`: exactly `size`
+/// bytes) or leaves the pointer null. `None` on any status but `Ok` or no buffer. The SDK's own
+/// readers panic on statuses they do not expect, and some unwrap the value's UTF-8: nothing a
+/// client, an origin or Envoy sends can abort the VM through these.
+fn returned_bytes(call: impl FnOnce(*mut *mut u8, *mut usize) -> Status) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
-    // SAFETY: Envoy writes a buffer it got from the SDK's `proxy_on_memory_allocate` (a boxed
-    // slice of exactly `size` bytes) and its length; this call takes ownership of it once.
-    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
-    if status != Status::Ok || data.is_null() {
-        return HeaderMap::default();
-    }
-    // SAFETY: see above: allocated by this module's allocator with capacity `size`.
-    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
-    HeaderMap::from_wire(bytes)
-}
-
-/// One header's value as Envoy holds it; `None` when absent or on any failure. Unlike the SDK's
-/// `get_map_value` (which unwraps the value's UTF-8 and panics on any status but `Ok` and
-/// `NotFound`), nothing an origin or a client sends can abort the VM here.
-fn read_header_value(map_type: MapType, name: &str) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: as in `read_header_map`: Envoy hands over a buffer of `size` bytes it got from
-    // this module's allocator, or leaves `data` null.
-    let status = unsafe {
-        proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size)
-    };
-    if status != Status::Ok || data.is_null() {
+    if call(&mut data, &mut size) != Status::Ok || data.is_null() {
         return None;
     }
-    // SAFETY: see above.
+    // SAFETY: see above: allocated by this module's allocator with capacity `size`, handed over
+    // once.
     Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// A header map in one hostcall, kept as Envoy encoded it ([`HeaderMap`]): no allocation per
+/// header, and a value that is not UTF-8 is kept as bytes. Any failure reads as an empty map.
+fn read_header_map(map_type: MapType) -> HeaderMap {
+    // SAFETY: the out-parameters are live for the call.
+    returned_bytes(|data, size| unsafe { proxy_get_header_map_pairs(map_type, data, size) })
+        .map(HeaderMap::from_wire)
+        .unwrap_or_default()
+}
+
+/// One header's value as Envoy holds it; `None` when absent or on any failure.
+fn read_header_value(map_type: MapType, name: &str) -> Option<Vec<u8>> {
+    // SAFETY: the name and the out-parameters are live for the call.
+    returned_bytes(|data, size| unsafe {
+        proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), data, size)
+    })
+}
+
+/// A property of the stream (`path` parts joined by NUL, as Envoy reads them); `None` when
+/// absent or on any failure.
+fn read_property(path: &[&str]) -> Option<Vec<u8>> {
+    let joined = path.join("\0");
+    // SAFETY: the path and the out-parameters are live for the call.
+    returned_bytes(|data, size| unsafe {
+        proxy_get_property(joined.as_ptr(), joined.len(), data, size)
+    })
+}
+
+/// A property Envoy encodes as a little-endian 64-bit integer (`response.code`,
+/// `response.flags`); 0 when absent or of another size.
+fn read_property_number(path: &[&str]) -> u64 {
+    read_property(path)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Up to `max` bytes of a body buffer from its start; `None` when there is none or on any
+/// failure.
+fn read_buffer(buffer_type: BufferType, max: usize) -> Option<Vec<u8>> {
+    // SAFETY: the out-parameters are live for the call.
+    returned_bytes(|data, size| unsafe { proxy_get_buffer_bytes(buffer_type, 0, max, data, size) })
 }
 
 /// Sets (`Some`) or removes (`None`) a header. The SDK's `set_map_value` panics on any status
@@ -383,9 +419,7 @@ impl Host for EnvoyHost {
     }
 
     fn callout_response_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
-            .ok()
-            .flatten()
+        read_buffer(BufferType::HttpCallResponseBody, size)
     }
 
     fn send_local_reply(

@@ -269,15 +269,8 @@ fn log_attempt(own: &Rc<RootState>) {
     }) else {
         return;
     };
-    let number = |path: Vec<&str>| {
-        hostcalls::get_property(path)
-            .ok()
-            .flatten()
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-            .map_or(0, u64::from_le_bytes)
-    };
-    let status = u32::try_from(number(vec!["response", "code"])).unwrap_or(0);
-    let flags = number(vec!["response", "flags"]);
+    let status = u32::try_from(read_property_number(&["response", "code"])).unwrap_or(0);
+    let flags = read_property_number(&["response", "flags"]);
     log::debug!(
         "upstream log: plan {id:x} attempt {} status {status} flags {flags:#x}",
         progress.logged

@@ -19,13 +19,9 @@ impl Context for OriginPullAttempt {
         if let Some(observer) = self.observer.as_mut().filter(|o| o.pending()) {
             // This attempt's own stream info: a transport failure reason when the connection
             // was refused; no local address when it was never established (connect timeout).
-            let refused = hostcalls::get_property(vec!["upstream", "transport_failure_reason"])
-                .ok()
-                .flatten()
+            let refused = read_property(&["upstream", "transport_failure_reason"])
                 .is_some_and(|reason| !reason.is_empty());
-            let connected = hostcalls::get_property(vec!["upstream", "local_address"])
-                .ok()
-                .flatten()
+            let connected = read_property(&["upstream", "local_address"])
                 .is_some_and(|address| !address.is_empty());
             let mut blocks = self.state.blocks.borrow_mut();
             observer.on_done(&mut EnvoyHost, &mut blocks, refused, connected);
