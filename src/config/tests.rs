@@ -33,7 +33,7 @@ fn defaults_are_the_vendors() {
         .unwrap();
     let d = cfg.domain_for_host("www.test.com").unwrap();
     assert!(d.failover.on_4xx && d.failover.on_5xx && d.failover.on_connect_error);
-    assert_eq!(d.failover.methods, vec!["GET", "HEAD"]);
+    assert_eq!(*d.failover.methods, ["GET", "HEAD"]);
     assert_eq!(d.detection.block_ms, 60_000);
     assert!(!d.detection.block_on_5xx);
     assert_eq!(d.detection.failure_threshold, 3);

@@ -136,7 +136,8 @@ pub struct FailoverPolicy {
     pub on_connect_error: bool,
     pub on_timeout: bool,
     pub status_codes: Vec<u32>,
-    pub methods: Vec<String>,
+    /// Shared (`Rc`): most domains use the default list.
+    pub methods: Rc<[String]>,
     pub max_request_body_bytes: u64,
     pub max_response_body_bytes: u64,
     pub master_retries: u32,
