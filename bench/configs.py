@@ -31,6 +31,12 @@ Where the failover time goes (scenarios b and f; issue 11):
               of the mechanism origin-pull uses by default (a logged chain; also in scenario a)
     compwasm    complean + the trivial wasm filter as the composite cluster's upstream filter
               too (once per attempt): the wasm floor of an observed chain
+    ovhost      the alternative mechanism, not shipped: one STATIC cluster of the origins whose
+              override-host load balancer takes each attempt's host, in order, from one header
+              (`IP:PORT,IP:PORT`, added by the route), with the composite's drain filter and the
+              same retry route; no wasm
+    ovlean      ovhost + the trivial wasm filter on the listener (also in scenario a): the wasm
+              floor of that alternative, next to complean
     plain404    (f only) plain route to the masters, asking the path they answer 404: the first
               half of a failover as a request of its own (the upstream connection kept alive)
     plain404new (f only) the same, one upstream connection per request
@@ -69,11 +75,17 @@ def ablation_wasm(system):
     return ABLATION_DIR / f"origin_pull-{system[3:]}.wasm"
 HOST = "www.test.com"
 ENVOY_SYSTEMS = ("plain", "plain404", "plain404new", "floor", "floorhc", "odst", "native", "composite",
-                 "compnodrain", "compwasm", "complean", "originpull", "opnodrain", "opcallout")
+                 "compnodrain", "compwasm", "complean", "ovhost", "ovlean", "originpull", "opnodrain",
+                 "opcallout")
 SYSTEMS = ("direct", "plain", "plain404", "plain404new", "floor", "floorhc", "odst", "native", "composite",
-           "compnodrain", "compwasm", "complean", "originpull", "opnodrain", "opcallout", "nginx")
+           "compnodrain", "compwasm", "complean", "ovhost", "ovlean", "originpull", "opnodrain",
+           "opcallout", "nginx")
 # Systems that isolate the failover mechanism (scenarios b and f) and the two-request reference (f).
-MECHANISM_SYSTEMS = ("composite", "compnodrain", "compwasm", "complean", "opnodrain")
+# ovhost/ovlean: the alternative to the composite cluster that issue 14 left unmeasured: one
+# STATIC cluster of the origins with Envoy's override-host load balancer, whose header lists
+# the attempts' addresses in order (ENVOY-NOTES "ordered hosts"); the same retry route.
+MECHANISM_SYSTEMS = ("composite", "compnodrain", "compwasm", "complean", "ovhost", "ovlean",
+                     "opnodrain")
 TWO_REQUEST_SYSTEMS = ("plain404", "plain404new")
 # Statuses every system fails over on: the issue's nginx list (404 included, scenario b).
 RETRY_STATUSES = (404, 500, 502, 503, 504)
@@ -252,7 +264,12 @@ def envoy_config(system, topo, *, origin_pull_wasm=None, floor_wasm=None):
     router = _router_filter(lst)
     shipped_wasm = _wasm_filter(lst)[0]
     extra = []
-    if system in MECHANISM_SYSTEMS:
+    if system in ("ovhost", "ovlean"):
+        floor = _floor_filter(shipped_wasm, floor_wasm) if system == "ovlean" else None
+        extra.append(_override_cluster(topo, plugin))
+        _mechanism_route(lst, topo, override=True)
+        hcm["http_filters"] = ([floor] if floor else []) + router
+    elif system in MECHANISM_SYSTEMS:
         floor = _floor_filter(shipped_wasm, floor_wasm) if system in ("compwasm", "complean") else None
         extra.extend(_mechanism_clusters(topo, plugin, floor if system == "compwasm" else None,
                                          drain=system != "compnodrain"))
@@ -339,12 +356,44 @@ def _mechanism_clusters(topo, plugin, floor=None, drain=True):
 
 
 MECHANISM_CLUSTER = "mechanism_chain"
+OVERRIDE_CLUSTER = "mechanism_hosts"
+OVERRIDE_HEADER = "x-origin-pull-hosts"
+
+
+def _override_cluster(topo, plugin):
+    """A STATIC cluster of the scenario's origins (masters and slave) whose load balancer takes
+    the host from OVERRIDE_HEADER (`IP:PORT,IP:PORT`: one per attempt, in order), with the
+    rendered composite cluster's protocol options (drain filter, codec) and circuit breakers."""
+    composite = next(ec._untyped(copy.deepcopy(c))
+                     for c in ec.render_set(plugin, route_timeout=ROUTE_TIMEOUT).clusters
+                     if c.get("cluster_type", {}).get("name") == "envoy.clusters.composite")
+    hosts = [(ip, port, 1) for ip, port, _ in topo.masters] + [(*topo.slave, 1)]
+    lb = "envoy.extensions.load_balancing_policies"
+    return {
+        "name": OVERRIDE_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "load_assignment": {"cluster_name": OVERRIDE_CLUSTER, "endpoints": [
+            {"lb_endpoints": [_endpoint(ip, port, w) for ip, port, w in hosts]}]},
+        "load_balancing_policy": {"policies": [{"typed_extension_config": {
+            "name": "envoy.load_balancing_policies.override_host",
+            "typed_config": {
+                "@type": f"type.googleapis.com/{lb}.override_host.v3.OverrideHost",
+                "override_host_sources": [{"header": OVERRIDE_HEADER}],
+                "fallback_policy": {"policies": [{"typed_extension_config": {
+                    "name": "envoy.load_balancing_policies.round_robin",
+                    "typed_config": {
+                        "@type": f"type.googleapis.com/{lb}.round_robin.v3.RoundRobin"}}}]},
+            }}}]},
+        "circuit_breakers": composite["circuit_breakers"],
+        "typed_extension_protocol_options": composite["typed_extension_protocol_options"],
+    }
 # What origin-pull's filter sets per request for a master/slave pair (src/engine/chain.rs), written in
 # the route instead: the heaviest master, the slave, the retry conditions.
 ATTEMPT_2_HEADER = "x-origin-pull-dst-2"
 
 
-def _mechanism_route(listener, topo):
+def _mechanism_route(listener, topo, override=False):
     vh = _hcm(listener)["route_config"]["virtual_hosts"][0]
     # The rendered route of a logged chain with the usual rules (its composite cluster's name
     # starts with "origin_pull_chain("), taken by every request: its policy retries once on
@@ -357,8 +406,14 @@ def _mechanism_route(listener, topo):
     vh["routes"] = [usual]
     route = usual["route"]
     route.pop("cluster_header")
-    route["cluster"] = MECHANISM_CLUSTER
+    route["cluster"] = OVERRIDE_CLUSTER if override else MECHANISM_CLUSTER
     ip, port, _ = max(topo.masters, key=lambda m: m[2])
+    if override:
+        vh["request_headers_to_add"] = [
+            {"header": {"key": OVERRIDE_HEADER,
+                        "value": f"{ip}:{port},{topo.slave[0]}:{topo.slave[1]}"},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+        return
     vh["request_headers_to_add"] = [
         {"header": {"key": "x-envoy-original-dst-host", "value": f"{ip}:{port}"},
          "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},

@@ -74,6 +74,8 @@ SYSTEM_LABEL = {
     "compnodrain": "composite retry, no wasm, without the drain filter (mechanism before)",
     "compwasm": "composite retry + trivial wasm, listener and upstream (wasm floor of an observed chain)",
     "complean": "composite retry + trivial wasm on the listener (wasm floor of the default mechanism)",
+    "ovhost": "override-host retry over a STATIC cluster, no wasm (alternative mechanism floor)",
+    "ovlean": "override-host retry + trivial wasm on the listener (wasm floor of the alternative)",
     "originpull": "Envoy + origin-pull",
     "opnodrain": "Envoy + origin-pull without the drain filter (before)",
     "opcallout": "Envoy + origin-pull, callout failover",
@@ -356,10 +358,10 @@ def systems_of(scenario):
     skip = cf.MECHANISM_SYSTEMS + cf.TWO_REQUEST_SYSTEMS  # they measure failover only (b, f)
     if scenario == "c":
         return tuple(s for s in cf.SYSTEMS if s not in ("odst", "floorhc") and s not in skip)
-    # (a) keeps opnodrain (what the drain filter costs a request that does not fail over) and
-    # complean (the mechanism's own wasm floor).
+    # (a) keeps opnodrain (what the drain filter costs a request that does not fail over),
+    # complean (the mechanism's own wasm floor) and ovlean (the alternative mechanism's).
     return tuple(s for s in cf.SYSTEMS
-                 if s != "opcallout" and (s not in skip or s in ("opnodrain", "complean")))
+                 if s != "opcallout" and (s not in skip or s in ("opnodrain", "complean", "ovlean")))
 
 
 def run_group(o, run_dir, docroot, scenario, size, floor_wasm):
