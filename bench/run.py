@@ -197,10 +197,22 @@ def stop_all():
 atexit.register(stop_all)
 
 
+_HANDED_OUT = set()
+
+
 def free_port(ip):
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
+    """A port free on `ip` now and never handed out before by this process: the systems of a
+    scenario get their ports before any of them starts, and the kernel may offer a port it
+    just offered again (two Envoys then race for it and one exits with "Address already in
+    use")."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no fresh free port on {ip}")
 
 
 def port_free_on_all(ips, port):
