@@ -617,7 +617,7 @@ def write_ablation_report(o, results, meta):
 
 
 FAILOVER_ROWS = ("plain", "plain404", "plain404new", "compnodrain", "composite", "complean", "compwasm",
-                 "opnodrain", "originpull", "opcallout", "native", "nginx")
+                 "ovhost", "ovlean", "opnodrain", "originpull", "opcallout", "native", "nginx")
 
 
 def failover_section(results, size="1k"):
