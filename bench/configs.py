@@ -388,6 +388,8 @@ def _override_cluster(topo, plugin):
         "circuit_breakers": composite["circuit_breakers"],
         "typed_extension_protocol_options": composite["typed_extension_protocol_options"],
     }
+
+
 # What origin-pull's filter sets per request for a master/slave pair (src/engine/chain.rs), written in
 # the route instead: the heaviest master, the slave, the retry conditions.
 ATTEMPT_2_HEADER = "x-origin-pull-dst-2"
