@@ -572,3 +572,33 @@ fn strip_port_forms() {
     assert_eq!(strip_port("[::1]:80"), "[::1]");
     assert_eq!(strip_port("::1"), "::1");
 }
+
+#[test]
+fn some_status_triggers_exactly_when_a_status_in_range_does() {
+    // `triggers_some_status` stands for asking every status 300..=599 (the range `status_codes`
+    // is validated to): both must agree for every mix of the rules.
+    for (on, codes) in [
+        ("[]", "[]"),
+        (r#"["4xx"]"#, "[]"),
+        (r#"["5xx"]"#, "[]"),
+        (r#"["connect_error","timeout"]"#, "[]"),
+        (r#"["connect_error"]"#, "[302]"),
+        ("[]", "[599]"),
+        (r#"["4xx","5xx"]"#, "[404,502]"),
+    ] {
+        let cfg = parse(
+            format!(
+                r#"{{"domains":[{{"domain":"a.com","master":{{"ips":["1.1.1.1"]}},"failover":{{"on":{on},"status_codes":{codes}}}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let f = &cfg.domains[0].failover;
+        let scanned = (300..600u32).any(|c| f.status_triggers(c));
+        assert_eq!(
+            f.triggers_some_status(),
+            scanned,
+            "on {on}, status_codes {codes}"
+        );
+    }
+}

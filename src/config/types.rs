@@ -150,6 +150,11 @@ impl FailoverPolicy {
             || (self.on_5xx && (500..600).contains(&status))
             || self.status_codes.contains(&status)
     }
+    /// Whether any status fails over: `status_codes` are validated to lie in 300..=599, so
+    /// this is what `status_triggers` says of some status there, without asking 300 of them.
+    pub fn triggers_some_status(&self) -> bool {
+        self.on_4xx || self.on_5xx || !self.status_codes.is_empty()
+    }
     pub fn method_allowed(&self, method: &str) -> bool {
         self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
     }

@@ -199,8 +199,7 @@ impl Domain {
         let connect = policy.on_connect_error;
         let reset = policy.on_timeout || policy.on_connect_error;
         // Statuses: only with a slave (the answers to retry are marked or listed per route).
-        let statuses =
-            self.slave.is_some() && (300..600u32).any(|c| self.failover.status_triggers(c));
+        let statuses = self.slave.is_some() && self.failover.triggers_some_status();
         // One of six constant texts: a domain keeps no string of its own.
         match (connect, reset, statuses) {
             (true, _, true) => Some("connect-failure,refused-stream,reset,retriable-status-codes"),
