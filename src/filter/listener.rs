@@ -132,7 +132,7 @@ impl HttpContext for OriginPullStream {
             && link.is_some()
             && read_header_value(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER).is_some();
         if broken {
-            let _ = write_header(MapType::HttpResponseHeaders, BROKEN_STATUS_HEADER, None);
+            EnvoyHost.set_response_header(BROKEN_STATUS_HEADER, None);
         }
         let answered = link
             .as_ref()

@@ -292,16 +292,6 @@ fn write_header(map_type: MapType, name: &str, value: Option<&str>) -> Status {
     }
 }
 
-/// [`write_header`] for the glue's own request headers; a failure is logged at debug level.
-fn write_request_header(name: &str, value: Option<&str>) {
-    EnvoyHost.set_request_header(name, value);
-}
-
-/// [`write_header`] for the glue's own response headers; a failure is logged at debug level.
-fn write_response_header(name: &str, value: Option<&str>) {
-    EnvoyHost.set_response_header(name, value);
-}
-
 /// A header whose value is a decimal number (`:status`, Envoy's expected timeout); `None` when
 /// absent or not a number.
 fn read_header_number(map_type: MapType, name: &str) -> Option<u64> {

@@ -86,18 +86,18 @@ impl HttpContext for OriginPullAttempt {
         };
         let start = observer.start_headers();
         if let Some(authority) = start.authority {
-            write_request_header(":authority", Some(authority));
+            EnvoyHost.set_request_header(":authority", Some(authority));
         }
         // This map is the router's own, reused by later attempts: an attempt only changes what
         // no later attempt reads. Each origin sees its own address in the usual header; the
         // last attempt drops the plan and the other attempts' addresses.
         if let Some(dst) = start.own_address {
-            write_request_header(crate::engine::exchange::ORIGINAL_DST_HEADER, Some(dst));
+            EnvoyHost.set_request_header(crate::engine::exchange::ORIGINAL_DST_HEADER, Some(dst));
         }
         if start.last {
-            write_request_header(PLAN_HEADER, None);
+            EnvoyHost.set_request_header(PLAN_HEADER, None);
             for k in 2..=attempt {
-                write_request_header(crate::engine::chain::dst_header(k), None);
+                EnvoyHost.set_request_header(crate::engine::chain::dst_header(k), None);
             }
         }
         self.observer = Some(observer);
@@ -129,11 +129,11 @@ impl HttpContext for OriginPullAttempt {
         });
         if retry {
             // The route retries exactly this status (`retriable_status_codes`).
-            write_response_header(":status", Some(&FAILOVER_STATUS.to_string()));
+            EnvoyHost.set_response_header(":status", Some(&FAILOVER_STATUS.to_string()));
         } else if invalid || status == FAILOVER_STATUS {
             // Never relayed as such, and an origin cannot ask for a retry itself: a 502, which
             // fails over like any 5xx when the domain says so (then `retry` above).
-            write_response_header(":status", Some("502"));
+            EnvoyHost.set_response_header(":status", Some("502"));
         }
         Action::Continue
     }
